@@ -1,0 +1,85 @@
+"""ONNX Runtime backend (CPU by default): the embedded default of sparsecc.
+
+Sessions follow BENCHMARKS.md: a fixed, stated number of intra-op threads,
+default graph optimisations, and ``session.force_spinning_stop`` so that two
+sessions in one process (interleaved benchmarking) do not steal each other's
+cores with spinning worker threads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sparsecc.backends.base import Backend, Session, TensorSpec
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}
+
+
+def numpy_dtype_of_input(node_arg) -> np.dtype:
+    """The numpy dtype of an ONNX Runtime input (NodeArg)."""
+    return np.dtype(_ORT_TYPES.get(node_arg.type, np.float32))
+
+
+class OrtSession(Session):
+    def __init__(self, session, settings: dict):
+        self._session = session
+        self._settings = settings
+        self._output_names = [o.name for o in session.get_outputs()]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec(i.name, tuple(i.shape), numpy_dtype_of_input(i)) for i in self._session.get_inputs()]
+
+    def run(self, feeds):
+        values = self._session.run(self._output_names, feeds)
+        return dict(zip(self._output_names, values))
+
+    def describe(self) -> dict:
+        return dict(self._settings)
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime sessions.
+
+    Args:
+        threads: intra_op_num_threads. Defaults to 2 (this project's CI machines have 2 cores).
+        providers: Execution providers. Defaults to ["CPUExecutionProvider"].
+        optimization: "default" (all graph optimisations, ONNX Runtime's default) or "none".
+            Defaults to "default".
+    """
+
+    name = "ort"
+
+    def __init__(self, threads: int | None = None, providers: list[str] | None = None,
+                 optimization: str | None = None):
+        self.threads = threads or 2
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.optimization = optimization or "default"
+
+    def load(self, model) -> OrtSession:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+        if self.optimization == "none":
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        source = str(model) if isinstance(model, (str, Path)) else model
+        session = ort.InferenceSession(source, options, providers=self.providers)
+        return OrtSession(session, self.describe())
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        return {"backend": self.name, "onnxruntime": ort.__version__, "intra_op_num_threads": self.threads,
+                "providers": self.providers, "graph_optimization": self.optimization,
+                "force_spinning_stop": True}

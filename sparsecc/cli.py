@@ -1,0 +1,67 @@
+"""The ``sparsecc`` command line.
+
+Each subcommand lives in its own module under :mod:`sparsecc.commands` and
+exposes ``register(subparsers)``; the parser is assembled from every such
+module, so adding a command never edits this file.
+
+Exit codes: 0 success, 2 user error (bad input or option), 3 verification
+failed, 70 internal error (a bug: please report it with the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+import traceback
+
+from sparsecc.errors import SparseccError
+
+EXIT_INTERNAL = 70
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sparsecc import __version__, commands
+
+    parser = argparse.ArgumentParser(
+        prog="sparsecc",
+        description="Offline compiler for pruned neural networks (ONNX in, verified faster ONNX out).",
+    )
+    parser.add_argument("--version", action="version", version=f"sparsecc {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show internal progress and tracebacks")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_"))
+    for name in modules:
+        importlib.import_module(f"sparsecc.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from sparsecc import log
+
+    log.configure(verbose=args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except SparseccError as err:
+        print(f"sparsecc {args.command}: error: {err.format()}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"sparsecc {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - the last line of defence reports the bug
+        traceback.print_exc()
+        print(f"sparsecc {args.command}: internal error (a bug in sparsecc); "
+              "please report it with the traceback above", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Small helpers for editing onnx-graphsurgeon graphs (shared by passes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+def unique_name(graph: gs.Graph, base: str) -> str:
+    """A tensor/node name not yet used in the graph, derived from ``base``."""
+    taken = graph.__dict__.setdefault("_sparsecc_names", None)
+    if taken is None:
+        taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+        graph.__dict__["_sparsecc_names"] = taken
+    name, index = base, 1
+    while name in taken:
+        name = f"{base}_{index}"
+        index += 1
+    taken.add(name)
+    return name
+
+
+def constant(graph: gs.Graph, base: str, values: np.ndarray) -> gs.Constant:
+    return gs.Constant(unique_name(graph, base), np.ascontiguousarray(values))
+
+
+def mark_provenance(node: gs.Node, pass_name: str) -> gs.Node:
+    """Record which pass made a node (exported as ONNX node metadata via the name prefix and doc)."""
+    node.name = node.name if node.name.startswith(f"{pass_name}/") else f"{pass_name}/{node.name}"
+    return node
+
+
+def consumers(tensor) -> list[gs.Node]:
+    return list(tensor.outputs)
+
+
+def is_graph_output(graph: gs.Graph, tensor) -> bool:
+    return any(t is tensor for t in graph.outputs)

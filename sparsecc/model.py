@@ -1,0 +1,244 @@
+"""Loading, holding and saving ONNX models.
+
+A :class:`Model` is an onnx-graphsurgeon graph (the IR passes edit) plus what
+sparsecc knows about where it came from and the concrete input shapes used for
+analysis. Loading checks the file thoroughly so that a bad file fails here,
+with one clear message, rather than deep inside a pass. Saving is atomic and
+writes an IR version the installed ONNX Runtime accepts.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from sparsecc.errors import ModelLoadError, OutputError, ShapeError
+
+# onnx 1.23 writes IR 14 by default and ONNX Runtime 1.31 reads at most 13; IR 10 covers
+# opsets up to 21 and every ONNX Runtime since 1.16, so saved models are capped there.
+ORT_MAX_IR_VERSION = 10
+# Default-domain opsets sparsecc has been written and tested against.
+SUPPORTED_OPSETS = range(9, 23)
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass
+class Model:
+    """An ONNX graph being compiled, with its provenance.
+
+    Attributes:
+        graph: The onnx-graphsurgeon graph; passes edit it in place.
+        source: Where the model came from (a path, or a description), for messages.
+        input_shapes: Concrete shape of every graph input, used for analysis
+            (MACs, shapes of weight layers) and for verification inputs.
+    """
+
+    graph: gs.Graph
+    source: str = "<memory>"
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def copy(self) -> "Model":
+        return Model(self.graph.copy(), self.source, dict(self.input_shapes))
+
+    def to_onnx(self) -> onnx.ModelProto:
+        """Export to an ONNX ModelProto that ONNX Runtime accepts."""
+        self.graph.cleanup().toposort()
+        proto = gs.export_onnx(self.graph)
+        clamp_ir_version(proto)
+        return proto
+
+    def to_bytes(self) -> bytes:
+        return self.to_onnx().SerializeToString()
+
+    def opset(self) -> int:
+        return default_opset(self.graph.import_domains or [], self.graph.opset)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return save_model(self.to_onnx(), path)
+
+    def static_input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The concrete input shapes, or a ShapeError naming what is dynamic."""
+        missing = [t for t in self.graph.inputs if t.name not in self.input_shapes]
+        if missing:
+            described = ", ".join(f"'{t.name}' {format_shape(t.shape)}" for t in missing)
+            example = " ".join(f"--shape {t.name}:{example_shape(t.shape)}" for t in missing)
+            raise ShapeError(
+                f"the model has dynamic input dimensions ({described}) and sparsecc needs concrete "
+                "shapes to count MACs and to verify rewrites",
+                where=self.source,
+                fix=f"give them on the command line, e.g. {example} (or shapes= in the Python API)",
+            )
+        return dict(self.input_shapes)
+
+
+def format_shape(shape) -> str:
+    if shape is None:
+        return "[unknown]"
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def example_shape(shape) -> str:
+    if shape is None:
+        return "1x3x224x224"
+    return "x".join(str(d) if isinstance(d, int) and d > 0 else "1" for d in shape)
+
+
+def default_opset(import_domains, fallback: int | None) -> int:
+    for opset in import_domains:
+        if opset.domain in DEFAULT_DOMAINS:
+            return opset.version
+    return fallback or 0
+
+
+def clamp_ir_version(proto: onnx.ModelProto) -> None:
+    """Lower the IR version to one ONNX Runtime accepts, but never below what the opsets need."""
+    needed = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    proto.ir_version = max(needed, min(proto.ir_version, ORT_MAX_IR_VERSION))
+
+
+def parse_shape_overrides(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """Parse ``NAME:1x3x224x224`` strings (the ``--shape`` option)."""
+    from sparsecc.errors import OptionError
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs or []:
+        name, sep, dims = spec.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or min(shape) <= 0:
+            raise OptionError(f"cannot read the shape '{spec}'",
+                              fix="write --shape INPUT_NAME:1x3x224x224 (positive dimensions separated by x)")
+        shapes[name] = shape
+    return shapes
+
+
+def load_model(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | None = None) -> Model:
+    """Read, check and import an ONNX model; never modifies the file.
+
+    Args:
+        path: The .onnx file (external data next to it is loaded too).
+        shapes: Concrete shapes for inputs with dynamic dimensions. Defaults to none
+            (inputs that are already static need none).
+
+    Raises:
+        ModelLoadError: the file is missing, not ONNX, truncated, invalid, or of an unsupported opset.
+        ShapeError: a given shape does not fit its input.
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.exists():
+        raise ModelLoadError("the file does not exist", where=where, fix="check the path")
+    if not path.is_file():
+        raise ModelLoadError("this is not a file", where=where, fix="give the path of an .onnx file")
+    try:
+        proto = onnx.load(str(path), load_external_data=True)
+    except Exception as exc:  # protobuf raises several types; all mean the same to the user
+        raise ModelLoadError(
+            f"this is not a readable ONNX file ({type(exc).__name__}: {exc})",
+            where=where,
+            fix="check that the file is a complete ONNX model (re-export or re-download it if it was truncated)",
+        ) from None
+    return model_from_proto(proto, source=where, shapes=shapes)
+
+
+def model_from_proto(proto: onnx.ModelProto, source: str = "<memory>",
+                     shapes: dict[str, tuple[int, ...]] | None = None) -> Model:
+    """Check and import an in-memory ModelProto (see :func:`load_model`)."""
+    if not proto.HasField("graph") or (len(proto.graph.node) == 0 and len(proto.graph.output) == 0):
+        raise ModelLoadError(
+            "the file parsed but holds no ONNX graph (it may be truncated or not an ONNX model)",
+            where=source, fix="re-export or re-download the model")
+    opset = default_opset(proto.opset_import, None)
+    if opset not in SUPPORTED_OPSETS:
+        raise ModelLoadError(
+            f"default-domain opset {opset} is not supported (sparsecc supports opsets "
+            f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1})",
+            where=source,
+            fix="convert it first: onnx.version_converter.convert_version(model, 17), "
+                "or re-export from PyTorch with opset_version=17")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise ModelLoadError(f"the model is not valid ONNX: {exc}".strip(), where=source,
+                             fix="re-export the model; `python -m onnx.checker` shows the same error") from None
+    try:
+        graph = gs.import_onnx(proto)
+    except Exception as exc:
+        raise ModelLoadError(f"the graph cannot be imported ({type(exc).__name__}: {exc})", where=source,
+                             fix="re-export the model with a current exporter") from None
+    model = Model(graph, source)
+    model.input_shapes = resolve_input_shapes(graph, shapes or {}, source)
+    return model
+
+
+def resolve_input_shapes(graph: gs.Graph, overrides: dict[str, tuple[int, ...]], source: str) -> dict:
+    """Concrete input shapes: static ones as they are, dynamic ones from ``overrides``."""
+    names = {t.name for t in graph.inputs}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ShapeError(f"--shape names {unknown}, which is not an input of the model",
+                         where=source, fix=f"the inputs are {sorted(names)}")
+    resolved: dict[str, tuple[int, ...]] = {}
+    for tensor in graph.inputs:
+        declared = tensor.shape
+        if tensor.name in overrides:
+            given = overrides[tensor.name]
+            if declared is not None and len(declared) != len(given):
+                raise ShapeError(f"--shape gives {len(given)} dimensions for input '{tensor.name}', "
+                                 f"which has {len(declared)} {format_shape(declared)}", where=source,
+                                 fix=f"give a shape like {example_shape(declared)}")
+            for axis, (want, got) in enumerate(zip(declared or [], given)):
+                if isinstance(want, int) and want > 0 and want != got:
+                    raise ShapeError(f"--shape sets dimension {axis} of input '{tensor.name}' to {got}, "
+                                     f"but the model fixes it to {want}", where=source,
+                                     fix=f"use {example_shape(declared)}")
+            resolved[tensor.name] = tuple(given)
+        elif declared is not None and all(isinstance(d, int) and d > 0 for d in declared):
+            resolved[tensor.name] = tuple(declared)
+    return resolved
+
+
+def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write a model atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    clamp_ir_version(proto)
+    data = proto.SerializeToString()
+    write_bytes_atomic(path, data)
+    return path
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write here ({exc.strerror})", where=str(path.parent),
+                          fix="choose a writable output location") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def constant_value(tensor) -> np.ndarray | None:
+    """The value of a graph tensor if it is a constant (initializer), else None."""
+    if isinstance(tensor, gs.Constant):
+        return tensor.values
+    return None
+
+
+def deep_copy_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
+    return copy.deepcopy(proto)

@@ -1,0 +1,258 @@
+"""The sparsity plan: the object between "what to prune" and "how to exploit it".
+
+A plan holds, per weight tensor, a boolean mask of the same shape as the ONNX
+initializer (True = kept) and how it was decided: the pattern, the criterion,
+the target ratio, the alignment. Any front end can make one (magnitude pruning
+on the ONNX file, fine-tuning in PyTorch, or :func:`plan_from_zeros` for models
+pruned elsewhere), and every rewrite pass consumes one, never deciding what to
+prune itself.
+
+On disk a plan is ``plan.json`` (readable metadata) next to ``plan.npz`` (the
+masks, bit-packed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from sparsecc.errors import OptionError, PlanError
+from sparsecc.layers import WeightLayer
+from sparsecc.model import Model, write_bytes_atomic
+from sparsecc.sparsity.detect import DetectedPattern, detect_conv, detect_gemm
+
+PLAN_FORMAT = 1
+
+
+@dataclass
+class WeightPlan:
+    """The plan for one weight tensor.
+
+    Attributes:
+        weight: Initializer name.
+        layer: Node that uses it.
+        pattern: "group-wise", "filter", "2:4", "element-wise", "vector-wise", "block-wise",
+            "depthwise-taps", or "dense".
+        mask: Boolean array shaped like the initializer; True where the weight is kept.
+        criterion: How the mask was chosen ("l1", "zeros", ...). Defaults to none.
+        ratio: Target share pruned (of the pattern's units). Defaults to none.
+        alignment: Kept-unit counts are multiples of this. Defaults to none.
+        details: Pattern-specific facts (kept groups, block size, ...).
+    """
+
+    weight: str
+    layer: str
+    pattern: str
+    mask: np.ndarray
+    criterion: str | None = None
+    ratio: float | None = None
+    alignment: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kept_fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 1.0
+
+    def metadata(self) -> dict[str, Any]:
+        return {"weight": self.weight, "layer": self.layer, "pattern": self.pattern,
+                "shape": list(self.mask.shape), "kept_fraction": round(self.kept_fraction, 6),
+                "criterion": self.criterion, "ratio": self.ratio, "alignment": self.alignment,
+                "details": self.details}
+
+
+@dataclass
+class SparsityPlan:
+    """Per-weight plans, keyed by initializer name."""
+
+    entries: dict[str, WeightPlan] = field(default_factory=dict)
+    source: str = ""
+
+    def add(self, entry: WeightPlan) -> None:
+        self.entries[entry.weight] = entry
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": PLAN_FORMAT, "source": self.source,
+                "weights": [e.metadata() for e in self.entries.values()]}
+
+    def save(self, json_path: str | Path) -> tuple[Path, Path]:
+        """Write ``plan.json`` and the masks to the ``.npz`` beside it (both atomically)."""
+        import io
+
+        json_path = Path(json_path)
+        npz_path = json_path.with_suffix(".npz")
+        buffer = io.BytesIO()
+        arrays = {f"mask{i}": np.packbits(e.mask.reshape(-1)) for i, e in enumerate(self.entries.values())}
+        np.savez_compressed(buffer, **arrays)
+        data = self.to_json()
+        data["masks"] = npz_path.name
+        for i, meta in enumerate(data["weights"]):
+            meta["mask_key"] = f"mask{i}"
+        write_bytes_atomic(npz_path, buffer.getvalue())
+        write_bytes_atomic(json_path, (json.dumps(data, indent=2) + "\n").encode())
+        return json_path, npz_path
+
+    @classmethod
+    def load(cls, json_path: str | Path) -> "SparsityPlan":
+        json_path = Path(json_path)
+        try:
+            data = json.loads(json_path.read_text())
+            npz = np.load(json_path.parent / data["masks"])
+            plan = cls(source=data.get("source", ""))
+            for meta in data["weights"]:
+                shape = tuple(meta["shape"])
+                bits = np.unpackbits(npz[meta["mask_key"]])[: int(np.prod(shape))]
+                plan.add(WeightPlan(meta["weight"], meta["layer"], meta["pattern"],
+                                    bits.astype(bool).reshape(shape), meta.get("criterion"), meta.get("ratio"),
+                                    meta.get("alignment"), meta.get("details") or {}))
+        except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+            raise PlanError(f"cannot read the plan ({type(exc).__name__}: {exc})", where=str(json_path),
+                            fix="give a plan.json written by sparsecc, with its .npz beside it") from None
+        return plan
+
+    def validate(self, model: Model) -> None:
+        """Check that every entry names an initializer of the model with the mask's shape."""
+        constants = {t.name: t for t in model.graph.tensors().values() if isinstance(t, gs.Constant)}
+        for entry in self.entries.values():
+            tensor = constants.get(entry.weight)
+            if tensor is None:
+                raise PlanError(f"the plan names weight '{entry.weight}', which is not a constant of the model",
+                                where=model.source, fix="make the plan for this model (same export)")
+            if tuple(tensor.values.shape) != tuple(entry.mask.shape):
+                raise PlanError(f"the mask for weight '{entry.weight}' has shape {list(entry.mask.shape)} "
+                                f"but the weight has shape {list(tensor.values.shape)}",
+                                where=f"{model.source}: layer '{entry.layer}'",
+                                fix="masks are shaped like the ONNX initializer (Conv [C_out, C_in/g, kh, kw], "
+                                    "Gemm B as stored, transB included)")
+
+
+def apply_plan(model: Model, plan: SparsityPlan) -> int:
+    """Zero the pruned weights in place (the "masked original"); returns the number of weights changed."""
+    plan.validate(model)
+    tensors = model.graph.tensors()
+    changed = 0
+    for entry in plan.entries.values():
+        tensor = tensors[entry.weight]
+        if entry.mask.all():
+            continue
+        tensor.values = np.where(entry.mask, tensor.values, np.zeros((), tensor.values.dtype)).astype(
+            tensor.values.dtype)
+        changed += 1
+    return changed
+
+
+def gemm_weight_kn(layer: WeightLayer, values: np.ndarray) -> np.ndarray:
+    """A Gemm/MatMul weight as [K, N] (reduction first), whatever transB says."""
+    return values.T if layer.trans_b else values
+
+
+def detect_layer(layer: WeightLayer, values: np.ndarray) -> DetectedPattern:
+    if layer.op == "Conv":
+        return detect_conv(values, layer.group)
+    return detect_gemm(gemm_weight_kn(layer, values))
+
+
+def plan_from_zeros(model: Model, layers: list[WeightLayer]) -> SparsityPlan:
+    """A plan that keeps exactly the non-zero weights, with the detected pattern of each."""
+    tensors = model.graph.tensors()
+    plan = SparsityPlan(source="zeros already in the weights")
+    for layer in layers:
+        values = tensors[layer.weight].values
+        detected = detect_layer(layer, values)
+        if detected.pattern == "dense":
+            continue
+        plan.add(WeightPlan(layer.weight, layer.node, detected.pattern, values != 0, criterion="zeros",
+                            details={"structures": detected.structures}))
+    return plan
+
+
+@dataclass
+class LayerSelector:
+    """Which weight layers a pruning step applies to.
+
+    Attributes:
+        names: Exact node names. Defaults to all.
+        regex: Node names matching this regular expression. Defaults to all.
+        kinds: Layer kinds (conv, pointwise, depthwise, grouped, gemm, matmul). Defaults to all.
+        exclude: Node names or regular expressions to leave out. Defaults to none.
+        exclude_first_last: Leave the first and last weight layers of the graph dense
+            (they are the most sensitive to pruning). Defaults to True.
+    """
+
+    names: list[str] = field(default_factory=list)
+    regex: str | None = None
+    kinds: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    exclude_first_last: bool = True
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any] | None) -> "LayerSelector":
+        options = dict(options or {})
+        known = {"names", "regex", "kinds", "exclude", "exclude_first_last"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise OptionError(f"unknown layer selector key(s) {unknown}", fix=f"use {sorted(known)}")
+        for key in ("names", "kinds", "exclude"):
+            if isinstance(options.get(key), str):
+                options[key] = [options[key]]
+        return cls(**options)
+
+    def select(self, layers: list[WeightLayer], source: str = "") -> tuple[list[WeightLayer], list[tuple[str, str]]]:
+        """The selected layers, and (layer, reason) for every layer left out.
+
+        Raises:
+            OptionError: a name or pattern matches nothing, or the selection is empty.
+            PlanError: a selected layer's weight is shared with another layer.
+        """
+
+        by_name = {layer.node: layer for layer in layers}
+        missing = [n for n in self.names if n not in by_name]
+        if missing:
+            raise OptionError(f"the layer selector names {missing}, which are not weight layers of the model",
+                              where=source, fix="run `sparsecc inspect` to list the layer names")
+        try:
+            pattern = re.compile(self.regex) if self.regex else None
+            excludes = [re.compile(e) for e in self.exclude]
+        except re.error as exc:
+            raise OptionError(f"bad regular expression in the layer selector: {exc}", where=source) from None
+        edge = {layers[0].node, layers[-1].node} if layers and self.exclude_first_last else set()
+        selected, left_out = [], []
+        for layer in layers:
+            reason = None
+            if self.names and layer.node not in self.names:
+                reason = "not named by the selector"
+            elif pattern and not pattern.search(layer.node):
+                reason = f"name does not match /{self.regex}/"
+            elif self.kinds and layer.kind not in self.kinds:
+                reason = f"kind '{layer.kind}' not selected"
+            elif any(e.fullmatch(layer.node) or e.search(layer.node) for e in excludes):
+                reason = "excluded by the selector"
+            elif layer.node in edge and layer.node not in self.names:
+                reason = "first or last weight layer (kept dense by default; exclude_first_last: false changes it)"
+            if reason:
+                left_out.append((layer.node, reason))
+            else:
+                selected.append(layer)
+        if not selected:
+            raise OptionError(f"the layer selector {self.describe()} matches no weight layer", where=source,
+                              fix="run `sparsecc inspect` to see the layer names and kinds")
+        for layer in selected:
+            if layer.shared_with:
+                raise PlanError(
+                    f"weight '{layer.weight}' of layer '{layer.node}' is shared with {layer.shared_with}; a plan "
+                    "is per weight tensor, so pruning it for one layer would change the other",
+                    where=source, fix=f"leave it out (exclude: [{layer.node!r}]) or export the model with untied "
+                                      "weights")
+        return selected, left_out
+
+    def describe(self) -> str:
+        parts = [f"{k}={v!r}" for k, v in vars(self).items() if v and k != "exclude_first_last"]
+        return "{" + ", ".join(parts) + "}" if parts else "{all layers}"

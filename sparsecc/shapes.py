@@ -1,0 +1,85 @@
+"""Concrete tensor shapes for analysis (MACs, layer shapes).
+
+ONNX shape inference runs first, with the graph inputs fixed to concrete
+shapes and data propagation on. Graphs exported with dynamic dimensions often
+compute shapes at run time (Shape -> Gather -> Concat -> Reshape) that
+inference cannot follow; for the tensors still unknown after it, one ONNX
+Runtime run on zero inputs reads the real shapes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import shape_inference
+
+from sparsecc.model import Model, clamp_ir_version
+
+
+def _fix_inputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    for value in proto.graph.input:
+        if value.name in shapes:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, shapes[value.name]):
+                dim.Clear()
+                dim.dim_value = size
+
+
+def _known(value_info) -> tuple[int, ...] | None:
+    tensor_type = value_info.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    dims = []
+    for dim in tensor_type.shape.dim:
+        if not dim.HasField("dim_value") or dim.dim_value <= 0:
+            return None
+        dims.append(dim.dim_value)
+    return tuple(dims)
+
+
+def infer_shapes(model: Model, wanted: set[str] | None = None) -> dict[str, tuple[int, ...]]:
+    """Shape of every activation tensor whose shape can be found.
+
+    Args:
+        model: The model; its concrete input shapes must be known.
+        wanted: Tensors whose shapes matter; those still unknown after ONNX shape
+            inference are measured with ONNX Runtime. Defaults to none (no fallback).
+    """
+    input_shapes = model.static_input_shapes()
+    proto = model.to_onnx()
+    _fix_inputs(proto, input_shapes)
+    try:
+        inferred = shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:  # inference is best effort; the fallback below measures
+        inferred = proto
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        known = _known(value)
+        if known is not None:
+            shapes[value.name] = known
+    shapes.update(input_shapes)
+    produced = {out for node in proto.graph.node for out in node.output}
+    missing = sorted(((wanted or set()) & produced) - set(shapes))
+    if missing:
+        shapes.update(_measure_shapes(proto, input_shapes, missing))
+    return shapes
+
+
+def _measure_shapes(proto: onnx.ModelProto, input_shapes, names: list[str]) -> dict[str, tuple[int, ...]]:
+    """Run the graph once on zeros with ``names`` exposed as outputs, and read their shapes."""
+    import onnxruntime as ort
+
+    from sparsecc.backends.ort import numpy_dtype_of_input
+
+    existing = {o.name for o in proto.graph.output}
+    for name in names:
+        if name not in existing:
+            proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    clamp_ir_version(proto)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.zeros(input_shapes[i.name], dtype=numpy_dtype_of_input(i)) for i in session.get_inputs()}
+    values = session.run(names, feeds)
+    return {name: tuple(int(d) for d in np.shape(v)) for name, v in zip(names, values)}

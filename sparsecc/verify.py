@@ -1,0 +1,165 @@
+"""Numerical verification: does graph B compute what graph A computes?
+
+Both graphs run on ONNX Runtime (CPU) through Polygraphy's runners and
+comparator, on the same seeded random inputs. An output passes when
+
+    max |B - A| <= atol + rtol * max |A|
+
+i.e. ``rtol`` is relative to the scale of the output, not to each element (a
+per-element relative test fails on outputs that cross zero, where rounding
+differences are legitimately large relative to the element).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from sparsecc.model import Model
+
+DEFAULT_ATOL = 1e-5
+DEFAULT_RTOL = 1e-4
+
+
+@dataclass
+class VerifyConfig:
+    """Settings of a verification run.
+
+    Attributes:
+        atol: Absolute tolerance. Defaults to 1e-5.
+        rtol: Tolerance relative to max |reference output|. Defaults to 1e-4.
+        seed: Seed of the random inputs. Defaults to 0.
+        iterations: Number of random input sets. Defaults to 1.
+    """
+
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    seed: int = 0
+    iterations: int = 1
+
+
+@dataclass
+class OutputAgreement:
+    name: str
+    max_abs_error: float
+    max_abs_reference: float
+    relative_error: float  # max_abs_error / max_abs_reference
+    worst_index: tuple[int, ...]
+    reference_value: float
+    candidate_value: float
+    passed: bool
+
+
+@dataclass
+class VerifyResult:
+    passed: bool
+    atol: float
+    rtol: float
+    outputs: list[OutputAgreement] = field(default_factory=list)
+
+    @property
+    def worst(self) -> OutputAgreement | None:
+        return max(self.outputs, key=lambda o: o.relative_error, default=None)
+
+    def describe_worst(self) -> str:
+        worst = self.worst
+        if worst is None:
+            return "no outputs compared"
+        return (f"output '{worst.name}' element {list(worst.worst_index)}: expected {worst.reference_value:.6g}, "
+                f"got {worst.candidate_value:.6g} (max abs error {worst.max_abs_error:.3g} = "
+                f"{worst.relative_error:.3g} x max |output| {worst.max_abs_reference:.3g}; "
+                f"allowed {self.atol:g} + {self.rtol:g} x max |output|)")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        worst = self.worst
+        data["worst_relative_error"] = worst.relative_error if worst else 0.0
+        return data
+
+
+def random_feeds(specs, seed: int, iterations: int = 1) -> list[dict[str, np.ndarray]]:
+    """Seeded inputs: standard normal floats; integers in {0, 1} (valid token ids and indices)."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(iterations):
+        feed = {}
+        for name, shape, dtype in specs:
+            if np.issubdtype(dtype, np.floating):
+                feed[name] = rng.standard_normal(shape).astype(dtype)
+            elif dtype == np.bool_:
+                feed[name] = rng.integers(0, 2, shape).astype(np.bool_)
+            else:
+                feed[name] = rng.integers(0, 2, shape).astype(dtype)
+        feeds.append(feed)
+    return feeds
+
+
+def input_specs(model: Model) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+    shapes = model.static_input_shapes()
+    return [(t.name, shapes[t.name], np.dtype(t.dtype)) for t in model.graph.inputs]
+
+
+def compare_models(reference: Model | bytes, candidate: Model | bytes, specs, config: VerifyConfig | None = None
+                   ) -> VerifyResult:
+    """Run both graphs on the same random inputs and compare every output.
+
+    Args:
+        reference: The graph taken as correct (a Model or serialized ONNX bytes).
+        candidate: The graph under test.
+        specs: ``(name, shape, dtype)`` for each input (see :func:`input_specs`).
+        config: Tolerances and seed. Defaults to :class:`VerifyConfig()`.
+    """
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator, CompareFunc
+
+    from sparsecc.log import quiet_polygraphy
+
+    quiet_polygraphy()
+    config = config or VerifyConfig()
+    ref_bytes = reference.to_bytes() if isinstance(reference, Model) else reference
+    cand_bytes = candidate.to_bytes() if isinstance(candidate, Model) else candidate
+    runners = [OnnxrtRunner(SessionFromOnnx(ref_bytes, providers=["CPUExecutionProvider"]), name="reference"),
+               OnnxrtRunner(SessionFromOnnx(cand_bytes, providers=["CPUExecutionProvider"]), name="candidate")]
+    feeds = random_feeds(specs, config.seed, config.iterations)
+    results = Comparator.run(runners, data_loader=feeds)
+    ref_iters, cand_iters = results[0][1], results[1][1]
+
+    agreements: dict[str, OutputAgreement] = {}
+    for ref_out, cand_out in zip(ref_iters, cand_iters):
+        for name in ref_out.keys():
+            if name not in cand_out:
+                agreements[name] = OutputAgreement(name, float("inf"), 0.0, float("inf"), (), 0.0, float("nan"), False)
+                continue
+            agreement = _agreement(name, np.asarray(ref_out[name]), np.asarray(cand_out[name]), config)
+            previous = agreements.get(name)
+            if previous is None or agreement.relative_error > previous.relative_error:
+                agreements[name] = agreement
+
+    # Polygraphy's comparator makes the pass/fail call, with a per-output absolute tolerance
+    # that encodes "atol + rtol * max |reference|".
+    scale = {name: config.atol + config.rtol * a.max_abs_reference for name, a in agreements.items()
+             if np.isfinite(a.max_abs_error)}
+    accuracy = Comparator.compare_accuracy(
+        results, compare_func=CompareFunc.simple(atol=scale or config.atol, rtol=0.0, check_error_stat="max",
+                                                 check_shapes=True))
+    passed = bool(accuracy) and all(a.passed for a in agreements.values())
+    return VerifyResult(passed, config.atol, config.rtol, list(agreements.values()))
+
+
+def _agreement(name: str, ref: np.ndarray, cand: np.ndarray, config: VerifyConfig) -> OutputAgreement:
+    if ref.shape != cand.shape:
+        return OutputAgreement(name, float("inf"), float(np.max(np.abs(ref), initial=0.0)), float("inf"),
+                               (), float("nan"), float("nan"), False)
+    ref64, cand64 = ref.astype(np.float64), cand.astype(np.float64)
+    diff = np.abs(cand64 - ref64)
+    diff = np.where(np.isnan(diff), np.inf, diff) if diff.size else diff
+    max_ref = float(np.max(np.abs(ref64), initial=0.0))
+    if diff.size == 0:
+        return OutputAgreement(name, 0.0, max_ref, 0.0, (), 0.0, 0.0, True)
+    index = np.unravel_index(int(np.argmax(diff)), diff.shape)
+    max_err = float(diff[index])
+    relative = max_err / max_ref if max_ref > 0 else (0.0 if max_err == 0 else float("inf"))
+    passed = max_err <= config.atol + config.rtol * max_ref
+    return OutputAgreement(name, max_err, max_ref, relative, tuple(int(i) for i in index),
+                           float(ref64[index]), float(cand64[index]), passed)
