@@ -129,3 +129,13 @@ class FoldBatchNorm(Pass):
 
 
 CANONICAL_PASSES = ("constants-to-initializers", "fold-batchnorm")
+
+
+def canonicalize(model) -> None:
+    """Run the canonical passes in place, without verification (for analysis: inspect, reports).
+
+    Compiles run the same passes through the pass manager, verified.
+    """
+    from sparsecc.passmanager import PassContext, PassManager, make_pass
+
+    PassManager([make_pass(name) for name in CANONICAL_PASSES], verify=None).run(PassContext(model))

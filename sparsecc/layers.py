@@ -197,3 +197,12 @@ def _mark_shared(layers: list[WeightLayer]) -> None:
         if len(users) > 1:
             for layer in users:
                 layer.shared_with = [other.node for other in users if other is not layer]
+
+
+def analyse_layers(model: Model) -> tuple[list[WeightLayer], list[Unsupported]]:
+    """Weight layers with their activation shapes at the model's input shapes."""
+    from sparsecc.shapes import infer_shapes
+
+    layers, _ = find_weight_layers(model)
+    wanted = {layer.output for layer in layers} | {layer.input for layer in layers}
+    return find_weight_layers(model, infer_shapes(model, wanted))

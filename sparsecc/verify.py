@@ -111,7 +111,7 @@ def compare_models(reference: Model | bytes, candidate: Model | bytes, specs, co
         config: Tolerances and seed. Defaults to :class:`VerifyConfig()`.
     """
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
 
     from sparsecc.log import quiet_polygraphy
 
@@ -141,7 +141,7 @@ def compare_models(reference: Model | bytes, candidate: Model | bytes, specs, co
     scale = {name: config.atol + config.rtol * a.max_abs_reference for name, a in agreements.items()
              if np.isfinite(a.max_abs_error)}
     accuracy = Comparator.compare_accuracy(
-        results, compare_func=CompareFunc.simple(atol=scale or config.atol, rtol=0.0, check_error_stat="max",
+        results, compare_func=SimpleCompareFunc(atol=scale or config.atol, rtol=0.0, check_error_stat="max",
                                                  check_shapes=True))
     passed = bool(accuracy) and all(a.passed for a in agreements.values())
     return VerifyResult(passed, config.atol, config.rtol, list(agreements.values()))

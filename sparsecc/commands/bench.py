@@ -1,0 +1,39 @@
+"""sparsecc bench MODEL [MODEL2]: latency on a backend; two models are paired and interleaved."""
+
+from __future__ import annotations
+
+from sparsecc.commands._common import add_shape_option, print_json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="time a model, or a baseline and a candidate interleaved",
+                                   description=__doc__)
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="one .onnx, or baseline and candidate")
+    parser.add_argument("--backend", default="ort", help="ort (default) or tensorrt")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (ort). Default: 2")
+    parser.add_argument("--runs", type=int, default=20, help="timed rounds. Default: 20")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first. Default: 5")
+    add_shape_option(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from sparsecc.bench import bench_models
+    from sparsecc.errors import OptionError
+    from sparsecc.log import progress
+    from sparsecc.model import parse_shape_overrides
+    from sparsecc.report import format_bench
+
+    if len(args.models) > 2:
+        raise OptionError(f"bench takes one or two models, got {len(args.models)}",
+                          fix="sparsecc bench BASELINE.onnx CANDIDATE.onnx")
+    if args.runs < 1 or args.warmup < 0 or args.threads < 1:
+        raise OptionError("--runs and --threads must be at least 1 and --warmup at least 0")
+    result = bench_models(args.models, args.backend, args.threads, parse_shape_overrides(args.shape),
+                          args.runs, args.warmup, progress=progress)
+    if args.json:
+        print_json(result)
+    else:
+        print(format_bench(result))
+    return 0

@@ -1,0 +1,73 @@
+"""sparsecc compile MODEL --recipe R -o OUT: canonicalise, plan, rewrite, verify, write."""
+
+from __future__ import annotations
+
+from sparsecc.commands._common import add_shape_option, print_json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("compile", help="compile a model with a recipe into OUT/",
+                                   description=__doc__)
+    parser.add_argument("model", nargs="?", help="an .onnx file (never modified)")
+    parser.add_argument("--recipe", "-r", default="none", help="built-in recipe name or YAML/JSON file "
+                                                               "(sparsecc recipes lists them). Default: none")
+    parser.add_argument("-o", "--output", default="out", help="output folder. Default: out")
+    add_shape_option(parser)
+    parser.add_argument("--plan", help="start from this plan.json (e.g. from fine-tuning elsewhere)")
+    parser.add_argument("--disable-pass", action="append", default=[], metavar="NAME",
+                        help="do not run this pass (repeatable)")
+    parser.add_argument("--dump-dir", metavar="DIR", help="write the graph after each pass into DIR")
+    parser.add_argument("--atol", type=float, help="absolute tolerance of the numerical checks")
+    parser.add_argument("--rtol", type=float, help="tolerance relative to max |output| of the numerical checks")
+    parser.add_argument("--list-passes", action="store_true", help="list the registered passes and exit")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from sparsecc.errors import OptionError
+
+    if args.list_passes:
+        return list_passes(args.json)
+    if not args.model:
+        raise OptionError("no model given", fix="sparsecc compile MODEL.onnx --recipe none -o OUT")
+    from sparsecc.compiler import compile_model
+    from sparsecc.model import parse_shape_overrides
+    from sparsecc.recipe import load_recipe
+    from sparsecc.verify import VerifyConfig
+
+    recipe = load_recipe(args.recipe)
+    verify = None
+    if args.atol is not None or args.rtol is not None:
+        base = VerifyConfig(**recipe.verify)
+        verify = VerifyConfig(args.atol if args.atol is not None else base.atol,
+                              args.rtol if args.rtol is not None else base.rtol, base.seed, base.iterations)
+    result = compile_model(args.model, recipe, args.output, shapes=parse_shape_overrides(args.shape),
+                           disable=args.disable_pass, dump_dir=args.dump_dir, plan=args.plan, verify=verify)
+    if args.json:
+        print_json(result.report)
+        return 0
+    summary = result.report["summary"]
+    exact = result.report["verification"]["exact"]
+    print(f"compiled {args.model} with recipe '{recipe.name}' in {summary['compile_seconds']} s")
+    print(f"  MACs {summary['macs_before']:,} -> {summary['macs_after']:,} (ideal speedup {summary['ideal_speedup']}x)")
+    print(f"  verified against the {result.report['verification']['against']}: worst relative error "
+          f"{exact['worst_relative_error']:.3g}")
+    skipped = result.report["skipped"]
+    if skipped:
+        print(f"  {len(skipped)} layer(s) left as they were (reasons in report.md)")
+    print(f"  wrote {result.out_dir}/model.onnx, plan.json, report.json, report.md")
+    return 0
+
+
+def list_passes(as_json: bool) -> int:
+    from sparsecc.passmanager import available_passes
+
+    passes = available_passes()
+    if as_json:
+        print_json([{"name": n, "exact": c.exact, "description": c.description} for n, c in passes.items()])
+        return 0
+    width = max(len(n) for n in passes)
+    for name, cls in passes.items():
+        print(f"{name.ljust(width)}  {'exact ' if cls.exact else 'prunes'}  {cls.description}")
+    return 0

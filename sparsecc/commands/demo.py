@@ -1,0 +1,25 @@
+"""sparsecc demo [-o DIR]: compile a bundled trained model with every recipe, verify, time, report."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="the main job: compile a bundled trained model with every "
+                                                "built-in recipe, verify, benchmark and report",
+                                   description=__doc__)
+    parser.add_argument("-o", "--output", default="sparsecc-demo", help="output folder. Default: sparsecc-demo")
+    parser.add_argument("--model", help="zoo model with a trained checkpoint (sparsecc zoo list)")
+    parser.add_argument("--recipe", action="append", dest="recipes", metavar="NAME",
+                        help="run only this recipe (repeatable). Default: every built-in recipe")
+    parser.add_argument("--runs", type=int, default=20, help="timed rounds. Default: 20")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads. Default: 2")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from sparsecc.demo import render_demo_markdown, run_demo
+
+    summary = run_demo(args.output, args.model, args.recipes, runs=args.runs, threads=args.threads)
+    print(render_demo_markdown(summary))
+    print(f"wrote {args.output}/report.md and report.json, and one folder per recipe")
+    return 1 if any(r["status"] != "ok" for r in summary["rows"]) else 0

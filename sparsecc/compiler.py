@@ -1,0 +1,210 @@
+"""``sparsecc compile``: canonicalise -> plan -> rewrite -> verify -> write.
+
+Outputs (``model.onnx``, ``plan.json`` + ``plan.npz``, ``report.json``,
+``report.md``) are written into a staging folder inside the output folder and
+moved into place only when everything succeeded, so a failed compile leaves
+nothing half-written. The input file is only ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparsecc.errors import OptionError, OutputError, VerificationError
+from sparsecc.log import progress
+from sparsecc.model import Model, load_model
+from sparsecc.passmanager import PassContext, PassManager, PassRecord
+from sparsecc.plan import SparsityPlan
+from sparsecc.recipe import Recipe, load_recipe
+from sparsecc.verify import VerifyConfig, compare_models, input_specs
+
+OUTPUT_FILES = ("model.onnx", "plan.json", "plan.npz", "report.json", "report.md")
+
+
+@dataclass
+class CompileResult:
+    out_dir: Path
+    model: Model
+    records: list[PassRecord]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_path(self) -> Path:
+        return self.out_dir / "model.onnx"
+
+
+def prepare_output_dir(out_dir: str | os.PathLike, model_path: Path) -> Path:
+    """Create the output folder (or fail early, before any work) and refuse to overwrite the input."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError("the output path exists and is not a folder", where=str(out),
+                          fix="give -o a folder (it is created if missing)")
+    if (out / "model.onnx").resolve() == model_path.resolve():
+        raise OutputError("the output would overwrite the input model", where=str(out),
+                          fix="choose another output folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".sparsecc-probe-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise OutputError(f"cannot write to the output folder ({exc.strerror})", where=str(out),
+                          fix="choose a writable folder with -o") from None
+    return out
+
+
+def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", out_dir: str | os.PathLike = "out",
+                  shapes: dict[str, tuple[int, ...]] | None = None, disable: list[str] | tuple[str, ...] = (),
+                  dump_dir: str | os.PathLike | None = None, plan: str | os.PathLike | None = None,
+                  verify: VerifyConfig | None = None, backend: str = "ort") -> CompileResult:
+    """Compile a model with a recipe and write the outputs.
+
+    Args:
+        model_path: The input .onnx (never modified).
+        recipe: A built-in recipe name, a recipe file, or a Recipe. Defaults to "none".
+        out_dir: Output folder. Defaults to "out".
+        shapes: Concrete shapes for dynamic inputs. Defaults to none.
+        disable: Names of passes not to run. Defaults to none.
+        dump_dir: Write the graph after each pass here. Defaults to none.
+        plan: A plan.json to start from (e.g. made by fine-tuning elsewhere). Defaults to none.
+        verify: Tolerances and seed of the numerical checks. Defaults to the recipe's, else VerifyConfig().
+        backend: Backend the graph is lowered for. Defaults to "ort".
+    """
+    started = time.perf_counter()
+    model_path = Path(model_path)
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    verify = verify or _verify_config(recipe)
+    passes = recipe.build_passes()
+    out = prepare_output_dir(out_dir, model_path)
+
+    progress(f"loading {model_path}")
+    original = load_model(model_path, shapes)
+    original.static_input_shapes()  # dynamic inputs without --shape fail here, before any work
+    before = _inspect_canonical(original)  # a model sparsecc cannot work on fails here too
+    model = original.copy()
+    ctx = PassContext(model, backend=backend)
+    if plan is not None:
+        ctx.plan = SparsityPlan.load(plan)
+
+    progress(f"running recipe '{recipe.name}' ({len(passes)} passes)")
+    manager = PassManager(passes, disabled=tuple(disable), dump_dir=dump_dir, verify=verify)
+    records = manager.run(ctx)
+
+    progress("verifying the compiled model")
+    verification = _final_verification(original, ctx, verify)
+    report = _build_report(model_path, recipe, original, before, ctx, records, verification, started, verify)
+
+    progress(f"writing {out}")
+    _write_outputs(out, ctx, report)
+    return CompileResult(out, ctx.model, records, report)
+
+
+def _verify_config(recipe: Recipe) -> VerifyConfig:
+    unknown = set(recipe.verify) - {"atol", "rtol", "seed", "iterations"}
+    if unknown:
+        raise OptionError(f"unknown verify key(s) {sorted(unknown)} in recipe '{recipe.name}'",
+                          where=recipe.source, fix="use atol, rtol, seed, iterations")
+    return VerifyConfig(**recipe.verify)
+
+
+def _final_verification(original: Model, ctx: PassContext, config: VerifyConfig) -> dict[str, Any]:
+    """Compiled vs masked original (must match), and compiled vs unpruned original (reported)."""
+    specs = input_specs(ctx.model)
+    masked = ctx.state.get("masked")
+    reference = masked if masked is not None else original
+    exact = compare_models(reference, ctx.model, specs, config)
+    if not exact.passed:
+        raise VerificationError(
+            f"the compiled model does not match the {'masked' if masked is not None else ''} original: "
+            f"{exact.describe_worst()}",
+            where=original.source, fix="run with --dump-dir to find the pass; --disable-pass NAME skips it")
+    result = {"against": "masked original" if masked is not None else "original", "exact": exact.to_dict()}
+    if masked is not None:
+        # pruning changes the function on purpose: report how much, never fail on it
+        result["agreement_with_unpruned"] = compare_models(original, ctx.model, specs, config).to_dict()
+    return result
+
+
+def _inspect_canonical(original: Model) -> dict[str, Any]:
+    """The original's weight layers, seen in canonical form (Constant-node weights recognised)."""
+    from sparsecc.inspect import inspect_model
+    from sparsecc.passes.canonicalize import canonicalize
+
+    canonical = original.copy()
+    canonicalize(canonical)
+    return inspect_model(canonical)
+
+
+def _build_report(model_path: Path, recipe: Recipe, original: Model, before: dict[str, Any], ctx: PassContext,
+                  records: list[PassRecord], verification: dict[str, Any], started: float, verify: VerifyConfig
+                  ) -> dict[str, Any]:
+    from sparsecc.environment import environment
+    from sparsecc.inspect import inspect_model
+
+    after = inspect_model(ctx.model)
+    skipped = [{"pass": r.name, **vars(s)} for r in records if r.result for s in r.result.skipped]
+    macs_before, macs_after = before["totals"]["macs"], after["totals"]["macs"]
+    return {
+        "sparsecc_report": 1,
+        "input": str(model_path),
+        "recipe": recipe.to_dict(),
+        "input_shapes": {k: list(v) for k, v in original.static_input_shapes().items()},
+        "passes": [r.to_dict() for r in records],
+        "verification": {**verification, "atol": verify.atol, "rtol": verify.rtol, "seed": verify.seed},
+        "before": before,
+        "after": after,
+        "summary": {
+            "macs_before": macs_before, "macs_after": macs_after,
+            "ideal_speedup": round(macs_before / macs_after, 4) if macs_after else None,
+            "params_before": before["totals"]["weight_params"], "params_after": after["totals"]["weight_params"],
+            "compile_seconds": round(time.perf_counter() - started, 3),
+        },
+        "skipped": skipped,
+        "environment": environment(),
+    }
+
+
+def _write_outputs(out: Path, ctx: PassContext, report: dict[str, Any]) -> None:
+    from sparsecc.report import render_compile_markdown
+
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".sparsecc-staging-"))
+    try:
+        ctx.model.save(staging / "model.onnx")
+        applied = ctx.state.get("applied_plans") or []
+        plan = applied[-1] if applied else (ctx.plan or SparsityPlan(source="no pruning"))
+        if len(applied) > 1:  # multi-stage recipes: every plan as applied, in order
+            merged = SparsityPlan(source=" then ".join(p.source or "plan" for p in applied))
+            for stage in applied:
+                merged.entries.update(stage.entries)
+            plan = merged
+        plan.save(staging / "plan.json")
+        report["outputs"] = {name: str(out / name) for name in OUTPUT_FILES}
+        (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+        (staging / "report.md").write_text(render_compile_markdown(report))
+        for name in OUTPUT_FILES:
+            os.replace(staging / name, out / name)
+    except OSError as exc:
+        raise OutputError(f"cannot write the outputs ({exc.strerror})", where=str(out),
+                          fix="check free space and permissions") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")

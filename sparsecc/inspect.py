@@ -1,0 +1,92 @@
+"""``sparsecc inspect``: what the weight layers of a model are and cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx_graphsurgeon as gs
+
+from sparsecc.errors import UnsupportedModelError
+from sparsecc.layers import analyse_layers
+from sparsecc.model import Model
+from sparsecc.plan import detect_layer
+
+
+def inspect_model(model: Model) -> dict[str, Any]:
+    """Per weight layer: kind, shapes, MACs, parameters, sparsity, detected pattern; and totals.
+
+    Raises:
+        ShapeError: the model has dynamic input dimensions and no concrete shapes were given.
+        UnsupportedModelError: the model has no weight layer sparsecc can work on.
+    """
+    layers, unsupported = analyse_layers(model)
+    if not layers:
+        reasons = "; ".join(f"{u.node} ({u.op}): {u.reason}" for u in unsupported[:3])
+        if len(unsupported) > 3:
+            reasons += f"; and {len(unsupported) - 3} more like these"
+        raise UnsupportedModelError(
+            "the model has no weight layers (Conv, Gemm, or MatMul with a constant weight)"
+            + (f"; these were found but cannot be used: {reasons}" if reasons else ""),
+            where=model.source,
+            fix="sparsecc compiles models whose weights are initializers or Constant nodes; re-export with "
+                "weights as constants (torch.onnx.export does this by default)")
+    tensors = model.graph.tensors()
+    rows = []
+    for layer in layers:
+        values = tensors[layer.weight].values
+        detected = detect_layer(layer, values)
+        row = layer.to_dict()
+        row.update(sparsity=round(detected.sparsity, 6), pattern=detected.pattern,
+                   structures={k: round(v, 4) for k, v in detected.structures.items()})
+        rows.append(row)
+    all_params = sum(int(t.values.size) for t in tensors.values() if isinstance(t, gs.Constant))
+    weight_params = sum(r["params"] for r in rows)
+    zeros = sum(r["sparsity"] * r["params"] for r in rows)
+    kinds: dict[str, int] = {}
+    for layer in layers:
+        kinds[layer.kind] = kinds.get(layer.kind, 0) + 1
+    return {
+        "model": model.source,
+        "opset": model.opset(),
+        "inputs": {name: list(shape) for name, shape in model.static_input_shapes().items()},
+        "layers": rows,
+        "unsupported": [vars(u) for u in unsupported],
+        "totals": {
+            "weight_layers": len(layers),
+            "by_kind": kinds,
+            "macs": sum(r["macs"] or 0 for r in rows),
+            "weight_params": weight_params,
+            "params": all_params,
+            "weight_sparsity": round(zeros / weight_params, 6) if weight_params else 0.0,
+        },
+    }
+
+
+def human(number: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(number) >= scale:
+            return f"{number / scale:.2f}{unit}"
+    return f"{number:.0f}"
+
+
+def format_table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def format_inspection(info: dict[str, Any]) -> str:
+    rows = [[r["node"], r["kind"], "x".join(map(str, r["weight_shape"])),
+             "x".join(map(str, r["output_shape"] or [])) or "?", human(r["macs"] or 0), human(r["params"]),
+             f"{100 * r['sparsity']:.1f}%", r["pattern"]] for r in info["layers"]]
+    table = format_table(rows, ["layer", "kind", "weight", "output", "MACs", "params", "zeros", "pattern"])
+    totals = info["totals"]
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(totals["by_kind"].items()))
+    lines = [f"model: {info['model']}  (opset {info['opset']}, inputs {info['inputs']})", "", table, "",
+             f"total: {totals['weight_layers']} weight layers ({kinds}); {human(totals['macs'])} MACs; "
+             f"{human(totals['weight_params'])} weight parameters ({human(totals['params'])} in all); "
+             f"{100 * totals['weight_sparsity']:.1f}% of weights are zero"]
+    for item in info["unsupported"]:
+        lines.append(f"not a weight layer: {item['node']} ({item['op']}): {item['reason']}")
+    return "\n".join(lines)

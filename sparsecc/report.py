@@ -1,0 +1,74 @@
+"""Markdown renderings of compile, bench and demo results (JSON is the source of truth)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparsecc.inspect import format_table, human
+
+
+def render_compile_markdown(report: dict[str, Any]) -> str:
+    summary = report["summary"]
+    verification = report["verification"]
+    exact = verification["exact"]
+    lines = [
+        f"# sparsecc compile report: `{report['input']}`", "",
+        f"Recipe **{report['recipe']['name']}**: {report['recipe']['description']}", "",
+        "| | before | after |", "|---|---|---|",
+        f"| MACs | {human(summary['macs_before'])} | {human(summary['macs_after'])} |",
+        f"| weight parameters | {human(summary['params_before'])} | {human(summary['params_after'])} |",
+        "",
+        f"Ideal speedup (MAC ratio): **{summary['ideal_speedup']}x**. Compile time {summary['compile_seconds']} s.",
+        "",
+        "## Verification", "",
+        f"Compiled model vs {verification['against']} on ONNX Runtime (CPU), seeded random inputs, "
+        f"pass when max |diff| <= {verification['atol']:g} + {verification['rtol']:g} x max |output|: "
+        f"**{'passed' if exact['passed'] else 'FAILED'}** (worst relative error {exact['worst_relative_error']:.3g}).",
+    ]
+    agreement = verification.get("agreement_with_unpruned")
+    if agreement:
+        lines += ["", f"Pruning changes the function on purpose: against the unpruned original the worst output "
+                      f"differs by {agreement['worst_relative_error']:.3g} x its max |value|."]
+    lines += ["", "## Passes", ""]
+    rows = []
+    for record in report["passes"]:
+        check = record.get("verification")
+        status = "-" if not check else ("passed" if check["passed"] else "differs (expected)")
+        rows.append([record["name"], "yes" if record["exact"] else "no", record["status"],
+                     record.get("rewrites", 0), f"{record['seconds']:.3f}", status])
+    lines += _md_table(rows, ["pass", "exact", "status", "rewrites", "seconds", "verification"])
+    if report["skipped"]:
+        lines += ["", "## Left as they were", ""]
+        lines += _md_table([[s["pass"], s["layer"], s["reason"]] for s in report["skipped"]],
+                           ["pass", "layer", "reason"])
+    lines += ["", "## Weight layers after compilation", ""]
+    lines += _md_table([[r["node"], r["kind"], "x".join(map(str, r["weight_shape"])), human(r["macs"] or 0),
+                         f"{100 * r['sparsity']:.1f}%", r["pattern"]] for r in report["after"]["layers"]],
+                       ["layer", "kind", "weight", "MACs", "zeros", "pattern"])
+    env = report["environment"]
+    lines += ["", f"Environment: {env.get('cpu')} ({env.get('cpu_count')} cores), onnxruntime "
+                  f"{env.get('onnxruntime')}, onnx {env.get('onnx')}, numpy {env.get('numpy')}.", ""]
+    return "\n".join(lines)
+
+
+def _md_table(rows: list[list[Any]], headers: list[str]) -> list[str]:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return out
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    rows = [[label, m["path"], f"{m['median_ms']:.3f}", f"{m['min_ms']:.3f}", human(m["macs"])]
+            for label, m in result["models"].items()]
+    text = format_table(rows, ["model", "path", "median ms", "min ms", "MACs"])
+    backend = result["backend"]
+    text += (f"\n\n{result['runs']} interleaved runs after {result['warmup']} warm-up, {result['clock']}; "
+             f"backend {backend.get('backend')} ({backend.get('intra_op_num_threads', '?')} threads)")
+    if "speedup" in result:
+        text += (f"\nspeedup {result['speedup']:.3f}x (median baseline / median candidate); ideal "
+                 f"{result['ideal']:.3f}x (MAC ratio); efficiency {result['efficiency']:.2f}")
+    return text
+
+
+def markdown_table(rows: list[list[Any]], headers: list[str]) -> str:
+    return "\n".join(_md_table(rows, headers))

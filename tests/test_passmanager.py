@@ -1,0 +1,77 @@
+"""The pass manager: verification catches a wrong pass; disable, dump and errors work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from graphs import conv_bn_relu_fc
+
+from sparsecc.errors import OptionError, VerificationError
+from sparsecc.model import load_model, model_from_proto
+from sparsecc.passmanager import Pass, PassContext, PassManager, PassResult, available_passes, make_pass
+
+
+class BreakWeights(Pass):
+    """Claims to be exact but scales one weight: the manager must catch it."""
+
+    name = "test-break-weights"
+    exact = True
+
+    def run(self, ctx):
+        tensor = ctx.model.graph.tensors()["Wfc"]
+        tensor.values = tensor.values * np.float32(1.01)
+        return PassResult(True, 1)
+
+
+class PruneOnPurpose(BreakWeights):
+    name = "test-prune-on-purpose"
+    exact = False
+
+
+def _model():
+    return model_from_proto(conv_bn_relu_fc(batch=2))
+
+
+def test_wrong_exact_pass_is_caught_and_named():
+    manager = PassManager([make_pass("fold-batchnorm"), BreakWeights()])
+    with pytest.raises(VerificationError) as err:
+        manager.run(PassContext(_model()))
+    message = err.value.format()
+    assert "pass 'test-break-weights'" in message
+    assert "output 'y' element" in message and "fold-batchnorm" in message
+    assert err.value.exit_code == 3
+
+
+def test_inexact_pass_is_measured_not_failed():
+    records = PassManager([PruneOnPurpose()]).run(PassContext(_model()))
+    check = records[0].verification
+    assert check["mode"] == "agreement" and not check["passed"]
+    assert 0.001 < check["worst_relative_error"] < 0.1
+
+
+def test_disable_and_dump(tmp_path):
+    manager = PassManager([make_pass("constants-to-initializers"), make_pass("fold-batchnorm")],
+                          disabled=["fold-batchnorm"], dump_dir=tmp_path)
+    model = _model()
+    records = manager.run(PassContext(model))
+    assert [(r.name, r.status) for r in records] == [("constants-to-initializers", "unchanged"),
+                                                     ("fold-batchnorm", "disabled")]
+    assert [n.op for n in model.graph.nodes][:2] == ["Conv", "BatchNormalization"]
+    dumped = sorted(p.name for p in tmp_path.iterdir())
+    assert dumped == ["00-constants-to-initializers.onnx"]
+    assert load_model(tmp_path / dumped[0]).graph.nodes[1].op == "BatchNormalization"
+
+
+def test_unknown_names_are_errors():
+    with pytest.raises(OptionError, match="unknown pass"):
+        PassManager([make_pass("fold-batchnorm")], disabled=["fold-batchnrom"])
+    with pytest.raises(OptionError, match="no pass named"):
+        make_pass("nope")
+    with pytest.raises(OptionError, match="bad options"):
+        make_pass("fold-batchnorm", ratio=0.5)
+
+
+def test_registry_lists_core_passes():
+    passes = available_passes()
+    assert {"constants-to-initializers", "fold-batchnorm", "apply-plan", "plan-from-zeros"} <= set(passes)
+    assert passes["apply-plan"].exact is False and passes["fold-batchnorm"].exact is True
