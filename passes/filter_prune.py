@@ -1,0 +1,256 @@
+"""Filter pruning on the ONNX graph: plan which coupled channels go, then remove them.
+
+``plan-filters`` is analysis: it finds the coupled channel groups
+(:mod:`sparsecc.dependency`), scores every channel with a filter metric
+(:mod:`sparsecc.sparsity.filter_metrics`, the hybrid filter + 2:4 paper's
+metrics among them), ranks globally or per layer, and writes ``filter`` entries
+into the sparsity plan. ``remove-filters`` is the exact rewrite: it removes the
+planned channels physically, everywhere they are used.
+
+What the masks hold, and why: zeroing a producer's filter does not make its
+channel zero once the bias (BatchNorm folded into it) and the activation are
+applied: the channel becomes a constant, and the next layer still reads it. So
+the plan also zeroes the consumers' input channels (conv weight axis 1, the
+Gemm rows a Flatten feeds from the channel). With both masked, the channel
+contributes nothing anywhere, and the masked model computes exactly what the
+model with the channel removed computes; ``remove-filters`` is therefore exact
+with respect to the masked model, and the pass manager checks it numerically.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsecc.dependency import (ChannelGroup, ChannelUse, build_channel_groups, consumer_weights,
+                                 producer_weights, reindex_groups)
+from sparsecc.errors import OptionError, PlanError
+from sparsecc.layers import find_weight_layers
+from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
+from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan
+from sparsecc.sparsity.filter_metrics import (LAYOUTS, METRICS, filter_scores_by_group, rank_global,
+                                              rank_per_layer)
+
+SCOPES = ("global", "per-layer")
+
+
+def group_label(group: ChannelGroup) -> str:
+    """The layers that make a group's channels, as users know them ("conv1 + conv2")."""
+    return " + ".join(group.weight_nodes()) or group.id
+
+
+def use_positions(use: ChannelUse, size: int, channels: np.ndarray) -> np.ndarray:
+    """Positions along ``use.axis`` of the given group channels (those this use covers)."""
+    count = use.covered(size)
+    inside = channels[(channels >= use.start) & (channels < use.start + count)] - use.start
+    return (use.offset + inside[:, None] * use.stride + np.arange(use.stride)[None, :]).reshape(-1)
+
+
+def weight_uses(group: ChannelGroup) -> list[ChannelUse]:
+    """The Conv/Gemm/MatMul weights that make or read the group's channels (what the plan masks)."""
+    return [u for u in group.producers if u.kind == "weight"] + list(group.consumers)
+
+
+@register_pass
+class PlanFilters(Pass):
+    """Choose the filters to remove, by a filter metric, over coupled channel groups.
+
+    Args:
+        metric: A key of ``filter_metrics.METRICS`` ("l1", "l2", "output-l1", "hybrid2", ...).
+            Defaults to "l1".
+        ratio: Share of the filters removed, in (0, 1). Defaults to 0.4.
+        scope: "global" (one ranking over all groups) or "per-layer" (the ratio in every group).
+            Defaults to "global".
+        k: Weight of the 2:4 term of the hybrid metrics. Defaults to 0.5.
+        round_to: Kept channels per group are a multiple of this. Defaults to 8.
+        layers: Layer selector (names, regex, kinds, exclude, exclude_first_last); a group is
+            pruned only if every layer making its channels is selected. Defaults to all but the
+            first and last weight layers.
+        layout: Where the 2:4 groups of 4 run for the 2:4-aware metrics: "input-channel"
+            (TensorRT) or "kernel-width" (the paper). Defaults to "input-channel".
+        normalize: "mean" divides each group's scores by their mean before a global ranking, so
+            layers whose weights are larger overall (fan-in, initialisation) are not emptied first;
+            "none" ranks the raw scores. The hybrid metrics are left as they are: their rank and
+            distance-to-minimum transforms are taken over all groups together. Defaults to "mean".
+    """
+
+    name = "plan-filters"
+    exact = True
+    description = "Score coupled channel groups with a filter metric and plan which filters to remove"
+
+    def __init__(self, metric: str = "l1", ratio: float = 0.4, scope: str = "global", k: float = 0.5,
+                 round_to: int = 8, layers: dict | None = None, layout: str = "input-channel",
+                 normalize: str = "mean"):
+        if metric not in METRICS:
+            raise OptionError(f"unknown filter metric '{metric}'", where="plan-filters: metric",
+                              fix=f"use one of {', '.join(METRICS)}")
+        if not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
+            raise OptionError(f"ratio {ratio!r} is not in (0, 1)", where="plan-filters: ratio",
+                              fix="give the share of filters to remove, e.g. 0.4")
+        if scope not in SCOPES:
+            raise OptionError(f"unknown scope '{scope}'", where="plan-filters: scope", fix="use global or per-layer")
+        if layout not in LAYOUTS:
+            raise OptionError(f"unknown layout '{layout}'", where="plan-filters: layout",
+                              fix=f"use one of {', '.join(LAYOUTS)}")
+        if not isinstance(round_to, int) or round_to < 1:
+            raise OptionError(f"round_to {round_to!r} is not a positive integer", where="plan-filters: round_to",
+                              fix="use 1 for no rounding, 8 for tensor cores")
+        if not 0.0 <= float(k) <= 1.0:
+            raise OptionError(f"k {k!r} is not in [0, 1]", where="plan-filters: k", fix="e.g. k: 0.5")
+        if normalize not in ("mean", "none"):
+            raise OptionError(f"unknown normalize '{normalize}'", where="plan-filters: normalize",
+                              fix="use mean or none")
+        self.metric, self.ratio, self.scope, self.k = metric, float(ratio), scope, float(k)
+        self.normalize = normalize
+        self.round_to, self.layers, self.layout = round_to, dict(layers or {}), layout
+
+    def run(self, ctx: PassContext) -> PassResult:
+        model = ctx.model
+        groups = build_channel_groups(model)
+        candidates, skipped = self._candidates(ctx, groups)
+        if not candidates:
+            return PassResult(False, 0, skipped, notes=["no channel group can be filter-pruned"])
+        scores = filter_scores_by_group(
+            self.metric, {label: (producer_weights(model, g), consumer_weights(model, g))
+                          for label, g in candidates.items()}, k=self.k, layout=self.layout, scope=self.scope)
+        if self.scope == "global" and self.normalize == "mean" and not self.metric.startswith("hybrid"):
+            scores = {label: s / max(float(np.mean(s)), np.finfo(np.float64).tiny) for label, s in scores.items()}
+        rank = rank_global if self.scope == "global" else rank_per_layer
+        removed = rank(scores, self.ratio, multiple=self.round_to)
+        ctx.plan = self._plan(ctx, candidates, removed)
+        total = sum(g.size for g in candidates.values())
+        gone = sum(len(r) for r in removed.values())
+        per_group = {label: {"before": candidates[label].size, "after": candidates[label].size - len(r),
+                             "group": candidates[label].id} for label, r in removed.items()}
+        return PassResult(False, 0, skipped,
+                          notes=[f"{gone} of {total} channels in {len(candidates)} group(s) planned for removal "
+                                 f"({self.metric}, {self.scope}, kept counts multiples of {self.round_to})"],
+                          details={"groups": per_group, "removed": gone, "total": total})
+
+    def _candidates(self, ctx: PassContext, groups: list[ChannelGroup]):
+        layers, _ = find_weight_layers(ctx.model)
+        _, left_out = LayerSelector.from_options(self.layers).select(
+            [layer for layer in layers if not layer.shared_with], ctx.model.source)
+        not_selected = dict(left_out)
+        candidates, skipped = {}, []
+        for group in groups:
+            label = group_label(group)
+            reason = None
+            if group.blockers:
+                reason = "; ".join(group.blockers)
+            elif not group.weight_nodes():
+                reason = "no Conv/Gemm/MatMul weight makes these channels"
+            elif not group.consumers:
+                reason = "no weight reads these channels"
+            else:
+                out = [f"{n}: {not_selected[n]}" for n in group.weight_nodes() if n in not_selected]
+                reason = f"layer not selected ({'; '.join(out)})" if out else None
+            if reason:
+                skipped.append(Skipped(label, reason))
+            else:
+                candidates[label] = group
+        return candidates, skipped
+
+    def _plan(self, ctx: PassContext, candidates: dict[str, ChannelGroup], removed: dict[str, np.ndarray]
+              ) -> SparsityPlan:
+        tensors = ctx.model.graph.tensors()
+        masks: dict[str, np.ndarray] = {}
+        facts: dict[str, dict] = {}
+        for label, channels in removed.items():
+            if not len(channels):
+                continue
+            group = candidates[label]
+            roles = [(u, "removed_filters") for u in group.producers if u.kind == "weight"] + \
+                [(u, "removed_input_channels") for u in group.consumers]
+            for use, key in roles:
+                mask = masks.setdefault(use.tensor, np.ones(tensors[use.tensor].values.shape, dtype=bool))
+                index = [slice(None)] * mask.ndim
+                index[use.axis] = use_positions(use, group.size, np.asarray(channels))
+                mask[tuple(index)] = False
+                fact = facts.setdefault(use.tensor, {"node": use.node, "removed_filters": 0,
+                                                     "removed_input_channels": 0, "groups": []})
+                fact[key] += int(len(channels) if use.count is None else
+                                 np.count_nonzero((channels >= use.start) & (channels < use.start + use.count)))
+                fact["groups"].append(group.id)
+        plan = ctx.plan if ctx.plan is not None else SparsityPlan(source="plan-filters")
+        for name, mask in masks.items():
+            fact = facts[name]
+            details = {k: v for k, v in fact.items() if k != "node"}
+            previous = plan.entries.get(name)
+            if previous is not None:
+                # e.g. 2:4 first, then filters (the paper's reversed order): both masks hold
+                mask = mask & previous.mask
+                details["combined_with"] = previous.pattern
+            plan.add(WeightPlan(name, fact["node"], "filter", mask, criterion=self.metric, ratio=self.ratio,
+                                alignment=self.round_to, details=details))
+        return plan
+
+
+@register_pass
+class RemoveFilters(Pass):
+    """Remove the planned channels physically (exact with respect to the masked model).
+
+    A channel goes when every weight that makes or reads it has a ``filter`` plan entry
+    masking it entirely. The plan entries of every edited weight are dropped (their shapes
+    changed; ``apply-plan`` kept a copy in ``ctx.state["applied_plans"]``).
+    """
+
+    name = "remove-filters"
+    exact = True
+    description = "Physically remove the channels a filter plan masks, with all coupled uses"
+
+    def requires(self, ctx: PassContext) -> None:
+        if ctx.plan is None:
+            raise PlanError("there is no sparsity plan to take the filters from",
+                            fix="put plan-filters and apply-plan before remove-filters in the recipe")
+
+    def run(self, ctx: PassContext) -> PassResult:
+        model, plan = ctx.model, ctx.plan
+        edits, skipped, details = [], [], {}
+        for group in build_channel_groups(model):
+            channels = self._planned(group, plan)
+            if channels is None or not len(channels):
+                continue
+            label = group_label(group)
+            if not group.editable():
+                skipped.append(Skipped(label, "planned for removal but blocked: " + "; ".join(group.blockers)))
+                continue
+            kept = np.setdiff1d(np.arange(group.size), channels)
+            if not len(kept):
+                raise PlanError(f"the plan removes all {group.size} channels of layer(s) {label}",
+                                where=model.source, fix="lower the ratio of the filter plan")
+            edits.append((group, kept))
+            details[label] = {"group": group.id, "before": group.size, "after": int(len(kept))}
+        if not edits:
+            return PassResult(False, 0, skipped, notes=["no channel is planned for removal"])
+        edited = {u.tensor for group, _ in edits for u in group.producers + group.consumers
+                  if u.kind in ("weight", "param")}
+        reindex_groups(model, edits)
+        dropped = sorted(name for name in plan.entries if name in edited)
+        for name in dropped:
+            del plan.entries[name]
+        before = sum(d["before"] for d in details.values())
+        after = sum(d["after"] for d in details.values())
+        return PassResult(True, len(edits), skipped,
+                          notes=[f"{before - after} of {before} channels removed in {len(edits)} group(s); "
+                                 f"{len(dropped)} plan entr(y/ies) consumed"],
+                          details={"groups": details, "dropped_plan_entries": dropped})
+
+    @staticmethod
+    def _planned(group: ChannelGroup, plan: SparsityPlan) -> np.ndarray | None:
+        """Channels every weight use masks completely under a filter entry (None: not planned)."""
+        uses = weight_uses(group)
+        if not uses or any(plan.entries.get(u.tensor) is None or plan.entries[u.tensor].pattern != "filter"
+                           for u in uses):
+            return None
+        gone = np.ones(group.size, dtype=bool)
+        for use in uses:
+            mask = np.moveaxis(plan.entries[use.tensor].mask, use.axis, 0)
+            count = use.covered(group.size)
+            block = mask[use.offset:use.offset + count * use.stride]
+            channel_kept = block.reshape(count, -1).any(axis=1)
+            covered = np.zeros(group.size, dtype=bool)
+            covered[use.start:use.start + count] = ~channel_kept
+            outside = np.ones(group.size, dtype=bool)
+            outside[use.start:use.start + count] = False
+            gone &= covered | outside
+        return np.flatnonzero(gone)
