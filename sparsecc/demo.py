@@ -62,19 +62,21 @@ def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = Non
     trained = [e.name for e in zoo.list_models() if e.checkpoint]
     model_name = model_name or (DEFAULT_MODEL if DEFAULT_MODEL in trained else trained[0])
     checkpoint = zoo.checkpoint_path(model_name)
+    # checkpoints take any batch; compile and verify at the entry's own (batch 1) shape
+    shapes = {spec.name: tuple(spec.shape) for spec in zoo.get_entry(model_name).inputs}
     inputs, labels = zoo.load_eval_data(model_name)
     recipe_names = recipes or list(builtin_recipes())
     out = Path(out_dir)
     prepare_output_dir(out, checkpoint)
 
     rows: list[dict[str, Any]] = []
-    backend = OrtBackend(threads=threads)
+    backend = OrtBackend(threads=threads, allow_spinning=False)  # many sessions interleaved: no spinning
     sessions, feeds = {}, {}
     for name in recipe_names:
         progress(f"compiling {model_name} with recipe '{name}'")
         row: dict[str, Any] = {"recipe": name}
         try:
-            result = compile_model(checkpoint, name, out / name)
+            result = compile_model(checkpoint, name, out / name, shapes=shapes)
         except SparseccError as err:
             row.update(status="failed", error=err.format())
             rows.append(row)
