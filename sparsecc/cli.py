@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         return err.exit_code
+    except BrokenPipeError:  # e.g. `sparsecc zoo list --json | head`: the reader left, not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"sparsecc {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
