@@ -66,3 +66,35 @@ class SqueezeExcite(nn.Module):
 
     def forward(self, x):
         return x * self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
+
+
+class InvertedResidual(nn.Module):
+    """PW1 expand -> depthwise kxk (DW) -> optional squeeze-excitation -> linear PW2 project.
+
+    The block of MobileNetV2, MobileNetV3 and EfficientNet (MBConv); a residual
+    connection is added when the block keeps the shape. Stochastic depth is a
+    training-time regulariser and the identity at inference, so it is left out.
+
+    Args:
+        in_ch: Input channels.
+        hidden: Expanded channels; no expand conv when equal to ``in_ch``.
+        out_ch: Output channels.
+        kernel: Depthwise kernel size.
+        stride: Depthwise stride.
+        act: Activation class of the expand and depthwise convs.
+        squeeze_excite: SE module applied after the depthwise conv. Defaults to none.
+    """
+
+    def __init__(self, in_ch: int, hidden: int, out_ch: int, kernel: int, stride: int,
+                 act: type[nn.Module], squeeze_excite: nn.Module | None = None):
+        super().__init__()
+        layers = [ConvBNAct(in_ch, hidden, 1, act=act)] if hidden != in_ch else []
+        layers.append(ConvBNAct(hidden, hidden, kernel, stride, groups=hidden, act=act))
+        if squeeze_excite is not None:
+            layers.append(squeeze_excite)
+        layers.append(ConvBNAct(hidden, out_ch, 1, act=None))
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x):
+        return x + self.block(x) if self.residual else self.block(x)

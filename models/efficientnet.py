@@ -4,32 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from sparsecc.models._blocks import ConvBNAct, SqueezeExcite
+from sparsecc.models._blocks import ConvBNAct, InvertedResidual, SqueezeExcite
 
 # (expansion, kernel, first stride, output channels, repeats) per stage.
 _STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
            (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
-
-
-class MBConv(nn.Module):
-    """PW expand (PW1) -> depthwise kxk (DW) -> SE (SiLU, sigmoid gate) -> PW project (PW2).
-
-    Stochastic depth is a training-time regulariser and the identity at
-    inference, so it is left out.
-    """
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int):
-        super().__init__()
-        hidden = in_ch * expand
-        layers = [ConvBNAct(in_ch, hidden, 1, act=nn.SiLU)] if expand != 1 else []
-        layers += [ConvBNAct(hidden, hidden, kernel, stride, groups=hidden, act=nn.SiLU),
-                   SqueezeExcite(hidden, max(1, in_ch // 4), act=nn.SiLU),
-                   ConvBNAct(hidden, out_ch, 1, act=None)]
-        self.block = nn.Sequential(*layers)
-        self.residual = stride == 1 and in_ch == out_ch
-
-    def forward(self, x):
-        return x + self.block(x) if self.residual else self.block(x)
 
 
 class EfficientNetB0(nn.Module):
@@ -51,7 +30,9 @@ class EfficientNetB0(nn.Module):
         for i, (expand, kernel, stride, out_ch, repeats) in enumerate(_STAGES):
             stride = 1 if small_input and i == 1 else stride
             for j in range(repeats):
-                layers.append(MBConv(in_ch, out_ch, kernel, stride if j == 0 else 1, expand))
+                se = SqueezeExcite(in_ch * expand, max(1, in_ch // 4), act=nn.SiLU)
+                layers.append(InvertedResidual(in_ch, in_ch * expand, out_ch, kernel, stride if j == 0 else 1,
+                                               nn.SiLU, se))
                 in_ch = out_ch
         layers.append(ConvBNAct(in_ch, 1280, 1, act=nn.SiLU))
         self.features = nn.Sequential(*layers)

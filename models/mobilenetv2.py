@@ -4,27 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from sparsecc.models._blocks import ConvBNAct, make_divisible
+from sparsecc.models._blocks import ConvBNAct, InvertedResidual, make_divisible
 
 # (expansion t, output channels c, repeats n, first stride s) per stage.
 _STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
            (6, 160, 3, 2), (6, 320, 1, 1)]
-
-
-class InvertedResidual(nn.Module):
-    """Pointwise expand (PW1) -> depthwise 3x3 (DW) -> linear pointwise project (PW2)."""
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int, expand: int):
-        super().__init__()
-        hidden = in_ch * expand
-        layers = [ConvBNAct(in_ch, hidden, 1, act=nn.ReLU6)] if expand != 1 else []
-        layers += [ConvBNAct(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6),
-                   ConvBNAct(hidden, out_ch, 1, act=None)]
-        self.block = nn.Sequential(*layers)
-        self.residual = stride == 1 and in_ch == out_ch
-
-    def forward(self, x):
-        return x + self.block(x) if self.residual else self.block(x)
 
 
 class MobileNetV2(nn.Module):
@@ -51,7 +35,7 @@ class MobileNetV2(nn.Module):
             if small_input and i == 1:
                 stride = 1
             for j in range(repeats):
-                layers.append(InvertedResidual(in_ch, out_ch, stride if j == 0 else 1, expand))
+                layers.append(InvertedResidual(in_ch, in_ch * expand, out_ch, 3, stride if j == 0 else 1, nn.ReLU6))
                 in_ch = out_ch
         layers.append(ConvBNAct(in_ch, last_ch, 1, act=nn.ReLU6))
         self.features = nn.Sequential(*layers)

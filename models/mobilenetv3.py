@@ -4,32 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from sparsecc.models._blocks import ConvBNAct, SqueezeExcite, make_divisible
+from sparsecc.models._blocks import ConvBNAct, InvertedResidual, SqueezeExcite, make_divisible
 
 # (kernel, expanded channels, output channels, squeeze-excite, hard-swish, stride) per block.
 _BLOCKS = [(3, 16, 16, True, False, 2), (3, 72, 24, False, False, 2), (3, 88, 24, False, False, 1),
            (5, 96, 40, True, True, 2), (5, 240, 40, True, True, 1), (5, 240, 40, True, True, 1),
            (5, 120, 48, True, True, 1), (5, 144, 48, True, True, 1), (5, 288, 96, True, True, 2),
            (5, 576, 96, True, True, 1), (5, 576, 96, True, True, 1)]
-
-
-class InvertedResidualV3(nn.Module):
-    """Optional PW expand -> depthwise kxk -> optional SE (hard-sigmoid gate) -> PW project."""
-
-    def __init__(self, in_ch: int, kernel: int, hidden: int, out_ch: int, use_se: bool,
-                 hswish: bool, stride: int):
-        super().__init__()
-        act = nn.Hardswish if hswish else nn.ReLU
-        layers = [ConvBNAct(in_ch, hidden, 1, act=act)] if hidden != in_ch else []
-        layers.append(ConvBNAct(hidden, hidden, kernel, stride, groups=hidden, act=act))
-        if use_se:
-            layers.append(SqueezeExcite(hidden, make_divisible(hidden // 4), gate=nn.Hardsigmoid))
-        layers.append(ConvBNAct(hidden, out_ch, 1, act=None))
-        self.block = nn.Sequential(*layers)
-        self.residual = stride == 1 and in_ch == out_ch
-
-    def forward(self, x):
-        return x + self.block(x) if self.residual else self.block(x)
 
 
 class MobileNetV3Small(nn.Module):
@@ -50,7 +31,9 @@ class MobileNetV3Small(nn.Module):
         in_ch = 16
         for i, (kernel, hidden, out_ch, use_se, hswish, stride) in enumerate(_BLOCKS):
             stride = 1 if small_input and i == 0 else stride
-            layers.append(InvertedResidualV3(in_ch, kernel, hidden, out_ch, use_se, hswish, stride))
+            se = SqueezeExcite(hidden, make_divisible(hidden // 4), gate=nn.Hardsigmoid) if use_se else None
+            layers.append(InvertedResidual(in_ch, hidden, out_ch, kernel, stride,
+                                           nn.Hardswish if hswish else nn.ReLU, se))
             in_ch = out_ch
         layers.append(ConvBNAct(in_ch, 576, 1, act=nn.Hardswish))
         self.features = nn.Sequential(*layers)
