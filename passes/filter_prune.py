@@ -128,8 +128,7 @@ class PlanFilters(Pass):
 
     def _candidates(self, ctx: PassContext, groups: list[ChannelGroup]):
         layers, _ = find_weight_layers(ctx.model)
-        _, left_out = LayerSelector.from_options(self.layers).select(
-            [layer for layer in layers if not layer.shared_with], ctx.model.source)
+        _, left_out = LayerSelector.from_options(self.layers).select(layers, ctx.model.source)
         not_selected = dict(left_out)
         candidates, skipped = {}, []
         for group in groups:

@@ -44,20 +44,13 @@ def select_eligible(ctx: PassContext, layers_option: dict[str, Any] | None, layo
                     ) -> tuple[list[WeightLayer], list[Skipped], dict[str, str]]:
     """The selected layers TensorRT can run 2:4, the layers left out (with reasons), and caveats per layer.
 
-    Layers whose weight is shared are left out unless named: their one mask would serve two uses.
+    Layers whose weight is shared are left out by the selector (named ones are refused).
     """
     layers, _ = find_weight_layers(ctx.model)
     selector = _selector(layers_option)
     tensors = ctx.model.graph.tensors()
-    skipped: list[Skipped] = []
-    candidates = []
-    for layer in layers:
-        if layer.shared_with and layer.node not in selector.names:
-            skipped.append(Skipped(layer.node, f"weight '{layer.weight}' is shared with {layer.shared_with}"))
-        else:
-            candidates.append(layer)
-    selected, left_out = selector.select(candidates, ctx.model.source)
-    skipped += [Skipped(name, reason) for name, reason in left_out]
+    selected, left_out = selector.select(layers, ctx.model.source)
+    skipped = [Skipped(name, reason) for name, reason in left_out]
     eligible, notes = [], {}
     for layer in selected:
         verdict = eligibility(layer, tensors[layer.weight].values.dtype, layout)

@@ -210,7 +210,8 @@ class LayerSelector:
 
         Raises:
             OptionError: a name or pattern matches nothing, or the selection is empty.
-            PlanError: a selected layer's weight is shared with another layer.
+            PlanError: a layer named explicitly has a weight shared with another layer (a layer
+                matched only by kind or pattern is left out with the reason instead).
         """
 
         by_name = {layer.node: layer for layer in layers}
@@ -237,6 +238,9 @@ class LayerSelector:
                 reason = "excluded by the selector"
             elif layer.node in edge and layer.node not in self.names:
                 reason = "first or last weight layer (kept dense by default; exclude_first_last: false changes it)"
+            elif layer.shared_with and layer.node not in self.names:
+                reason = (f"weight '{layer.weight}' is shared with {layer.shared_with}: one mask would change "
+                          "every layer that uses it")
             if reason:
                 left_out.append((layer.node, reason))
             else:
@@ -244,7 +248,7 @@ class LayerSelector:
         if not selected:
             raise OptionError(f"the layer selector {self.describe()} matches no weight layer", where=source,
                               fix="run `sparsecc inspect` to see the layer names and kinds")
-        for layer in selected:
+        for layer in selected:  # only layers named explicitly get here with a shared weight
             if layer.shared_with:
                 raise PlanError(
                     f"weight '{layer.weight}' of layer '{layer.node}' is shared with {layer.shared_with}; a plan "

@@ -127,10 +127,16 @@ def test_shared_initializer_in_a_pruning_recipe_is_refused(cli, tmp_path):
     inits = [init("W0", randn(4, 4, 1, 1)), init("W", randn(4, 4, 1, 1)), init("W3", randn(4, 4, 1, 1))]
     path = save(make_model(nodes, [("x", [1, 4, 2, 2])], [("y", [1, 4, 2, 2])], inits), tmp_path / "tied.onnx")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: test\npasses:\n  - plan-24\n  - apply-plan\n")
+    recipe.write_text("name: test\npasses:\n  - plan-24: {layers: {names: [c1]}}\n  - apply-plan\n")
     result = cli("compile", path, "--recipe", recipe, "-o", tmp_path / "out")
-    _assert_clean_failure(result, "shared with", "c1")
+    _assert_clean_failure(result, "shared with", "c1", "untied")
     assert not (tmp_path / "out" / "model.onnx").exists()
+    # matched only by a broad selector, the tied layers are left as they were and listed
+    recipe.write_text("name: test\npasses:\n  - plan-24: {layers: {exclude_first_last: false}}\n  - apply-plan\n")
+    cli("compile", path, "--recipe", recipe, "-o", tmp_path / "out", check=True)
+    skipped = json.loads((tmp_path / "out" / "report.json").read_text())["skipped"]
+    assert {(s["layer"], "shared with" in s["reason"]) for s in skipped if s["layer"] in ("c1", "c2")} == {
+        ("c1", True), ("c2", True)}
 
 
 def test_internal_errors_are_distinguished(cli):

@@ -65,14 +65,16 @@ def test_selector_errors():
         LayerSelector.from_options({"layer": "x"})
 
 
-def test_shared_initializer_is_refused_when_selected():
+def test_shared_initializer_is_refused_when_named_and_left_out_otherwise():
     nodes = [helper.make_node("Conv", ["x", "W"], ["a"], name="c1"),
              helper.make_node("Conv", ["a", "W"], ["y"], name="c2")]
     model = model_from_proto(make_model(nodes, [("x", [1, 4, 2, 2])], [("y", [1, 4, 2, 2])],
                                         [init("W", randn(4, 4, 1, 1))]))
     layers, _ = analyse_layers(model)
-    with pytest.raises(PlanError, match=r"shared with \['c2'\]"):
+    with pytest.raises(OptionError, match="matches no weight layer"):  # both left out, with the reason
         LayerSelector(exclude_first_last=False).select(layers)
+    with pytest.raises(PlanError, match=r"shared with \['c2'\]"):
+        LayerSelector(names=["c1"]).select(layers)
 
 
 def test_detect_patterns():
