@@ -14,7 +14,8 @@ metrics here score every channel of one channel group:
 - ``preservation`` (Eqs. 6-7): harmonic mean over the filter's groups of 4 of
   the kept share of each group.
 - ``hybrid1`` (Eq. 8 on ranks): (1-k) rank(output-l1) + k rank(preservation).
-- ``hybrid2`` (Eqs. 8-9): (1-k) (output-l1 - min)^2 + k preservation.
+- ``hybrid2`` (Eqs. 8-9): (1-k) (output-l1' - min)^2 + k preservation, output-l1' = output-l1 / mean
+  (see :func:`hybrid2` for why it is normalised).
 
 Layouts of the groups of 4 (``layout``): ``input-channel`` (TensorRT's: for a
 conv filter [C, R, S], every 4 consecutive input channels at each (r, s);
@@ -191,14 +192,21 @@ def hybrid1(u: np.ndarray, v: np.ndarray, k: float = 0.5) -> np.ndarray:
     return (1 - k) * rank_transform(u) + k * rank_transform(v)
 
 
-def hybrid2(u: np.ndarray, v: np.ndarray, k: float = 0.5) -> np.ndarray:
-    """Eqs. 8-9: (1-k) (u - min u)^2 + k v (u = output-l1, v = preservation, untransformed).
+def hybrid2(u: np.ndarray, v: np.ndarray, k: float = 0.5, normalize_u: bool = True) -> np.ndarray:
+    """Eqs. 8-9: (1-k) (u' - min u')^2 + k v (u = output-l1, v = preservation, untransformed).
 
-    As in the paper, the two terms are mixed at their own scales: with u an
-    average |w| (Eq. 3) the squared term is small next to v (in [0.5, 1]) for
-    typical weights, so v decides the order unless the weights are large.
+    The paper relies on the squared term being the larger one, so that output
+    L1 "dictates the importance of most filters" and only the filters with the
+    lowest output L1 are decided by preservation. With u an average |w| (Eq. 3,
+    typically ~1e-2) the literal square is ~1e-4, far below v in [0.5, 1], and
+    preservation alone would decide. So u is first divided by its mean over the
+    filters being ranked (u' = u / mean u), which restores the paper's regime
+    whatever the weight scale. ``normalize_u=False`` gives the literal formula.
     """
     _check_k(k)
+    u = np.asarray(u, dtype=np.float64)
+    if normalize_u and u.size and u.mean() > 0:
+        u = u / u.mean()
     return (1 - k) * distance_to_min_squared(u) + k * np.asarray(v, dtype=np.float64)
 
 

@@ -107,7 +107,16 @@ def test_hybrid1_eq8_on_ranks():
 def test_hybrid2_eqs8_9_squared_distance_to_minimum():
     u = np.array([2.0, 1.0, 4.0])   # (u - 1)^2 = 1, 0, 9
     v = np.array([0.6, 0.9, 0.7])
-    np.testing.assert_allclose(hybrid2(u, v, k=0.5), [0.5 * 1 + 0.3, 0.0 + 0.45, 0.5 * 9 + 0.35])
+    np.testing.assert_allclose(hybrid2(u, v, k=0.5, normalize_u=False), [0.5 * 1 + 0.3, 0.0 + 0.45, 0.5 * 9 + 0.35])
+    # normalised: u' = u / mean(u) = (6/7, 3/7, 12/7); (u' - 3/7)^2 = (9/49, 0, 81/49)
+    np.testing.assert_allclose(hybrid2(u, v, k=0.5), [0.5 * 9 / 49 + 0.3, 0.45, 0.5 * 81 / 49 + 0.35])
+
+
+def test_hybrid2_lets_output_l1_dominate_at_realistic_weight_scales():
+    u = np.array([0.010, 0.012, 0.020, 0.030])  # average |w|, as Eq. 3 gives for trained weights
+    v = np.array([0.95, 0.90, 0.60, 0.55])      # preservation prefers the low-u filters
+    assert np.argsort(hybrid2(u, v, normalize_u=False))[-1] == 0  # literal: v decides alone
+    assert np.argsort(hybrid2(u, v))[-1] == 3                     # normalised: u leads, as in the paper
 
 
 def test_filter_scores_dispatches_every_metric():
@@ -115,8 +124,9 @@ def test_filter_scores_dispatches_every_metric():
                             "preservation", "hybrid1", "hybrid2"}
     # u = output-l1 = (1.5, 2.0): ranks (1, 2); v = preservation = (10/11, 8/13): ranks (2, 1)
     np.testing.assert_allclose(filter_scores("hybrid1", [PRODUCER], [CONSUMER], k=0.5), [1.5, 1.5])
+    # u' = (1.5, 2.0) / 1.75 -> (u' - min)^2 = (0, (0.5 / 1.75)^2)
     np.testing.assert_allclose(filter_scores("hybrid2", [PRODUCER], [CONSUMER], k=0.5),
-                               [0.5 * 10 / 11, 0.5 * 0.25 + 0.5 * 8 / 13])
+                               [0.5 * 10 / 11, 0.5 * (0.5 / 1.75) ** 2 + 0.5 * 8 / 13])
     bias = np.array([5.0, -5.0], np.float32)  # 1-D producers carry no filter weights
     np.testing.assert_allclose(filter_scores("input-l1", [PRODUCER, bias], []), [11 / 8, 9 / 8])
     for name in METRICS:
