@@ -115,17 +115,26 @@ class FoldBatchNorm(Pass):
         shape = (-1,) + (1,) * (weight.ndim - 1)
         new_weight = (weight.astype(np.float64) * scale.reshape(shape)).astype(weight.dtype)
         new_bias = ((bias - mean) * scale + beta).astype(weight.dtype)
-        conv.inputs[1] = constant(graph, conv.inputs[1].name, new_weight)
-        bias_tensor = constant(graph, f"{conv.name or conv.outputs[0].name}.bias", new_bias)
+        conv.inputs[1] = _replace_values(graph, conv.inputs[1], new_weight)
         if has_bias:
-            conv.inputs[2] = bias_tensor
+            conv.inputs[2] = _replace_values(graph, conv.inputs[2], new_bias)
         else:
+            bias_tensor = constant(graph, f"{conv.name or conv.outputs[0].name}.bias", new_bias)
             while len(conv.inputs) < 2:
                 conv.inputs.append(gs.Variable.empty())
             conv.inputs.append(bias_tensor)
         result = bn.outputs[0]
         bn.outputs.clear()
         conv.outputs = [result]
+
+
+def _replace_values(graph: gs.Graph, tensor: gs.Constant, values: np.ndarray) -> gs.Constant:
+    """New values for a constant: in place (keeping its name, so plans made outside sparsecc
+    still name it) when nothing else reads it, else as a new constant."""
+    if len(tensor.outputs) == 1:
+        tensor.values = values
+        return tensor
+    return constant(graph, tensor.name, values)
 
 
 CANONICAL_PASSES = ("constants-to-initializers", "fold-batchnorm")

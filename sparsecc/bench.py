@@ -80,7 +80,7 @@ def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2
     from sparsecc.model import load_model
     from sparsecc.verify import input_specs, random_feeds
 
-    options = {"threads": threads} if backend == "ort" else {}
+    options = {"threads": threads} if backend == "ort" else {"shapes": shapes}
     engine = get_backend(backend, **options)
     labels = ["baseline", "candidate"][: len(paths)] if len(paths) == 2 else ["model"]
     models, sessions, feeds, info = {}, {}, {}, {}

@@ -25,8 +25,6 @@ from sparsecc.plan import SparsityPlan
 from sparsecc.recipe import Recipe, load_recipe
 from sparsecc.verify import VerifyConfig, compare_models, input_specs
 
-OUTPUT_FILES = ("model.onnx", "plan.json", "plan.npz", "report.json", "report.md")
-
 
 @dataclass
 class CompileResult:
@@ -62,7 +60,7 @@ def prepare_output_dir(out_dir: str | os.PathLike, model_path: Path) -> Path:
 def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", out_dir: str | os.PathLike = "out",
                   shapes: dict[str, tuple[int, ...]] | None = None, disable: list[str] | tuple[str, ...] = (),
                   dump_dir: str | os.PathLike | None = None, plan: str | os.PathLike | None = None,
-                  verify: VerifyConfig | None = None, backend: str = "ort") -> CompileResult:
+                  verify: VerifyConfig | None = None) -> CompileResult:
     """Compile a model with a recipe and write the outputs.
 
     Args:
@@ -74,7 +72,6 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
         dump_dir: Write the graph after each pass here. Defaults to none.
         plan: A plan.json to start from (e.g. made by fine-tuning elsewhere). Defaults to none.
         verify: Tolerances and seed of the numerical checks. Defaults to the recipe's, else VerifyConfig().
-        backend: Backend the graph is lowered for. Defaults to "ort".
     """
     started = time.perf_counter()
     model_path = Path(model_path)
@@ -88,21 +85,46 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
     original.static_input_shapes()  # dynamic inputs without --shape fail here, before any work
     before = _inspect_canonical(original)  # a model sparsecc cannot work on fails here too
     model = original.copy()
-    ctx = PassContext(model, backend=backend)
+    ctx = PassContext(model)
     if plan is not None:
+        if "apply-plan" not in [p.name for p in passes] or "apply-plan" in disable:
+            raise OptionError(f"--plan was given but recipe '{recipe.name}' never applies a plan",
+                              where=str(plan), fix="use a recipe with apply-plan and the rewrite you want, e.g. "
+                                                   "passes: [apply-plan, groupwise-rewrite] or [apply-plan, "
+                                                   "remove-filters]")
         ctx.plan = SparsityPlan.load(plan)
 
     progress(f"running recipe '{recipe.name}' ({len(passes)} passes)")
     manager = PassManager(passes, disabled=tuple(disable), dump_dir=dump_dir, verify=verify)
     records = manager.run(ctx)
 
+    specialized = _specialize_input_shapes(original, ctx.model, records, passes)
     progress("verifying the compiled model")
     verification = _final_verification(original, ctx, verify)
     report = _build_report(model_path, recipe, original, before, ctx, records, verification, started, verify)
+    report["specialized_input_shapes"] = specialized
 
     progress(f"writing {out}")
     _write_outputs(out, ctx, report)
     return CompileResult(out, ctx.model, records, report)
+
+
+def _specialize_input_shapes(original: Model, model: Model, records: list[PassRecord], passes) -> dict:
+    """Fix dynamic input dims to the compile shapes when a shape-specific rewrite ran.
+
+    Such a rewrite is verified at the compile shapes only, so the output must not claim to
+    accept others. Returns the inputs fixed, {name: shape} (empty when nothing was).
+    """
+    ran = {r.name for r in records if r.status == "ran"}
+    if not any(p.specializes_shapes and p.name in ran for p in passes):
+        return {}
+    fixed = {}
+    for tensor in model.graph.inputs:
+        shape = model.input_shapes[tensor.name]
+        if tensor.shape is None or list(tensor.shape) != list(shape):
+            tensor.shape = list(shape)
+            fixed[tensor.name] = list(shape)
+    return fixed
 
 
 def _verify_config(recipe: Recipe) -> VerifyConfig:
@@ -176,24 +198,33 @@ def _write_outputs(out: Path, ctx: PassContext, report: dict[str, Any]) -> None:
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".sparsecc-staging-"))
     try:
         ctx.model.save(staging / "model.onnx")
-        applied = ctx.state.get("applied_plans") or []
-        plan = applied[-1] if applied else (ctx.plan or SparsityPlan(source="no pruning"))
-        if len(applied) > 1:  # multi-stage recipes: every plan as applied, in order
-            merged = SparsityPlan(source=" then ".join(p.source or "plan" for p in applied))
-            for stage in applied:
-                merged.entries.update(stage.entries)
-            plan = merged
-        plan.save(staging / "plan.json")
-        report["outputs"] = {name: str(out / name) for name in OUTPUT_FILES}
+        plan_files = _write_plans(staging, ctx)
+        names = ["model.onnx", *plan_files, "report.json", "report.md"]
+        report["outputs"] = {name: str(out / name) for name in names}
         (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
         (staging / "report.md").write_text(render_compile_markdown(report))
-        for name in OUTPUT_FILES:
+        for stale in out.glob("plan.stage*.*"):  # from an earlier compile into the same folder
+            stale.unlink()
+        for name in names:
             os.replace(staging / name, out / name)
     except OSError as exc:
         raise OutputError(f"cannot write the outputs ({exc.strerror})", where=str(out),
                           fix="check free space and permissions") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_plans(folder: Path, ctx: PassContext) -> list[str]:
+    """``plan.json`` (+ .npz): the plan as applied to the canonical input model, so that
+    ``--plan`` can replay it. A multi-stage recipe (e.g. filters, then 2:4 on the smaller
+    weights) writes each later stage as ``plan.stageN.json``, against the graph of its stage."""
+    applied = ctx.state.get("applied_plans") or [ctx.plan or SparsityPlan(source="no pruning")]
+    names = []
+    for index, plan in enumerate(applied, start=1):
+        stem = "plan" if index == 1 else f"plan.stage{index}"
+        plan.save(folder / f"{stem}.json")
+        names += [f"{stem}.json", f"{stem}.npz"]
+    return names
 
 
 def _json_default(value: Any) -> Any:

@@ -9,7 +9,6 @@ writes an IR version the installed ONNX Runtime accepts.
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -238,14 +237,3 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def constant_value(tensor) -> np.ndarray | None:
-    """The value of a graph tensor if it is a constant (initializer), else None."""
-    if isinstance(tensor, gs.Constant):
-        return tensor.values
-    return None
-
-
-def deep_copy_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
-    return copy.deepcopy(proto)

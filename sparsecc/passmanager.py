@@ -50,14 +50,12 @@ class PassContext:
     Attributes:
         model: The model; passes edit ``model.graph`` in place.
         plan: The sparsity plan (see :mod:`sparsecc.plan`), or None before planning.
-        backend: Name of the backend the graph is lowered for. Defaults to "ort".
         trace: Record why rewrite rules did not fire. Defaults to False.
         state: Free-form data one pass leaves for a later one.
     """
 
     model: Model
     plan: Any = None
-    backend: str = "ort"
     trace: bool = False
     state: dict[str, Any] = field(default_factory=dict)
 
@@ -65,13 +63,17 @@ class PassContext:
 class Pass:
     """Base class of all passes.
 
-    Subclasses set ``name``, ``exact`` and ``description``, take their options as
+    Subclasses set ``name``, ``exact``, ``description`` (and ``specializes_shapes`` where it
+    applies), take their options as
     keyword arguments in ``__init__``, and implement :meth:`run`.
     """
 
     name: ClassVar[str] = ""
     exact: ClassVar[bool] = True
     description: ClassVar[str] = ""
+    # True for rewrites whose result holds only at the shapes they were compiled at (e.g. slices
+    # computed from spatial sizes): the compiler then fixes dynamic input dims in the output.
+    specializes_shapes: ClassVar[bool] = False
 
     def requires(self, ctx: PassContext) -> None:
         """Check preconditions; raise a SparseccError naming what is missing."""

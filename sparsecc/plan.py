@@ -105,15 +105,15 @@ class SparsityPlan:
         json_path = Path(json_path)
         try:
             data = json.loads(json_path.read_text())
-            npz = np.load(json_path.parent / data["masks"])
             plan = cls(source=data.get("source", ""))
-            for meta in data["weights"]:
-                shape = tuple(meta["shape"])
-                bits = np.unpackbits(npz[meta["mask_key"]])[: int(np.prod(shape))]
-                plan.add(WeightPlan(meta["weight"], meta["layer"], meta["pattern"],
-                                    bits.astype(bool).reshape(shape), meta.get("criterion"), meta.get("ratio"),
-                                    meta.get("alignment"), meta.get("details") or {}))
-        except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+            with np.load(json_path.parent / data["masks"]) as npz:
+                for meta in data["weights"]:
+                    shape = tuple(meta["shape"])
+                    bits = np.unpackbits(npz[meta["mask_key"]])[: int(np.prod(shape))]
+                    plan.add(WeightPlan(meta["weight"], meta["layer"], meta["pattern"],
+                                        bits.astype(bool).reshape(shape), meta.get("criterion"), meta.get("ratio"),
+                                        meta.get("alignment"), meta.get("details") or {}))
+        except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
             raise PlanError(f"cannot read the plan ({type(exc).__name__}: {exc})", where=str(json_path),
                             fix="give a plan.json written by sparsecc, with its .npz beside it") from None
         return plan

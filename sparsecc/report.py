@@ -29,6 +29,13 @@ def render_compile_markdown(report: dict[str, Any]) -> str:
     if agreement:
         lines += ["", f"Pruning changes the function on purpose: against the unpruned original the worst output "
                       f"differs by {agreement['worst_relative_error']:.3g} x its max |value|."]
+    if report.get("specialized_input_shapes"):
+        lines += ["", "A rewrite depends on the input sizes, so the compiled model takes exactly the shapes it was "
+                      f"verified at: {report['specialized_input_shapes']}."]
+    plans = [name for name in report.get("outputs", {}) if name.endswith(".json") and name.startswith("plan")]
+    if len(plans) > 1:
+        lines += ["", f"The recipe pruned in stages: `plan.json` applies to the input model, and "
+                      f"{', '.join(f'`{p}`' for p in plans[1:])} to the graph of each later stage."]
     lines += ["", "## Passes", ""]
     rows = []
     for record in report["passes"]:

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
+from sparsecc.errors import ShapeError
 from sparsecc.model import Model, clamp_ir_version
 
 
@@ -79,7 +80,14 @@ def _measure_shapes(proto: onnx.ModelProto, input_shapes, names: list[str]) -> d
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    feeds = {i.name: np.zeros(input_shapes[i.name], dtype=numpy_dtype_of_input(i)) for i in session.get_inputs()}
-    values = session.run(names, feeds)
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.zeros(input_shapes[i.name], dtype=numpy_dtype_of_input(i))
+                 for i in session.get_inputs()}
+        values = session.run(names, feeds)
+    except Exception as exc:  # ONNX Runtime raises its own types; all mean "cannot run at these shapes"
+        raise ShapeError(f"ONNX shape inference could not follow the graph and ONNX Runtime could not run it "
+                         f"at the input shapes {input_shapes} to measure them ({type(exc).__name__}: "
+                         f"{str(exc).strip()[:300]})",
+                         fix="check --shape: the model may need other input sizes (e.g. a multiple of 32)") from None
     return {name: tuple(int(d) for d in np.shape(v)) for name, v in zip(names, values)}
