@@ -139,11 +139,14 @@ def test_quick_study_has_every_pattern_and_ratio(tmp_path):
 def test_cli_quick_json(tmp_path):
     out = tmp_path / "study.json"
     proc = subprocess.run([sys.executable, "-m", "sparsecc.cli", "characterize", "--quick", "--runs", "2",
-                           "--warmup", "0", "--json", str(out)], capture_output=True, text=True, timeout=300)
+                           "--warmup", "0", "--json-out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "[1/2]" in proc.stderr  # progress on stderr
     assert "group-wise/torch" in proc.stdout
     data = json.loads(out.read_text())
+    printed = subprocess.run([sys.executable, "-m", "sparsecc.cli", "characterize", "--quick", "--runs", "1",
+                              "--warmup", "0", "--no-ort", "--json"], capture_output=True, text=True, timeout=300)
+    assert printed.returncode == 0 and json.loads(printed.stdout)["config"]["runs"] == 1
     assert {"config", "environment", "clock", "gpu", "shapes", "measurements", "skipped", "break_even"} <= set(data)
     assert data["config"]["runs"] == 2 and data["environment"]["torch_threads"] == 2
     assert len(data["shapes"]) == 2

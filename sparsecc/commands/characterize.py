@@ -42,7 +42,8 @@ def register(subparsers) -> None:
                         help="always: every layer gets the paper's group-wise lowering (channel-gather, or "
                              "tap-gather for convs larger than 1x1); auto: groupwise-rewrite's cost model "
                              "chooses and may keep a layer dense. Defaults to always.")
-    parser.add_argument("--json", metavar="FILE", help="write every measurement as JSON ('-' for stdout)")
+    parser.add_argument("--json", action="store_true", help="print every measurement as JSON instead of the table")
+    parser.add_argument("--json-out", metavar="FILE", help="also write every measurement as JSON to FILE")
     parser.add_argument("--plot", metavar="FILE.png", help="write the latency-vs-kept plot (PNG)")
     parser.add_argument("--markdown", metavar="FILE", help="write a Markdown report")
     parser.set_defaults(func=run)
@@ -71,14 +72,14 @@ def run(args) -> int:
                          libraries=("torch", "scipy") if args.full else ("torch",))
     result = run_study(config, progress=progress)
     data = result.to_dict()
-    if args.json == "-":
+    if args.json:
         json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print(format_table(result))
-    if args.json and args.json != "-":
-        write_bytes_atomic(Path(args.json), (json.dumps(data, indent=2) + "\n").encode())
-        progress(f"wrote {args.json}")
+    if args.json_out:
+        write_bytes_atomic(Path(args.json_out), (json.dumps(data, indent=2) + "\n").encode())
+        progress(f"wrote {args.json_out}")
     if args.plot:
         plot_study(result, args.plot)
         progress(f"wrote {args.plot}")
