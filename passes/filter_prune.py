@@ -24,11 +24,13 @@ import numpy as np
 from sparsecc.dependency import (ChannelGroup, ChannelUse, build_channel_groups, consumer_weights,
                                  producer_weights, reindex_groups)
 from sparsecc.errors import OptionError, PlanError
-from sparsecc.layers import find_weight_layers
+from sparsecc.layers import WeightLayer, find_weight_layers
+from sparsecc.model import Model
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
 from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan
-from sparsecc.sparsity.filter_metrics import (LAYOUTS, METRICS, filter_scores_by_group, rank_global,
-                                              rank_per_layer)
+from sparsecc.sparsity.filter_metrics import (LAYOUTS, METRICS, filter_scores_by_group, normalize_by_mean,
+                                              rank_global, rank_per_layer)
+from sparsecc.sparsity.two_four import eligibility
 
 SCOPES = ("global", "per-layer")
 
@@ -38,11 +40,22 @@ def group_label(group: ChannelGroup) -> str:
     return " + ".join(group.weight_nodes()) or group.id
 
 
-def use_positions(use: ChannelUse, size: int, channels: np.ndarray) -> np.ndarray:
-    """Positions along ``use.axis`` of the given group channels (those this use covers)."""
-    count = use.covered(size)
-    inside = channels[(channels >= use.start) & (channels < use.start + count)] - use.start
-    return (use.offset + inside[:, None] * use.stride + np.arange(use.stride)[None, :]).reshape(-1)
+def two_four_prunable(model: Model, group: ChannelGroup, layers: dict[str, WeightLayer], layout: str
+                      ) -> list[bool]:
+    """For each producer weight of :func:`producer_weights`: will ``plan-24`` prune it?
+
+    The same rule as ``plan-24`` (:func:`sparsecc.sparsity.two_four.eligibility`): depthwise and
+    grouped convs, rows not a multiple of 4 long (a first conv with C_in = 3) and non-float
+    weights are never 2:4, so the 2:4-aware metrics leave them out.
+    """
+    tensors = model.graph.tensors()
+    flags = []
+    for use in group.producers:
+        if use.kind != "weight":
+            continue
+        layer = layers.get(use.tensor)
+        flags.append(layer is not None and eligibility(layer, tensors[use.tensor].values.dtype, layout).eligible)
+    return flags
 
 
 def weight_uses(group: ChannelGroup) -> list[ChannelUse]:
@@ -67,10 +80,15 @@ class PlanFilters(Pass):
             first and last weight layers.
         layout: Where the 2:4 groups of 4 run for the 2:4-aware metrics: "input-channel"
             (TensorRT) or "kernel-width" (the paper). Defaults to "input-channel".
-        normalize: "mean" divides each group's scores by their mean before a global ranking, so
-            layers whose weights are larger overall (fan-in, initialisation) are not emptied first;
+        normalize: "mean" divides each group's scores by the mean of their finite values before a
+            global ranking (:func:`~sparsecc.sparsity.filter_metrics.normalize_by_mean`), so layers
+            whose weights are larger overall (fan-in, initialisation) are not emptied first;
             "none" ranks the raw scores. The hybrid metrics are left as they are: their rank and
             distance-to-minimum transforms are taken over all groups together. Defaults to "mean".
+
+    The 2:4-aware metrics see only the producer weights ``plan-24`` would prune (see
+    :func:`two_four_prunable`). Weight-layer look-alikes that are not weight layers (Gemm
+    transA=1, 1-D/3-D convs, non-constant weights) are listed as skipped with the reason.
     """
 
     name = "plan-filters"
@@ -109,11 +127,13 @@ class PlanFilters(Pass):
         candidates, skipped = self._candidates(ctx, groups)
         if not candidates:
             return PassResult(False, 0, skipped, notes=["no channel group can be filter-pruned"])
+        layers = {layer.weight: layer for layer in find_weight_layers(model)[0]}
         scores = filter_scores_by_group(
-            self.metric, {label: (producer_weights(model, g), consumer_weights(model, g))
+            self.metric, {label: (producer_weights(model, g), consumer_weights(model, g),
+                                  two_four_prunable(model, g, layers, self.layout))
                           for label, g in candidates.items()}, k=self.k, layout=self.layout, scope=self.scope)
         if self.scope == "global" and self.normalize == "mean" and not self.metric.startswith("hybrid"):
-            scores = {label: s / max(float(np.mean(s)), np.finfo(np.float64).tiny) for label, s in scores.items()}
+            scores = {label: normalize_by_mean(s) for label, s in scores.items()}
         rank = rank_global if self.scope == "global" else rank_per_layer
         removed = rank(scores, self.ratio, multiple=self.round_to)
         ctx.plan = self._plan(ctx, candidates, removed)
@@ -127,10 +147,11 @@ class PlanFilters(Pass):
                           details={"groups": per_group, "removed": gone, "total": total})
 
     def _candidates(self, ctx: PassContext, groups: list[ChannelGroup]):
-        layers, _ = find_weight_layers(ctx.model)
+        layers, unsupported = find_weight_layers(ctx.model)
         _, left_out = LayerSelector.from_options(self.layers).select(layers, ctx.model.source)
         not_selected = dict(left_out)
-        candidates, skipped = {}, []
+        candidates = {}
+        skipped = [Skipped(u.node, f"{u.op} not a weight layer: {u.reason}") for u in unsupported]
         for group in groups:
             label = group_label(group)
             reason = None
@@ -163,12 +184,12 @@ class PlanFilters(Pass):
             for use, key in roles:
                 mask = masks.setdefault(use.tensor, np.ones(tensors[use.tensor].values.shape, dtype=bool))
                 index = [slice(None)] * mask.ndim
-                index[use.axis] = use_positions(use, group.size, np.asarray(channels))
+                positions = use.positions(group.size, channels)
+                index[use.axis] = positions
                 mask[tuple(index)] = False
                 fact = facts.setdefault(use.tensor, {"node": use.node, "removed_filters": 0,
                                                      "removed_input_channels": 0, "groups": []})
-                fact[key] += int(len(channels) if use.count is None else
-                                 np.count_nonzero((channels >= use.start) & (channels < use.start + use.count)))
+                fact[key] += len(positions) // use.stride
                 fact["groups"].append(group.id)
         plan = ctx.plan if ctx.plan is not None else SparsityPlan(source="plan-filters")
         for name, mask in masks.items():

@@ -25,12 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from sparsecc.errors import OptionError
 from sparsecc.layers import WeightLayer, find_weight_layers
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
 from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan
 from sparsecc.sparsity.permutation import search_permutation
-from sparsecc.sparsity.two_four import (LAYOUTS, check_two_four, eligibility, kept_magnitude, reduction_axis,
+from sparsecc.sparsity.two_four import (check_layout, check_two_four, eligibility, kept_magnitude, reduction_axis,
                                         two_four_mask)
 
 
@@ -40,17 +39,25 @@ def _selector(layers_option: dict[str, Any] | None) -> LayerSelector:
     return LayerSelector.from_options(options)
 
 
+def unsupported_skips(unsupported) -> list[Skipped]:
+    """The weight-layer look-alikes :func:`find_weight_layers` could not treat, as report entries."""
+    return [Skipped(u.node, f"{u.op} not a weight layer: {u.reason}") for u in unsupported]
+
+
 def select_eligible(ctx: PassContext, layers_option: dict[str, Any] | None, layout: str
                     ) -> tuple[list[WeightLayer], list[Skipped], dict[str, str]]:
     """The selected layers TensorRT can run 2:4, the layers left out (with reasons), and caveats per layer.
 
-    Layers whose weight is shared are left out by the selector (named ones are refused).
+    Layers whose weight is shared are left out by the selector (named ones are refused); nodes
+    that look like weight layers but are not (Gemm transA=1, 1-D/3-D conv, a weight that is not
+    a constant) are listed with the reason.
     """
-    layers, _ = find_weight_layers(ctx.model)
+    layers, unsupported = find_weight_layers(ctx.model)
     selector = _selector(layers_option)
     tensors = ctx.model.graph.tensors()
     selected, left_out = selector.select(layers, ctx.model.source)
     skipped = [Skipped(name, reason) for name, reason in left_out]
+    skipped += unsupported_skips(unsupported)
     eligible, notes = [], {}
     for layer in selected:
         verdict = eligibility(layer, tensors[layer.weight].values.dtype, layout)
@@ -61,12 +68,6 @@ def select_eligible(ctx: PassContext, layers_option: dict[str, Any] | None, layo
         if verdict.note:
             notes[layer.node] = verdict.note
     return eligible, skipped, notes
-
-
-def _check_layout(layout: str) -> None:
-    if layout not in LAYOUTS:
-        raise OptionError(f"unknown 2:4 layout {layout!r}", where="plan-24 layout option",
-                          fix=f"use one of {', '.join(LAYOUTS)} (input-channel is TensorRT's)")
 
 
 @register_pass
@@ -86,7 +87,7 @@ class PlanTwoFour(Pass):
     description = "Plan 2:4 masks (TensorRT layout) for the eligible Conv/Gemm/MatMul weights"
 
     def __init__(self, layers: dict[str, Any] | None = None, layout: str = "input-channel"):
-        _check_layout(layout)
+        check_layout(layout, where="plan-24 layout option")
         self.layers = layers
         self.layout = layout
 
@@ -138,10 +139,10 @@ class CheckTwoFour(Pass):
     description = "Report per weight whether it is 2:4 sparse in TensorRT's layout (polygraphy's rule)"
 
     def run(self, ctx: PassContext) -> PassResult:
-        layers, _ = find_weight_layers(ctx.model)
+        layers, unsupported = find_weight_layers(ctx.model)
         tensors = ctx.model.graph.tensors()
         weights: dict[str, dict[str, Any]] = {}
-        skipped = []
+        skipped = unsupported_skips(unsupported)
         for layer in layers:
             values = tensors[layer.weight].values
             verdict = eligibility(layer, values.dtype)
@@ -158,10 +159,12 @@ class CheckTwoFour(Pass):
 
 
 def _permuted(values: np.ndarray, use, size: int, permutation: np.ndarray) -> np.ndarray:
-    """``values`` with the group's channels reordered along the use's axis (what reindex_channels does)."""
-    positions = (use.offset + permutation[:, None] * use.stride + np.arange(use.stride)[None, :]).reshape(-1)
+    """``values`` with the group's channels reordered along the use's axis (what reindex_channels does).
+
+    Only for uses that cover the whole group (``_unpermutable`` refuses the others).
+    """
     order = np.arange(values.shape[use.axis])
-    order[use.offset:use.offset + size * use.stride] = positions
+    order[use.offset:use.offset + size * use.stride] = use.positions(size, permutation)
     return np.take(values, order, axis=use.axis)
 
 

@@ -80,6 +80,17 @@ class ChannelUse:
     def covered(self, size: int) -> int:
         return size - self.start if self.count is None else self.count
 
+    def positions(self, size: int, indices: np.ndarray) -> np.ndarray:
+        """Where the group's channels ``indices`` lie along ``axis``, in the order given.
+
+        Channels this use does not cover are left out; each covered channel takes ``stride``
+        consecutive positions. ``size`` is the group's channel count.
+        """
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        count = self.covered(size)
+        inside = indices[(indices >= self.start) & (indices < self.start + count)] - self.start
+        return (self.offset + inside[:, None] * self.stride + np.arange(self.stride)[None, :]).reshape(-1)
+
 
 @dataclass
 class ChannelGroup:
@@ -838,12 +849,11 @@ def reindex_groups(model: Model, edits: list[tuple[ChannelGroup, np.ndarray]]) -
         indices = _check_indices(group, indices, model.source)
         for use in group.producers + group.consumers:
             count = use.covered(group.size)
-            inside = indices[(indices >= use.start) & (indices < use.start + count)] - use.start
+            positions = use.positions(group.size, indices)
             if use.kind in ("count", "attr"):
                 per_axis = counts.setdefault((use.kind, use.node, use.tensor), {})
-                per_axis[use.axis] = per_axis.get(use.axis, 0) + (count - len(inside)) * use.stride
+                per_axis[use.axis] = per_axis.get(use.axis, 0) + count * use.stride - len(positions)
                 continue
-            positions = (use.offset + inside[:, None] * use.stride + np.arange(use.stride)[None, :]).reshape(-1)
             maps.setdefault((use.tensor, use.axis), []).append((use.offset, count * use.stride, positions))
     for (name, axis), blocks in maps.items():
         tensor = constants[name]

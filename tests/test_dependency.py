@@ -252,3 +252,14 @@ def test_bad_indices_rejected():
     for indices in ([], [0, 0, 1], [8]):
         with pytest.raises(PlanError, match="distinct"):
             reindex_channels(model, group, np.array(indices, dtype=np.int64))
+
+
+def test_channel_use_positions():
+    from sparsecc.dependency import ChannelUse
+
+    # a Gemm after Flatten reading channels 2.. of a 6-channel group, 3 features each, from element 4
+    use = ChannelUse("fc", "fc.w", axis=0, offset=4, stride=3, start=2, count=3)
+    np.testing.assert_array_equal(use.positions(6, np.array([0, 4, 2, 5])), [10, 11, 12, 4, 5, 6])
+    assert use.positions(6, np.array([0, 1, 5])).size == 0  # none of them is covered
+    whole = ChannelUse("conv", "conv.w", axis=1)
+    np.testing.assert_array_equal(whole.positions(4, np.array([3, 0, 2, 1])), [3, 0, 2, 1])  # order kept

@@ -22,8 +22,25 @@ conv filter [C, R, S], every 4 consecutive input channels at each (r, s);
 the default) or ``kernel-width`` (the paper's: the filter flattened in memory
 order C, R, S, every 4 consecutive weights, so they run along the kernel
 width). For a GEMM weight both are the same: groups run along the reduction.
-A filter whose group length is not a multiple of 4 is one 2:4 pruning will
-not touch (TensorRT cannot run it sparse), so it keeps all of its magnitude.
+The rows and groups are those of :mod:`sparsecc.sparsity.two_four`.
+
+The 2:4 metrics (Eqs. 4-7) are over the filter's own 2:4 groups, so they only
+see the producer weights 2:4 will actually prune (``prunable``: one flag per
+producer, as ``plan-24`` decides with :func:`sparsecc.sparsity.two_four.eligibility`;
+without flags, a producer is prunable when its rows are a multiple of 4 long).
+A depthwise conv or a first conv with C_in = 3 in the group therefore neither
+counts as "well preserved" nor dilutes the others. A group with no prunable
+producer is one 2:4 does not touch: the 2:4 metrics are *neutral* for it, every
+live filter of the group gets the same score, so they do not order its filters
+and do not favour or penalise the group against others. Scored alone that
+score is 1; in a ranking across groups (:func:`filter_scores_by_group`,
+``scope="global"``) it is the median score of the live channels 2:4 does prune,
+so half of those rank below it.
+
+A dead filter (all of its producer weights zero) carries nothing: it scores 0
+under every metric (the hybrids included), whatever its consumers hold, so
+it is the first to go. Scores are never NaN; ``dominant-ratio`` is +inf only
+for a live filter 2:4 prunes nothing from (already 2:4).
 
 Arrays: ``producers`` are the constants whose OUTPUT channels are the scored
 channels, each with the channel axis first ([C, ...]); 1-D ones (bias, BN
@@ -42,18 +59,15 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from sparsecc.errors import OptionError
+from sparsecc.sparsity.alignment import align_count
+from sparsecc.sparsity.two_four import LAYOUTS, check_layout, kept_per_group, to_rows
 
 __all__ = ["METRICS", "LAYOUTS", "filter_scores", "filter_scores_by_group", "input_l1", "output_l1", "l1", "l2",
            "remanent_l1", "dominant_ratio", "preservation", "group_magnitudes", "rank_transform",
-           "distance_to_min_squared", "hybrid1", "hybrid2", "rank_global", "rank_per_layer"]
+           "distance_to_min_squared", "hybrid1", "hybrid2", "normalize_by_mean", "rank_global", "rank_per_layer"]
 
-LAYOUTS = ("input-channel", "kernel-width")
-
-
-def _check_layout(layout: str) -> None:
-    if layout not in LAYOUTS:
-        raise OptionError(f"unknown 2:4 layout {layout!r}", where="layout option",
-                          fix=f"use one of {', '.join(LAYOUTS)} (input-channel is TensorRT's)")
+NEUTRAL = 1.0
+"""Score of every live filter of a group 2:4 does not touch, under a 2:4 metric scored alone."""
 
 
 def _filter_weights(producers: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -76,42 +90,71 @@ def _consumer_weights(consumers: Sequence[np.ndarray]) -> list[np.ndarray]:
     return weights
 
 
-def _rows_of_groups(weight: np.ndarray, layout: str) -> np.ndarray:
-    """One producer [C, ...] as [C, rows, L]: 2:4 groups are 4 consecutive elements of each row."""
-    c = weight.shape[0]
-    if layout == "kernel-width" or weight.ndim == 2:
-        return weight.reshape(c, 1, -1)
-    # input-channel: axis 1 is the filter's input channels; one row per kernel position
-    return np.moveaxis(weight, 1, -1).reshape(c, -1, weight.shape[1])
+def _dead(producers: Sequence[np.ndarray]) -> np.ndarray | None:
+    """Per channel: are all of its producer weights zero? None when no producer has filter weights."""
+    weights = [np.asarray(p) for p in producers if np.ndim(p) >= 2]
+    if not weights:
+        return None
+    return ~np.any([np.any(w.reshape(w.shape[0], -1) != 0, axis=1) for w in weights], axis=0)
 
 
-def group_magnitudes(producers: Sequence[np.ndarray], layout: str = "input-channel"
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Per filter and group of 4: (w, w') = the group's |w| sum and the sum of its 2 largest |w|.
+def group_magnitudes(producers: Sequence[np.ndarray], layout: str = "input-channel",
+                     prunable: Sequence[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per filter and 2:4 group of 4: (w, w') = the group's |w| sum and the sum of its 2 largest |w|.
 
     Args:
         producers: Producer weights, channel axis first.
         layout: "input-channel" or "kernel-width". Defaults to "input-channel".
+        prunable: One flag per producer: will 2:4 prune it? Defaults to "its rows are a
+            multiple of 4 long". A producer whose rows are not is never prunable.
 
     Returns:
-        Two [C, n] arrays (n groups per filter, all producers' groups side by side).
-        A row whose length is not a multiple of 4 is left whole by 2:4, so its
-        groups have w' = w.
+        Two [C, n] arrays (n groups per filter, the prunable producers' groups side by side);
+        n is 0 when no producer is prunable.
     """
-    _check_layout(layout)
-    total, kept = [], []
-    for weight in _filter_weights(producers):
-        rows = np.abs(_rows_of_groups(weight, layout))
-        c, n_rows, length = rows.shape
-        if length % 4:
-            sums = rows.sum(axis=2)  # not prunable: one "group" per row, all of it kept
-            total.append(sums)
-            kept.append(sums)
+    check_layout(layout)
+    if prunable is not None and len(prunable) != len(producers):
+        raise ValueError(f"{len(prunable)} prunable flag(s) for {len(producers)} producer(s)")
+    channels = _filter_weights(producers)[0].shape[0]
+    total, kept = [np.zeros((channels, 0))], [np.zeros((channels, 0))]
+    for i, weight in enumerate(producers):
+        if np.ndim(weight) < 2 or (prunable is not None and not prunable[i]):
             continue
-        groups = rows.reshape(c, n_rows * length // 4, 4)
-        total.append(groups.sum(axis=2))
-        kept.append(np.sort(groups, axis=2)[:, :, 2:].sum(axis=2))
+        rows, _ = to_rows(np.asarray(weight, dtype=np.float64), "Conv", False, layout)
+        if rows.shape[1] % 4:
+            continue  # 2:4 cannot touch these rows
+        magnitudes = np.abs(rows).reshape(channels, -1)  # a filter's rows are consecutive
+        total.append(magnitudes.reshape(channels, -1, 4).sum(axis=2))
+        kept.append(kept_per_group(magnitudes))
     return np.concatenate(total, axis=1), np.concatenate(kept, axis=1)
+
+
+def _remanent_raw(total: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    return kept.sum(axis=1)
+
+
+def _dominant_raw(total: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    whole, pruned = total.sum(axis=1), (total - kept).sum(axis=1)
+    ratio = np.divide(whole, pruned, out=np.full(whole.shape, np.inf), where=pruned > 0)
+    return np.where(whole > 0, ratio, 0.0)
+
+
+def _preservation_raw(total: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    alpha = np.divide(kept, total, out=np.ones(total.shape), where=total > 0)
+    inverse = (1.0 / alpha).sum(axis=1)
+    return np.where(total.sum(axis=1) > 0, total.shape[1] / np.where(inverse > 0, inverse, 1.0), 0.0)
+
+
+_TWO_FOUR = {"remanent-l1": _remanent_raw, "dominant-ratio": _dominant_raw, "preservation": _preservation_raw}
+
+
+def _two_four_scores(metric: str, producers: Sequence[np.ndarray], layout: str,
+                     prunable: Sequence[bool] | None) -> np.ndarray:
+    """A 2:4 metric per channel; NaN for the live channels of a group 2:4 does not touch (to be made neutral)."""
+    total, kept = group_magnitudes(producers, layout, prunable)
+    if total.shape[1] == 0:
+        return np.where(_dead(producers), 0.0, np.nan)
+    return _TWO_FOUR[metric](total, kept)
 
 
 def l1(producers: Sequence[np.ndarray]) -> np.ndarray:
@@ -138,29 +181,41 @@ def output_l1(consumers: Sequence[np.ndarray]) -> np.ndarray:
     return total / sum(w.size // w.shape[1] for w in weights)
 
 
-def remanent_l1(producers: Sequence[np.ndarray], layout: str = "input-channel") -> np.ndarray:
-    """Eq. 4: r_i = sum_k w'_ik, the L1 norm each filter keeps after 2:4 pruning."""
-    _, kept = group_magnitudes(producers, layout)
-    return kept.sum(axis=1)
+def _alone(scores: np.ndarray) -> np.ndarray:
+    """A 2:4 metric scored alone: the channels of a group 2:4 does not touch get :data:`NEUTRAL`."""
+    return np.where(np.isnan(scores), NEUTRAL, scores)
 
 
-def dominant_ratio(producers: Sequence[np.ndarray], layout: str = "input-channel") -> np.ndarray:
-    """Eq. 5: d_i = sum_k w_ik / sum_k (w_ik - w'_ik); +inf for a filter 2:4 prunes nothing from."""
-    total, kept = group_magnitudes(producers, layout)
-    pruned = (total - kept).sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(pruned > 0, total.sum(axis=1) / np.where(pruned > 0, pruned, 1.0), np.inf)
+def remanent_l1(producers: Sequence[np.ndarray], layout: str = "input-channel",
+                prunable: Sequence[bool] | None = None) -> np.ndarray:
+    """Eq. 4: r_i = sum_k w'_ik, the L1 norm each filter keeps after 2:4 pruning.
 
-
-def preservation(producers: Sequence[np.ndarray], layout: str = "input-channel") -> np.ndarray:
-    """Eqs. 6-7: harmonic mean over the filter's groups of alpha_ik = w'_ik / w_ik.
-
-    An all-zero group loses nothing, so its alpha is 1. Every alpha lies in
-    [0.5, 1] (the 2 largest of 4 hold at least half), so the mean is defined.
+    :data:`NEUTRAL` for every live filter of a group with no prunable producer.
     """
-    total, kept = group_magnitudes(producers, layout)
-    alpha = np.where(total > 0, kept / np.where(total > 0, total, 1.0), 1.0)
-    return alpha.shape[1] / (1.0 / alpha).sum(axis=1)
+    return _alone(_two_four_scores("remanent-l1", producers, layout, prunable))
+
+
+def dominant_ratio(producers: Sequence[np.ndarray], layout: str = "input-channel",
+                   prunable: Sequence[bool] | None = None) -> np.ndarray:
+    """Eq. 5: d_i = sum_k w_ik / sum_k (w_ik - w'_ik).
+
+    +inf for a live filter 2:4 prunes nothing from (already 2:4); 0 for a filter with no
+    magnitude in its 2:4 groups; :data:`NEUTRAL` for every live filter of a group with no
+    prunable producer.
+    """
+    return _alone(_two_four_scores("dominant-ratio", producers, layout, prunable))
+
+
+def preservation(producers: Sequence[np.ndarray], layout: str = "input-channel",
+                 prunable: Sequence[bool] | None = None) -> np.ndarray:
+    """Eqs. 6-7: harmonic mean over the filter's 2:4 groups of alpha_ik = w'_ik / w_ik.
+
+    An all-zero group of a live filter loses nothing, so its alpha is 1. Every alpha lies in
+    [0.5, 1] (the 2 largest of 4 hold at least half), so the mean is defined. A filter with no
+    magnitude in its 2:4 groups scores 0; every live filter of a group with no prunable
+    producer scores :data:`NEUTRAL`.
+    """
+    return _alone(_two_four_scores("preservation", producers, layout, prunable))
 
 
 def rank_transform(values: np.ndarray) -> np.ndarray:
@@ -210,27 +265,28 @@ def hybrid2(u: np.ndarray, v: np.ndarray, k: float = 0.5, normalize_u: bool = Tr
     return (1 - k) * distance_to_min_squared(u) + k * np.asarray(v, dtype=np.float64)
 
 
-def _hybrid_inputs(producers, consumers, layout):
-    return output_l1(consumers), preservation(producers, layout)
+def _metric_fn(metric: str) -> Callable[..., np.ndarray]:
+    def score(producers, consumers, *, k=0.5, layout="input-channel", prunable=None):
+        if metric in _TWO_FOUR:
+            return _alone(_two_four_scores(metric, producers, layout, prunable))
+        if metric in _HYBRIDS:
+            u, v = output_l1(consumers), _alone(_two_four_scores("preservation", producers, layout, prunable))
+            return _HYBRIDS[metric](u, v, k)
+        return _PLAIN[metric](producers, consumers)
+    score.__name__ = metric.replace("-", "_")
+    return score
 
+
+_PLAIN = {"l1": lambda p, c: l1(p), "l2": lambda p, c: l2(p), "input-l1": lambda p, c: input_l1(p),
+          "output-l1": lambda p, c: output_l1(c)}
+_HYBRIDS = {"hybrid1": hybrid1, "hybrid2": hybrid2}
 
 METRICS: dict[str, Callable[..., np.ndarray]] = {
-    "l1": lambda producers, consumers, *, k=0.5, layout="input-channel": l1(producers),
-    "l2": lambda producers, consumers, *, k=0.5, layout="input-channel": l2(producers),
-    "input-l1": lambda producers, consumers, *, k=0.5, layout="input-channel": input_l1(producers),
-    "output-l1": lambda producers, consumers, *, k=0.5, layout="input-channel": output_l1(consumers),
-    "remanent-l1": lambda producers, consumers, *, k=0.5, layout="input-channel": remanent_l1(producers, layout),
-    "dominant-ratio": lambda producers, consumers, *, k=0.5, layout="input-channel":
-        dominant_ratio(producers, layout),
-    "preservation": lambda producers, consumers, *, k=0.5, layout="input-channel": preservation(producers, layout),
-    "hybrid1": lambda producers, consumers, *, k=0.5, layout="input-channel":
-        hybrid1(*_hybrid_inputs(producers, consumers, layout), k),
-    "hybrid2": lambda producers, consumers, *, k=0.5, layout="input-channel":
-        hybrid2(*_hybrid_inputs(producers, consumers, layout), k),
-}
-"""Every metric as ``fn(producers, consumers, *, k, layout) -> scores`` (one per channel)."""
+    name: _metric_fn(name) for name in ("l1", "l2", "input-l1", "output-l1", "remanent-l1", "dominant-ratio",
+                                        "preservation", "hybrid1", "hybrid2")}
+"""Every metric as ``fn(producers, consumers, *, k, layout, prunable) -> scores`` (one per channel).
 
-_HYBRIDS = {"hybrid1": hybrid1, "hybrid2": hybrid2}
+These are the raw metrics; :func:`filter_scores` also gives dead filters 0."""
 
 
 def _check_metric(metric: str) -> None:
@@ -239,9 +295,15 @@ def _check_metric(metric: str) -> None:
                           fix=f"use one of {', '.join(METRICS)}")
 
 
+def _zero_dead(scores: np.ndarray, producers: Sequence[np.ndarray]) -> np.ndarray:
+    dead = _dead(producers)
+    return scores if dead is None else np.where(dead, 0.0, scores)
+
+
 def filter_scores(metric: str, producers: Sequence[np.ndarray], consumers: Sequence[np.ndarray], *,
-                  k: float = 0.5, layout: str = "input-channel") -> np.ndarray:
-    """One score per channel of one channel group, higher = more important.
+                  k: float = 0.5, layout: str = "input-channel", prunable: Sequence[bool] | None = None
+                  ) -> np.ndarray:
+    """One score per channel of one channel group, higher = more important; never NaN.
 
     The hybrid metrics' transformations (ranks, distance to the minimum) are
     taken over this group's channels only; for a global ranking across layers
@@ -253,57 +315,87 @@ def filter_scores(metric: str, producers: Sequence[np.ndarray], consumers: Seque
         consumers: Consumer weights as [K_out, C, ...].
         k: Weight of the 2:4 term in the hybrid metrics (Eq. 8). Defaults to 0.5.
         layout: Groups of 4 along "input-channel" or "kernel-width". Defaults to "input-channel".
+        prunable: One flag per producer: will 2:4 prune it (see :func:`group_magnitudes`)?
+            Defaults to "its rows are a multiple of 4 long".
     """
     _check_metric(metric)
-    _check_layout(layout)
-    return METRICS[metric](producers, consumers, k=k, layout=layout)
+    check_layout(layout)
+    return _zero_dead(METRICS[metric](producers, consumers, k=k, layout=layout, prunable=prunable), producers)
 
 
-def filter_scores_by_group(metric: str, groups: Mapping[str, tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
-                           *, k: float = 0.5, layout: str = "input-channel", scope: str = "global"
-                           ) -> dict[str, np.ndarray]:
+def _unpack(value) -> tuple[Sequence[np.ndarray], Sequence[np.ndarray], Sequence[bool] | None]:
+    producers, consumers, *rest = value
+    return producers, consumers, (rest[0] if rest else None)
+
+
+def _neutral_fill(raw: list[np.ndarray], dead: list[np.ndarray | None]) -> list[np.ndarray]:
+    """Give the channels of groups 2:4 does not touch (NaN) the median of the live channels it prunes."""
+    defined = [r[~np.isnan(r) & ~(np.zeros(r.shape, bool) if d is None else d)] for r, d in zip(raw, dead)]
+    pooled = np.concatenate(defined) if defined else np.zeros(0)
+    neutral = float(np.median(pooled)) if pooled.size else NEUTRAL
+    return [np.where(np.isnan(r), neutral, r) for r in raw]
+
+
+def filter_scores_by_group(metric: str, groups: Mapping[str, tuple], *, k: float = 0.5,
+                           layout: str = "input-channel", scope: str = "global") -> dict[str, np.ndarray]:
     """Scores for several channel groups at once, comparable across groups for a global ranking.
 
     The paper ranks filters globally, so the hybrid metrics' transformations
     need every filter of every layer: with ``scope="global"`` the ranks and
-    the minimum of Eq. 9 are taken over all groups together.
+    the minimum of Eq. 9 are taken over all groups together. Also with
+    ``scope="global"``, a group 2:4 does not touch is neutral under the 2:4
+    metrics (and the 2:4 term of the hybrids): its live channels get the
+    median score of the live channels 2:4 prunes, over all groups. The hybrids' output-L1
+    term is normalised per group before the global transformation (see the comment below).
 
     Args:
         metric: A key of :data:`METRICS`.
-        groups: Group id -> (producers, consumers), as for :func:`filter_scores`.
+        groups: Group id -> (producers, consumers) or (producers, consumers, prunable), as for
+            :func:`filter_scores`.
         k: Weight of the 2:4 term in the hybrid metrics. Defaults to 0.5.
         layout: "input-channel" or "kernel-width". Defaults to "input-channel".
         scope: "global" or "per-layer" (transformations within each group). Defaults to "global".
     """
     _check_metric(metric)
-    _check_layout(layout)
+    check_layout(layout)
     if scope not in ("global", "per-layer"):
         raise OptionError(f"unknown scope {scope!r}", where="scope option", fix="use global or per-layer")
-    if metric not in _HYBRIDS or scope == "per-layer":
-        return {gid: filter_scores(metric, p, c, k=k, layout=layout) for gid, (p, c) in groups.items()}
-    ids = list(groups)
-    inputs = [_hybrid_inputs(groups[gid][0], groups[gid][1], layout) for gid in ids]
-    u = np.concatenate([pair[0] for pair in inputs]) if ids else np.zeros(0)
-    v = np.concatenate([pair[1] for pair in inputs]) if ids else np.zeros(0)
-    scores = _HYBRIDS[metric](u, v, k)
-    bounds = np.cumsum([0] + [pair[0].size for pair in inputs])
-    return {gid: scores[bounds[i]:bounds[i + 1]] for i, gid in enumerate(ids)}
+    unpacked = {gid: _unpack(value) for gid, value in groups.items()}
+    if scope == "per-layer" or metric not in _HYBRIDS and metric not in _TWO_FOUR:
+        return {gid: filter_scores(metric, p, c, k=k, layout=layout, prunable=f)
+                for gid, (p, c, f) in unpacked.items()}
+    ids = list(unpacked)
+    dead = [_dead(unpacked[gid][0]) for gid in ids]
+    two_four = "preservation" if metric in _HYBRIDS else metric
+    v = _neutral_fill([_two_four_scores(two_four, p, layout, f) for p, _, f in unpacked.values()], dead)
+    if metric in _HYBRIDS:
+        # output L1 is not comparable across layers (it is an average of the *consumers'* weights,
+        # e.g. a small classifier reads the last group): each group's u is divided by its own mean
+        # first, so the global ranking compares filters within their layer's scale.
+        u = [normalize_by_mean(output_l1(unpacked[gid][1])) for gid in ids]
+        bounds = np.cumsum([0] + [part.size for part in u])
+        flat = _HYBRIDS[metric](np.concatenate(u) if ids else np.zeros(0),
+                                np.concatenate(v) if ids else np.zeros(0), k)
+        v = [flat[bounds[i]:bounds[i + 1]] for i in range(len(ids))]
+    return {gid: scores if d is None else np.where(d, 0.0, scores) for gid, scores, d in zip(ids, v, dead)}
+
+
+def normalize_by_mean(scores: np.ndarray) -> np.ndarray:
+    """Scores divided by the mean of their finite values, for a global ranking of groups of unequal scale.
+
+    +inf stays +inf (it does not enter the mean), 0 stays 0, and nothing becomes NaN; scores
+    with no positive finite mean are returned as they are.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = scores[np.isfinite(scores)]
+    mean = float(finite.mean()) if finite.size else 0.0
+    return scores / mean if mean > 0 else scores
 
 
 def _check_ratio(ratio: float) -> None:
     if not 0.0 <= ratio < 1.0:
         raise OptionError(f"filter pruning ratio {ratio} is outside [0, 1)", where="ratio option",
                           fix="give the share of filters to remove, e.g. 0.3")
-
-
-def _aligned_keep(size: int, keep: int, multiple: int | None) -> int:
-    """Round a kept count to the nearest multiple, at least one multiple, at most the whole group."""
-    if not multiple or multiple <= 1:
-        return keep
-    if size <= multiple:
-        return size
-    rounded = int(np.floor(keep / multiple + 0.5)) * multiple
-    return int(min(max(rounded, multiple), size))
 
 
 def _lowest(scores: np.ndarray, count: int) -> np.ndarray:
@@ -316,6 +408,24 @@ def _refuse_all(gid: str, size: int, ratio: float, how: str) -> None:
                       fix="lower the ratio, use per-layer ranking, or exclude this layer from filter pruning")
 
 
+def _scores_of(gid: str, scores) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if np.isnan(scores).any():
+        raise ValueError(f"the filter scores of layer '{gid}' contain NaN: a metric is broken for it")
+    return scores
+
+
+def _removed(gid: str, scores: np.ndarray, count: int, ratio: float, multiple: int | None, how: str) -> np.ndarray:
+    """The ``count`` lowest channels of a group, after rounding the kept count to ``multiple``."""
+    size = scores.size
+    keep = size - count
+    if multiple and multiple > 1:
+        keep = align_count(size, keep, multiple)  # a group no larger than one multiple is left whole
+    if size and keep <= 0:
+        _refuse_all(gid, size, ratio, how)
+    return _lowest(scores, size - keep)
+
+
 def rank_global(scores_by_group: Mapping[str, np.ndarray], ratio: float, *, multiple: int | None = 8
                 ) -> dict[str, np.ndarray]:
     """The channels to remove when ``ratio`` of ALL channels go, lowest scores first across groups.
@@ -325,19 +435,21 @@ def rank_global(scores_by_group: Mapping[str, np.ndarray], ratio: float, *, mult
     Args:
         scores_by_group: Group (or layer) id -> one score per channel.
         ratio: Share of all channels to remove, in [0, 1).
-        multiple: Round each group's kept count to this multiple (8 suits tensor cores, 32 GPU
-            tiles); a group no larger than one multiple is left whole. None or 1 turns it off.
+        multiple: Round each group's kept count to the nearest multiple of this (8 suits tensor
+            cores, 32 GPU tiles), at least one multiple; a group no larger than one multiple is left
+            whole (:func:`sparsecc.sparsity.alignment.align_count`). None or 1 turns it off.
             Defaults to 8.
 
     Returns:
         Group id -> sorted channel indices to remove (empty where none).
 
     Raises:
-        OptionError: The ratio is out of range, or the global threshold takes every channel of a group.
+        OptionError: The ratio is out of range, or the global threshold takes every channel of a
+            group and no rounding keeps any (only possible with ``multiple`` None or 1).
     """
     _check_ratio(ratio)
     ids = list(scores_by_group)
-    scores = [np.asarray(scores_by_group[gid], dtype=np.float64) for gid in ids]
+    scores = [_scores_of(gid, scores_by_group[gid]) for gid in ids]
     flat = np.concatenate(scores) if ids else np.zeros(0)
     n_remove = int(round(ratio * flat.size))
     removed = np.zeros(flat.size, dtype=bool)
@@ -347,10 +459,8 @@ def rank_global(scores_by_group: Mapping[str, np.ndarray], ratio: float, *, mult
         size = group_scores.size
         count = int(removed[start:start + size].sum())
         start += size
-        if size and count == size:
-            _refuse_all(gid, size, ratio, "its scores are all below the global threshold")
-        keep = _aligned_keep(size, size - count, multiple)
-        result[gid] = _lowest(group_scores, size - keep)
+        result[gid] = _removed(gid, group_scores, count, ratio, multiple,
+                               "its scores are all below the global threshold")
     return result
 
 
@@ -364,16 +474,14 @@ def rank_per_layer(scores_by_group: Mapping[str, np.ndarray], ratio: float, *, m
         multiple: Round kept counts to this multiple, as in :func:`rank_global`. Defaults to 8.
 
     Raises:
-        OptionError: The ratio is out of range or rounds to removing a whole group.
+        OptionError: The ratio is out of range, or rounds to removing a whole group that no
+            rounding to ``multiple`` keeps.
     """
     _check_ratio(ratio)
     result = {}
     for gid, group_scores in scores_by_group.items():
-        group_scores = np.asarray(group_scores, dtype=np.float64)
-        size = group_scores.size
-        count = int(round(ratio * size))
-        if size and count >= size:
-            _refuse_all(gid, size, ratio, f"{ratio} x {size} rounds to {count}")
-        keep = _aligned_keep(size, size - count, multiple)
-        result[gid] = _lowest(group_scores, size - keep)
+        group_scores = _scores_of(gid, group_scores)
+        count = int(round(ratio * group_scores.size))
+        result[gid] = _removed(gid, group_scores, count, ratio, multiple,
+                               f"{ratio} x {group_scores.size} rounds to {count}")
     return result

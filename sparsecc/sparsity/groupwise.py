@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparsecc.errors import OptionError
+from sparsecc.sparsity.alignment import align_count
 
 CRITERIA = ("l1", "l2", "mean", "zeros")
 CONV_KINDS = ("conv", "pointwise", "grouped", "depthwise")
@@ -98,13 +99,13 @@ def group_scores(weight: np.ndarray, kind: str, group: int = 1, criterion: str =
 def aligned_count(total: int, keep: float, alignment: int = 1) -> int:
     """How many of ``total`` groups to keep: round(keep * total) to the nearest multiple of ``alignment``.
 
-    At least one multiple of the alignment (or all groups, if fewer) is kept.
+    At least one multiple of the alignment (or all groups, if fewer) is kept; halves round up
+    (:func:`sparsecc.sparsity.alignment.align_count`).
     """
     check_keep(keep)
     if alignment < 1:
         raise OptionError(f"alignment must be a positive integer, got {alignment}")
-    count = int(np.floor(keep * total / alignment + 0.5)) * alignment  # halves round up
-    return int(min(total, max(count, min(alignment, total))))
+    return align_count(total, keep * total, alignment)
 
 
 def check_keep(keep: float, where: str | None = None) -> None:
@@ -230,8 +231,7 @@ def global_groupwise_masks(weights: dict[str, tuple[np.ndarray, str, int, bool]]
         layer_scores = scores[name]
         per_group = int(np.ceil(np.mean((layer_scores > threshold).sum(axis=1))))
         rows = layer_scores.shape[1]
-        wanted = int(np.floor(per_group / alignment + 0.5)) * alignment
-        count_here = min(rows, max(wanted, min(alignment, rows)))
+        count_here = align_count(rows, per_group, alignment)
         kept = np.zeros(layer_scores.shape, bool)
         thresholds = []
         for gi in range(layer_scores.shape[0]):

@@ -35,6 +35,7 @@ from itertools import combinations
 import numpy as np
 
 from sparsecc.errors import ShapeError
+from sparsecc.sparsity.two_four import kept_per_group, top2_sum
 
 __all__ = ["PermutationResult", "search_matrix", "kept_by_permutation", "search_permutation"]
 
@@ -77,21 +78,10 @@ def search_matrix(consumers: Sequence[np.ndarray]) -> np.ndarray:
                            for w in consumers], axis=0)
 
 
-def _top2(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Elementwise sum of the 2 largest of four arrays (a small sorting network: no sort)."""
-    hi1, lo1, hi2, lo2 = np.maximum(a, b), np.minimum(a, b), np.maximum(c, d), np.minimum(c, d)
-    return np.maximum(hi1, hi2) + np.maximum(np.minimum(hi1, hi2), np.maximum(lo1, lo2))
-
-
-def _stripes_top2(cols: np.ndarray) -> np.ndarray:
-    """Per row and stripe of 4 consecutive columns of [rows, C]: the kept magnitude."""
-    return _top2(cols[:, 0::4], cols[:, 1::4], cols[:, 2::4], cols[:, 3::4])
-
-
 def kept_by_permutation(matrix: np.ndarray, permutation: np.ndarray | None = None) -> float:
     """Magnitude 2:4 keeps in a [rows, C] magnitude matrix whose columns are taken in ``permutation`` order."""
     cols = matrix if permutation is None else matrix[:, permutation]
-    return float(_stripes_top2(cols).sum())
+    return float(kept_per_group(cols).sum())
 
 
 class _Climber:
@@ -107,11 +97,11 @@ class _Climber:
             self._refresh(s)
 
     def total(self) -> float:
-        return float(_stripes_top2(self.x).sum())
+        return float(kept_per_group(self.x).sum())
 
     def _refresh(self, s: int) -> None:
         stripe = self.x[:, 4 * s:4 * s + 4]
-        base = float(_stripes_top2(stripe).sum())
+        base = float(kept_per_group(stripe).sum())
         for i in range(4):
             rest = np.sort(np.delete(stripe, i, axis=1), axis=1)  # [rows, 3] ascending
             r1, r2 = rest[:, 2:3], rest[:, 1:2]
@@ -161,8 +151,8 @@ def _pair_sweep(climber: _Climber, tolerance: float) -> int:
             positions = np.r_[4 * a:4 * a + 4, 4 * b:4 * b + 4]
             cols = np.ascontiguousarray(climber.x[:, positions].T)  # [8, rows]
             first, second = cols[_SPLITS], cols[_OTHERS]            # [35, 4, rows] each
-            values = (_top2(*first.transpose(1, 0, 2)).sum(axis=1)
-                      + _top2(*second.transpose(1, 0, 2)).sum(axis=1))
+            values = (top2_sum(*first.transpose(1, 0, 2)).sum(axis=1)
+                      + top2_sum(*second.transpose(1, 0, 2)).sum(axis=1))
             best = int(np.argmax(values))
             if values[best] > values[0] + tolerance:  # split 0 is the current arrangement
                 new_order = np.arange(climber.n)

@@ -27,8 +27,8 @@ import numpy as np
 
 from sparsecc.errors import OptionError, ShapeError
 
-__all__ = ["LAYOUTS", "reduction_axis", "two_four_mask", "check_two_four", "kept_magnitude", "Eligibility",
-           "eligibility", "SPARSE_WIN_CHANNELS"]
+__all__ = ["LAYOUTS", "check_layout", "reduction_axis", "to_rows", "top2_sum", "kept_per_group", "two_four_mask",
+           "check_two_four", "kept_magnitude", "Eligibility", "eligibility", "SPARSE_WIN_CHANNELS"]
 
 LAYOUTS = ("input-channel", "kernel-width")
 
@@ -50,20 +50,48 @@ def reduction_axis(op: str, trans_b: bool = False) -> int:
     raise OptionError(f"2:4 sparsity applies to Conv, Gemm and MatMul weights, not {op}", where=f"op {op}")
 
 
-def _check_layout(layout: str) -> None:
+def check_layout(layout: str, where: str = "layout option") -> None:
+    """Refuse a 2:4 layout other than those of :data:`LAYOUTS`.
+
+    Args:
+        layout: The layout asked for.
+        where: The option named in the error. Defaults to "layout option".
+
+    Raises:
+        OptionError: ``layout`` is unknown.
+    """
     if layout not in LAYOUTS:
-        raise OptionError(f"unknown 2:4 layout {layout!r}", where="layout option",
+        raise OptionError(f"unknown 2:4 layout {layout!r}", where=where,
                           fix=f"use one of {', '.join(LAYOUTS)} (input-channel is TensorRT's)")
 
 
-def _to_rows(weight: np.ndarray, op: str, trans_b: bool, layout: str
-             ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-    """The weight as [rows, L] with groups of 4 consecutive along L, and the inverse mapping."""
+def to_rows(weight: np.ndarray, op: str = "Conv", trans_b: bool = False, layout: str = "input-channel"
+            ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """The weight as [rows, L], 2:4 groups being 4 consecutive elements along L, and the inverse mapping.
+
+    Rows keep the order of the weight's leading axis: for a Conv weight [K, C, R, S] the rows of
+    filter k come together (input-channel: one row per (r, s); kernel-width: the whole filter).
+    """
     if op == "Conv" and layout == "kernel-width":
         return weight.reshape(weight.shape[0], -1), lambda rows: rows.reshape(weight.shape)
     axis = reduction_axis(op, trans_b)
     moved = np.moveaxis(weight, axis, -1)
     return moved.reshape(-1, weight.shape[axis]), lambda rows: np.moveaxis(rows.reshape(moved.shape), -1, axis)
+
+
+def top2_sum(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Elementwise sum of the 2 largest of four arrays: the magnitude 2:4 keeps of groups (a, b, c, d).
+
+    A small sorting network (no sort), so the permutation search can call it in its inner loop.
+    """
+    hi1, lo1, hi2, lo2 = np.maximum(a, b), np.minimum(a, b), np.maximum(c, d), np.minimum(c, d)
+    return np.maximum(hi1, hi2) + np.maximum(np.minimum(hi1, hi2), np.maximum(lo1, lo2))
+
+
+def kept_per_group(magnitudes: np.ndarray) -> np.ndarray:
+    """Per group of 4 consecutive elements along the last axis of ``magnitudes`` (|w|, length % 4 == 0):
+    the sum of its 2 largest, shaped [..., L / 4]."""
+    return top2_sum(*(magnitudes[..., i::4] for i in range(4)))
 
 
 def _where(op: str, weight_name: str | None) -> str:
@@ -90,9 +118,9 @@ def two_four_mask(weight: np.ndarray, op: str = "Conv", trans_b: bool = False, *
     Raises:
         ShapeError: The group length is not a multiple of 4.
     """
-    _check_layout(layout)
+    check_layout(layout)
     weight = np.asarray(weight)
-    rows, back = _to_rows(weight, op, trans_b, layout)
+    rows, back = to_rows(weight, op, trans_b, layout)
     n_rows, length = rows.shape
     if length % 4:
         raise ShapeError(f"the 2:4 groups run along a length of {length}, not a multiple of 4",
@@ -128,13 +156,12 @@ def check_two_four(weight: np.ndarray, op: str = "Conv", trans_b: bool = False) 
 def kept_magnitude(weight: np.ndarray, op: str = "Conv", trans_b: bool = False, *,
                    layout: str = "input-channel") -> float:
     """Sum of |w| that 2:4 pruning keeps (the 2 largest of each 4); the whole sum if not prunable."""
-    _check_layout(layout)
-    rows, _ = _to_rows(np.asarray(weight), op, trans_b, layout)
+    check_layout(layout)
+    rows, _ = to_rows(np.asarray(weight), op, trans_b, layout)
     magnitudes = np.abs(rows.astype(np.float64))
-    n_rows, length = magnitudes.shape
-    if length % 4:
+    if magnitudes.shape[1] % 4:
         return float(magnitudes.sum())
-    return float(np.sort(magnitudes.reshape(n_rows, length // 4, 4), axis=2)[:, :, 2:].sum())
+    return float(kept_per_group(magnitudes).sum())
 
 
 @dataclass
@@ -159,7 +186,7 @@ def eligibility(layer, dtype: np.dtype | str = "float32", layout: str = "input-c
     length that is a multiple of 4; only floating-point weights are pruned
     (the ONNX graph is cast to FP16/BF16 for the engine).
     """
-    _check_layout(layout)
+    check_layout(layout)
     if layer.op == "Conv" and layer.kind in ("depthwise", "grouped"):
         return Eligibility(False, f"{layer.kind} conv (group={layer.group}): TensorRT never runs grouped or "
                                   "depthwise convolutions with sparse weights")

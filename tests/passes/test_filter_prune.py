@@ -173,3 +173,59 @@ def test_torch_inverted_residual_se(tmp_path):
     assert any(g["before"] == 48 and g["after"] < 48 for g in groups.values())
     depthwise = [n for n in ctx.model.graph.nodes if n.op == "Conv" and n.attrs.get("group", 1) > 1]
     assert all(n.attrs["group"] == n.inputs[1].values.shape[0] < 48 for n in depthwise)
+
+
+def test_lookalike_layers_are_listed_not_dropped():
+    from onnx import helper
+
+    from graphs import init, make_model, randn
+    from sparsecc.model import model_from_proto
+
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+             helper.make_node("Conv", ["r0", "w1"], ["y"], name="head"),
+             helper.make_node("Conv", ["s", "w1d"], ["y1"], name="conv1d"),
+             helper.make_node("Gemm", ["a", "wa"], ["y2"], name="gemm_ta", transA=1)]
+    inits = [init("w0", randn(8, 4, 3, 3)), init("w1", randn(4, 8, 1, 1)), init("w1d", randn(8, 4, 3)),
+             init("wa", randn(8, 4))]
+    model = model_from_proto(make_model(nodes, [("x", [1, 4, 6, 6]), ("s", [1, 4, 10]), ("a", [8, 1])],
+                                        [("y", [1, 4, 6, 6]), ("y1", [1, 8, 8]), ("y2", [1, 4])], inits))
+    ctx, records = run(model, [make_pass("plan-filters", ratio=0.5, round_to=1, layers=ALL_LAYERS)])
+    skipped = [(s.layer, s.reason) for s in records["plan-filters"].result.skipped]
+    assert ("conv1d", "Conv not a weight layer: 1-D convolution; only 2-D convolutions are weight layers "
+                      "for now") in skipped
+    assert ("gemm_ta", "Gemm not a weight layer: transA=1 (input transposed) is not handled") in skipped
+    assert len(np.flatnonzero(~ctx.plan.entries["w0"].mask.reshape(8, -1).any(axis=1))) == 4
+
+
+@pytest.mark.parametrize("metric", ["dominant-ratio", "preservation", "l1", "hybrid2"])
+def test_dead_filter_is_planned_for_removal(metric):
+    # before the fix, dominant-ratio scored the dead channel +inf and mean normalisation made it NaN
+    model = graphs.residual_model()
+    tensors = model.graph.tensors()
+    for name in ("stem.w", "a.w"):  # stem and a are coupled by the residual Add: channel 3 is dead
+        values = tensors[name].values.copy()
+        values[3] = 0.0
+        tensors[name].values = values
+    ctx, _ = run(model, [make_pass("plan-filters", metric=metric, ratio=0.25, round_to=1, layers=ALL_LAYERS)])
+    removed = np.flatnonzero(~ctx.plan.entries["stem.w"].mask.reshape(8, -1).any(axis=1))
+    assert len(removed) == 2 and 3 in removed
+
+
+def test_two_four_metrics_use_plan_24_eligibility():
+    from sparsecc.dependency import build_channel_groups, producer_weights
+    from sparsecc.layers import find_weight_layers
+    from sparsecc.passes.filter_prune import two_four_prunable
+
+    model = graphs.inverted_residual_se_model()
+    layers = {layer.weight: layer for layer in find_weight_layers(model)[0]}
+    groups = build_channel_groups(model)
+    expand = graphs.by_producer(groups, "pw1")
+    nodes = [u.node for u in expand.producers if u.kind == "weight"]
+    flags = dict(zip(nodes, two_four_prunable(model, expand, layers, "input-channel")))
+    assert flags == {"pw1": True, "dw": False, "se2": True}  # depthwise: never sparse in TensorRT
+    assert len(flags) == len(producer_weights(model, expand))
+    residual = graphs.by_producer(groups, "stem")
+    flags = dict(zip([u.node for u in residual.producers if u.kind == "weight"],
+                     two_four_prunable(model, residual, layers, "input-channel")))
+    assert flags == {"stem": False, "pw2": True}  # stem reads C_in = 3

@@ -119,3 +119,14 @@ def test_mask_shape_mismatch_is_a_plan_error():
     plan = SparsityPlan({"W": WeightPlan("W", "mm", "group-wise", mask)})
     with pytest.raises(PlanError, match="has shape"):
         plan.validate(Model(graph))
+
+
+def test_one_alignment_rule_for_groupwise_and_filter_pruning():
+    from sparsecc.sparsity.alignment import align_count
+    from sparsecc.sparsity.filter_metrics import rank_per_layer
+
+    assert align_count(72, 18, 4) == 20 and align_count(72, 18, 8) == 16  # halves round up
+    assert align_count(10, 0.5, 8) == 8 and align_count(6, 3, 8) == 6   # at least one tile, at most all
+    for size, ratio in ((40, 0.3), (72, 0.55), (20, 0.5), (6, 0.5)):
+        removed = rank_per_layer({"l": np.arange(float(size))}, ratio, multiple=8)["l"]
+        assert size - removed.size == aligned_count(size, 1 - ratio, 8)

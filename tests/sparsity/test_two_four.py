@@ -10,7 +10,8 @@ from onnx import numpy_helper
 
 from sparsecc.errors import OptionError, ShapeError
 from sparsecc.layers import WeightLayer
-from sparsecc.sparsity.two_four import check_two_four, eligibility, kept_magnitude, reduction_axis, two_four_mask
+from sparsecc.sparsity.two_four import (check_layout, check_two_four, eligibility, kept_magnitude, kept_per_group,
+                                        reduction_axis, to_rows, two_four_mask)
 
 RNG = np.random.default_rng(7)
 
@@ -134,3 +135,19 @@ def test_eligibility_reasons():
     # kernel-width: the whole filter length counts (3 * 3 * 3 = 27 is not a multiple of 4)
     assert not eligibility(_layer("conv", (16, 3, 3, 3)), layout="kernel-width").eligible
     assert eligibility(_layer("conv", (16, 4, 3, 3)), layout="kernel-width").eligible
+
+
+def test_one_implementation_of_the_two_four_helpers():
+    from sparsecc.sparsity import filter_metrics, permutation, two_four
+
+    assert filter_metrics.LAYOUTS is two_four.LAYOUTS
+    assert permutation.top2_sum is two_four.top2_sum
+    magnitudes = np.abs(RNG.standard_normal((5, 12)))
+    np.testing.assert_allclose(kept_per_group(magnitudes),
+                               np.sort(magnitudes.reshape(5, 3, 4), axis=2)[:, :, 2:].sum(axis=2))
+    weight = RNG.standard_normal((2, 8, 1, 2)).astype(np.float32)
+    rows, back = to_rows(weight)
+    assert rows.shape == (4, 8) and np.array_equal(rows[:2], np.moveaxis(weight[0], 0, -1).reshape(2, 8))
+    assert np.array_equal(back(rows), weight)
+    with pytest.raises(OptionError, match="plan-24 layout option"):
+        check_layout("rows", where="plan-24 layout option")
