@@ -10,6 +10,7 @@ from onnx import helper
 from sparsecc.backends.ort import OrtBackend
 from sparsecc.errors import OptionError, PlanError, UnsupportedModelError
 from sparsecc.model import model_from_proto
+from sparsecc.passes.groupwise import tap_rows
 from sparsecc.passmanager import PassContext, PassManager, make_pass
 from sparsecc.recipe import load_recipe, parse_recipe
 
@@ -75,16 +76,51 @@ def test_tap_gather_conv_variants(case):
     assert record.result.rewrites == 1 and record.verification["passed"]
     assert record.result.details["layers"]["conv"]["lowering"] == "tap-gather"
     _assert_same(ctx)
-    convs = [n for n in ctx.model.graph.nodes if n.op == "Conv"]
-    assert len(convs) == 1 and convs[0].name.startswith("groupwise-rewrite/")
-    weight = convs[0].inputs[1].values
+    assert _ops(ctx.model) == ["Conv", "Conv", "Gather"]
+    taps, gemm = _tap_gather_convs(ctx.model)
     group = CONV_CASES[case].get("group", 1)
-    # 8/g channels x 9 taps per conv group, half kept -> K' = 36/g per group, as a 1x1 Conv
-    assert weight.shape == (6, 36 // group, 1, 1)
-    assert {"Gather", "Slice", "Concat"} <= set(_ops(ctx.model))
+    # 8/g channels x 9 taps per conv group, half kept -> 36 kept rows in all, K' padded to a multiple of 8
+    k = taps.inputs[1].values.shape[0]
+    assert k % 8 == 0 and k >= 36 and taps.attrs["group"] == k and taps.inputs[1].values.sum() == 36
+    assert gemm.inputs[1].values.shape == (6, k // group, 1, 1) and gemm.attrs.get("group", 1) == group
+    for attr in ("strides", "dilations"):
+        assert list(taps.attrs[attr]) == list(CONV_CASES[case].get(attr, [1, 1]))
     assert all(n.name.startswith("groupwise-rewrite/") for n in ctx.model.graph.nodes)
     assert "conv" not in {e.layer for e in ctx.plan.entries.values()}  # entry of the replaced weight dropped
     assert ctx.state["applied_plans"][0].entries["W"].pattern == "group-wise"
+
+
+def _tap_gather_convs(model):
+    """The one-hot depthwise Conv and the 1x1 Conv of a tap-gather lowering."""
+    convs = {n.name.split("/")[-1]: n for n in model.graph.nodes if n.op == "Conv"}
+    assert all(n.name.startswith("groupwise-rewrite/") for n in convs.values())
+    return convs["taps"], convs["gemm_1x1"]
+
+
+def test_tap_rows_are_channel_major_and_padded():
+    rows = np.zeros((2, 3, 3, 3), bool)
+    rows[0, 2, 0, 1] = rows[0, 0, 2, 2] = rows[0, 0, 1, 0] = True  # group 0 keeps 3 rows
+    rows[1, 1, 1, 1] = True  # group 1 keeps 1 row
+    table = tap_rows(rows)
+    assert table.shape == (2, 4, 3)  # 3 rows per group, padded to 4 so that K' = 8
+    assert table[0].tolist() == [[0, 1, 0], [0, 2, 2], [2, 0, 1], [-1, -1, -1]]
+    assert table[1].tolist() == [[1, 1, 1]] + [[-1, -1, -1]] * 3
+    assert tap_rows(rows[:1], block=16).shape == (1, 16, 3)
+
+
+def test_tap_gather_with_unequal_groups_and_unaligned_count():
+    weight = randn(6, 5, 3, 3)
+    weight[:3, :, 0] = 0.0  # group 0 (output channels 0-2): kernel row 0 pruned -> 30 rows kept
+    weight[3:, :4] = 0.0  # group 1: only its channel 4 (input channel 9) left -> 9 rows kept
+    proto = make_model([helper.make_node("Conv", ["x", "W", "B"], ["y"], name="conv", group=2, strides=[2, 1],
+                                         pads=[1, 0, 2, 1])],
+                       [("x", [2, 10, 9, 8])], [("y", [2, 6, None, None])], [init("W", weight), init("B", randn(6))])
+    ctx, records = _compile(proto, {"criterion": "zeros", **ONE}, {"lowering": "tap-gather"})
+    assert records["groupwise-rewrite"].result.rewrites == 1
+    taps, gemm = _tap_gather_convs(ctx.model)
+    assert taps.attrs["group"] == 64 and taps.inputs[1].values.sum() == 39  # 2 groups x 32 rows
+    assert gemm.inputs[1].values.shape == (6, 32, 1, 1) and gemm.attrs["group"] == 2
+    _assert_same(ctx)
 
 
 def test_pointwise_conv_drops_channels_with_strides():
@@ -122,7 +158,7 @@ def test_gemm_feature_gather(trans_b):
     gemm = next(n for n in ctx.model.graph.nodes if n.op == "Gemm")
     assert gemm.attrs["alpha"] == pytest.approx(0.7) and gemm.attrs["beta"] == pytest.approx(1.3)
     assert gemm.inputs[1].values.shape == ((10, 8) if trans_b else (8, 10))
-    assert _ops(ctx.model) == ["Gather", "Gemm"]
+    assert _ops(ctx.model) == ["Gather", "Gemm", "Transpose", "Transpose"]
     _assert_same(ctx)
 
 
@@ -133,7 +169,9 @@ def test_matmul_3d_input():
     matmul = next(n for n in ctx.model.graph.nodes if n.op == "MatMul")
     assert matmul.inputs[1].values.shape == (3, 7)
     gather = next(n for n in ctx.model.graph.nodes if n.op == "Gather")
-    assert gather.attrs["axis"] == -1
+    assert gather.attrs["axis"] == 0  # on the features, moved first by a Transpose and back after
+    perms = [list(n.attrs["perm"]) for n in ctx.model.graph.nodes if n.op == "Transpose"]
+    assert perms == [[2, 0, 1], [1, 2, 0]]
     _assert_same(ctx)
 
 
