@@ -617,6 +617,8 @@ class GroupwiseRewrite(Pass):
 
     name = REWRITE
     exact = True
+    # the one-hot depthwise Conv and the gathered planes are sized for the compile-time spatial dims
+    specializes_shapes = True
     description = ("Group-wise pruned Conv/Gemm/MatMul -> Gather of kept channels or taps + smaller GEMM "
                    "(per-layer choice by cost model; unused channels folded into producers)")
 
@@ -740,7 +742,7 @@ class GroupwiseRewrite(Pass):
         info = details["layers"].setdefault(layer.node, {})
         if layer.op == "Conv":
             if in_shape is None or out_shape is None:
-                reason = "input/output shape unknown (give concrete input shapes with --shapes)"
+                reason = "input/output shape unknown (give concrete input shapes with --shape)"
                 candidates = []
             else:
                 bias = node.inputs[2] if len(node.inputs) > 2 and not node.inputs[2].is_empty() else None

@@ -432,7 +432,8 @@ def paper_lowering(shape: GemmShape) -> str:
     """The groupwise-rewrite lowering that is the paper's formulation for this layer.
 
     A MatMul (or 1x1 conv) group is one input feature (channel), so dropping the pruned ones is
-    ``channel-gather``; a larger conv needs the im2col rows, gathered tap by tap (``tap-gather``).
+    ``channel-gather``; a larger conv needs the im2col rows (``tap-gather``: each kept channel plane
+    copied once per kept tap, shifted into place by a one-hot depthwise Conv).
     """
     return "tap-gather" if shape.conv is not None and shape.conv.kernel > 1 else "channel-gather"
 

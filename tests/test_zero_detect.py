@@ -49,8 +49,36 @@ def test_detected_zero_rows_become_a_smaller_gemm(cli, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["verification"]["exact"]["passed"]
     macs = {row["node"]: row["macs"] for row in report["before"]["layers"]}
-    assert report["summary"]["macs_before"] - report["summary"]["macs_after"] == macs["middle"] // 2
+    # middle (16x16x3x3 on 20x20) becomes: one-hot 3x3 depthwise shift of the 72 kept planes
+    # (72 x 400 x 9 MACs) + a 1x1 conv with K' = 72 (16 x 72 x 400 MACs)
+    rewritten = 72 * 400 * 9 + 16 * 72 * 400
+    assert report["summary"]["macs_after"] == report["summary"]["macs_before"] - macs["middle"] + rewritten
     compiled = onnx.load(str(out / "model.onnx"))
     shapes = sorted(tuple(numpy_helper.to_array(t).shape) for t in compiled.graph.initializer
                     if numpy_helper.to_array(t).ndim == 4)
     assert (16, 72, 1, 1) in shapes  # K' = 72 of the 144 im2col rows
+
+
+def test_shape_specific_rewrite_fixes_dynamic_input_dims(cli, tmp_path):
+    """A rewrite sized for the compile shape must not leave the model claiming other sizes work."""
+    proto = onnx.load(str(_pruned_elsewhere(tmp_path)))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    out_dims = proto.graph.output[0].type.tensor_type.shape.dim
+    out_dims[2].dim_param, out_dims[3].dim_param = "H", "W"
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(proto, str(path))
+    recipe = tmp_path / "forced.yaml"
+    recipe.write_text("name: forced\npasses:\n  - plan-from-zeros\n  - apply-plan\n"
+                      "  - groupwise-rewrite: {lowering: tap-gather}\n")
+    out = tmp_path / "out"
+    cli("compile", path, "--recipe", recipe, "-o", out, "--shape", "x:1x8x12x12", check=True)
+    report = json.loads((out / "report.json").read_text())
+    assert report["specialized_input_shapes"] == {"x": [1, 8, 12, 12]}
+    compiled = onnx.load(str(out / "model.onnx"))
+    assert [d.dim_value for d in compiled.graph.input[0].type.tensor_type.shape.dim] == [1, 8, 12, 12]
+    assert "verified at" in (out / "report.md").read_text()
+    # canonicalisation alone does not depend on sizes: dynamic dims stay dynamic
+    cli("compile", path, "-o", tmp_path / "none", "--shape", "x:1x8x12x12", check=True)
+    kept = onnx.load(str(tmp_path / "none" / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in kept][2:] == ["H", "W"]
