@@ -613,6 +613,10 @@ class GroupwiseRewrite(Pass):
         runs: Timed runs per candidate for the measured cost model. Defaults to 5.
         threads: ONNX Runtime intra-op threads for measuring. Defaults to 2.
         fold: Fold unused input channels into the producing layer. Defaults to True.
+
+    With the measured cost model choosing the lowerings, the whole rewritten model is finally
+    timed against the graph it came from and the rewrite is undone if it is not faster (the
+    report says so).
     """
 
     name = REWRITE
@@ -639,6 +643,8 @@ class GroupwiseRewrite(Pass):
 
     def run(self, ctx: PassContext) -> PassResult:
         model = ctx.model
+        # a forced lowering is the user's call; only the cost model's own choices are checked
+        before = model.copy() if self.cost_model == "measured" and self.lowering == "auto" else None
         graph = model.graph
         layers, unsupported = find_weight_layers(model)
         wanted = {name for layer in layers for name in (layer.input, layer.output)}
@@ -670,14 +676,46 @@ class GroupwiseRewrite(Pass):
             if chosen:
                 replaced.add(layer.weight)
                 rewrites += 1
+        notes = []
+        if before is not None and rewrites + folded > 0:
+            check = self._model_check(before, model)
+            details["model_check"] = check
+            if not check["kept"]:
+                model.graph = before.graph
+                skipped.append(Skipped("(whole model)", check["reason"]))
+                notes.append(check["reason"])
+                replaced.clear()
+                rewrites = folded = 0
         if ctx.plan is not None:
             for weight in replaced:
                 ctx.plan.entries.pop(weight, None)
         ctx.state[REWRITE] = details  # per-layer lowerings and times, for reports and tools
-        notes = [f"{rewrites} layer(s) lowered, {folded} producer(s) shrunk by folding unused channels"]
+        notes.insert(0, f"{rewrites} layer(s) lowered, {folded} producer(s) shrunk by folding unused channels")
         if shape_note:
             notes.append(shape_note)
         return PassResult(rewrites + folded > 0, rewrites + folded, skipped, notes, details)
+
+    def _model_check(self, dense: Model, rewritten: Model) -> dict[str, Any]:
+        """Time the whole rewritten graph against the graph it came from, interleaved.
+
+        Layers are chosen one at a time, but a rewrite can win on each layer and lose in the
+        model (layout changes between neighbours, cache effects): the rewrite is kept only if
+        the whole model is faster on the target backend.
+        """
+        from sparsecc.backends.ort import OrtBackend
+        from sparsecc.bench import time_interleaved
+        from sparsecc.verify import input_specs, random_feeds
+
+        backend = OrtBackend(threads=self.threads)
+        sessions = {"dense": backend.load(dense.to_bytes()), "rewritten": backend.load(rewritten.to_bytes())}
+        feed = random_feeds(input_specs(rewritten), seed=0)[0]
+        timings = time_interleaved(sessions, {"dense": feed, "rewritten": feed}, warmup=1, runs=self.runs)
+        dense_ms, rewritten_ms = timings["dense"].median_ms, timings["rewritten"].median_ms
+        kept = rewritten_ms < dense_ms
+        verdict = "kept" if kept else "not faster, so every layer was left dense"
+        return {"dense_ms": round(dense_ms, 4), "rewritten_ms": round(rewritten_ms, 4), "runs": self.runs,
+                "kept": kept, "reason": f"whole model: rewritten {rewritten_ms:.3f} ms vs dense {dense_ms:.3f} ms "
+                                        f"(median of {self.runs}, ONNX Runtime CPU): {verdict}"}
 
     @staticmethod
     def _check_plan(ctx: PassContext, layers: list[WeightLayer]) -> None:

@@ -356,3 +356,27 @@ def test_unnamed_layer_is_rewritten():
     assert records["groupwise-rewrite"].result.details["layers"]["<MatMul -> y>"]["lowering"] == "channel-gather"
     assert next(n for n in ctx.model.graph.nodes if n.op == "MatMul").inputs[1].values.shape == (8, 7)
     _assert_same(ctx)
+
+
+@pytest.mark.parametrize("model_faster", [True, False])
+def test_whole_model_check_keeps_or_undoes_the_cost_models_choice(monkeypatch, model_faster):
+    import sparsecc.passes.groupwise as groupwise
+
+    def tap_gather_wins(candidates, *args, **kwargs):  # per layer, the rewrite looks 4x faster
+        for candidate in candidates:
+            candidate.seconds = 1.0 if candidate.name == "dense" else 0.25
+
+    def whole_model(self, dense, rewritten):
+        return {"kept": model_faster, "reason": "whole model: test verdict"}
+
+    monkeypatch.setattr(groupwise, "measure_candidates", tap_gather_wins)
+    monkeypatch.setattr(groupwise.GroupwiseRewrite, "_model_check", whole_model)
+    ctx, records = _compile(_conv_model(c_in=16, c_out=16, size=12, pads=[1, 1, 1, 1]), {"keep": 0.25, **ONE}, {})
+    result = records["groupwise-rewrite"].result
+    assert result.details["layers"]["conv"]["lowering"] != "dense"  # the cost model chose a rewrite
+    if model_faster:
+        assert result.rewrites == 1 and "Gather" in _ops(ctx.model)
+    else:
+        assert result.rewrites == 0 and not result.modified and "Gather" not in _ops(ctx.model)
+        assert [s.layer for s in result.skipped if s.reason == "whole model: test verdict"] == ["(whole model)"]
+    _assert_same(ctx)
