@@ -1,11 +1,11 @@
 """How much magnitude 2:4 keeps per layer, without and with channel permutation, on a trained model.
 
 Usage:
-    python tools/bench_permutation.py [--zoo resnet18-digits] [--onnx MODEL.onnx] [--json OUT.json]
+    python tools/bench_permutation.py [--zoo resnet18-digits] [--onnx MODEL.onnx --shape x:1x3x32x32]
+                                      [--json OUT.json]
 
-The model is a trained zoo checkpoint (``sparsecc.zoo.checkpoint_path``) when it
-is installed, otherwise a small CNN trained here for a few seconds with torch
-on scikit-learn's digits (real data, installed offline). The graph is
+The model is a trained zoo checkpoint (``sparsecc.zoo.checkpoint_path``; trained on
+scikit-learn's digits) or any ONNX model. The graph is
 canonicalised (BatchNorm folded, as every recipe does), then
 ``permute-channels-24`` runs through the PassManager, which checks on ONNX
 Runtime that the permuted model computes the same outputs. For every 2:4
@@ -20,53 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from sparsecc.errors import SparseccError
 from sparsecc.layers import find_weight_layers
-from sparsecc.model import Model, load_model
+from sparsecc.model import Model, load_model, parse_shape_overrides
 from sparsecc.passmanager import PassContext, PassManager, make_pass
 from sparsecc.sparsity.two_four import eligibility, kept_magnitude
-
-
-def train_digits_cnn(path: Path, epochs: int = 30, seed: int = 0) -> tuple[Path, float]:
-    """Train a 4-conv CNN on sklearn digits (8x8) and export it; returns the path and test accuracy."""
-    import torch
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    torch.manual_seed(seed)
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None]
-    x_train, x_test, y_train, y_test = train_test_split(x, digits.target, test_size=0.25, random_state=seed)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
-        torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
-        torch.nn.Conv2d(64, 128, 1), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(128, 64), torch.nn.ReLU(),
-        torch.nn.Linear(64, 10))
-    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train).long()
-    for _ in range(epochs):
-        net.train()
-        for batch in torch.randperm(len(xt)).split(64):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(net(xt[batch]), yt[batch]).backward()
-            optimizer.step()
-    net.eval()
-    with torch.no_grad():
-        accuracy = float((net(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is the one wanted
-        torch.onnx.export(net, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"])
-    return path, accuracy
 
 
 def eligible_kept(model: Model) -> dict[str, dict[str, float]]:
@@ -110,24 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", default="resnet18-digits", help="trained zoo model (default: resnet18-digits)")
     parser.add_argument("--onnx", type=Path, help="an ONNX model instead of the zoo checkpoint")
+    parser.add_argument("--shape", action="append", metavar="NAME:DIMS", help="shape of a dynamic input of --onnx")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    source = ""
     try:
         if args.onnx:
-            path, source = args.onnx, str(args.onnx)
+            path, source, shapes = args.onnx, str(args.onnx), parse_shape_overrides(args.shape)
         else:
-            try:
-                from sparsecc.zoo import checkpoint_path
+            from sparsecc.zoo import checkpoint_path, get_entry
 
-                path = checkpoint_path(args.zoo)
-                source = f"zoo checkpoint {args.zoo}"
-            except SparseccError as err:
-                path, accuracy = train_digits_cnn(Path(tempfile.mkdtemp()) / "digits_cnn.onnx", seed=args.seed)
-                source = (f"CNN trained here on sklearn digits (test accuracy {accuracy:.3f}); "
-                          f"zoo checkpoint unavailable: {err.what}")
-        result = bench(load_model(path), seed=args.seed)
+            path, source = checkpoint_path(args.zoo), f"zoo checkpoint {args.zoo}"
+            shapes = {spec.name: tuple(spec.shape) for spec in get_entry(args.zoo).inputs}
+        result = bench(load_model(path, shapes), seed=args.seed)
     except SparseccError as err:
         print(err.format(), file=sys.stderr)
         return 2
