@@ -56,7 +56,8 @@ def run(args) -> int:
     skipped = result.report["skipped"]
     if skipped:
         print(f"  {len(skipped)} layer(s) left as they were (reasons in report.md)")
-    print(f"  wrote {result.out_dir}/model.onnx, plan.json, report.json, report.md")
+    written = [name for name in result.report["outputs"] if not name.endswith(".npz")]
+    print(f"  wrote {result.out_dir}/: {', '.join(written)}")
     return 0
 
 
