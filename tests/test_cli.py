@@ -118,6 +118,14 @@ def test_bad_inputs_each_get_one_clear_error(cli, tmp_path, model_path):
                           "not a folder")
     assert not out.exists() or not any(out.iterdir())  # nothing half-written anywhere
 
+    inside = tmp_path / "inplace"
+    inside.mkdir()
+    own = inside / "model.onnx"
+    own.write_bytes(model_path.read_bytes())
+    before = _digest(own)
+    _assert_clean_failure(cli("compile", own, "-o", inside, "--shape", "x:1x4x6x6"), "overwrite the input")
+    assert _digest(own) == before and sorted(p.name for p in inside.iterdir()) == ["model.onnx"]
+
 
 def test_shared_initializer_in_a_pruning_recipe_is_refused(cli, tmp_path):
     nodes = [helper.make_node("Conv", ["x", "W0"], ["a"], name="first"),
