@@ -36,7 +36,6 @@ output filters and the Gather disappears.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -444,6 +443,7 @@ def measure_candidates(candidates: list[Candidate], in_shape: tuple[int, ...], o
     candidate's time is the minimum over the runs (the least disturbed by other load on the machine).
     """
     from sparsecc.backends.ort import OrtBackend
+    from sparsecc.bench import time_interleaved
 
     backend = OrtBackend(threads=threads)
     wrap = len(in_shape) == 4 and len(out_shape) == 4
@@ -464,16 +464,11 @@ def measure_candidates(candidates: list[Candidate], in_shape: tuple[int, ...], o
         else:
             candidate.emit(em, x, y)
         sessions.append(backend.load(Model(graph, "cost model").to_bytes()))
-    feeds = {"x": np.random.default_rng(0).standard_normal(in_shape).astype(np.float32)}
-    times: list[list[float]] = [[] for _ in candidates]
-    for repeat in range(runs + 1):
-        for index, session in enumerate(sessions):
-            start = time.perf_counter()
-            session.run(feeds)
-            if repeat:  # the first round is warm-up
-                times[index].append(time.perf_counter() - start)
-    for candidate, samples in zip(candidates, times):
-        candidate.seconds = float(np.min(samples))
+    feed = {"x": np.random.default_rng(0).standard_normal(in_shape).astype(np.float32)}
+    timings = time_interleaved(dict(enumerate(sessions)), dict.fromkeys(range(len(sessions)), feed),
+                               warmup=1, runs=runs)
+    for index, candidate in enumerate(candidates):
+        candidate.seconds = timings[index].min_ms / 1e3
 
 
 # ----------------------------------------------------------------------------------------------

@@ -408,7 +408,7 @@ def one_layer_model(shape: GemmShape, weight: np.ndarray):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from sparsecc.model import model_from_proto
+    from sparsecc.model import clamp_ir_version, model_from_proto
 
     if shape.conv is not None:
         geo = shape.conv
@@ -423,7 +423,7 @@ def one_layer_model(shape: GemmShape, weight: np.ndarray):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
                               [numpy_helper.from_array(weight, "w")])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = 8
+    clamp_ir_version(proto)
     onnx.checker.check_model(proto)
     return model_from_proto(proto, source=f"characterize: {shape.label}")
 

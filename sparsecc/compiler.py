@@ -19,7 +19,7 @@ from typing import Any
 
 from sparsecc.errors import OptionError, OutputError, VerificationError
 from sparsecc.log import progress
-from sparsecc.model import Model, load_model
+from sparsecc.model import Model, load_model, write_bytes_atomic
 from sparsecc.passmanager import PassContext, PassManager, PassRecord
 from sparsecc.plan import SparsityPlan
 from sparsecc.recipe import Recipe, load_recipe
@@ -99,13 +99,14 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
     records = manager.run(ctx)
 
     specialized = _specialize_input_shapes(original, ctx.model, records, passes)
+    compiled = ctx.model.to_bytes()  # serialised once: checked below, then written as model.onnx
     progress("verifying the compiled model")
-    verification = _final_verification(original, ctx, verify)
+    verification = _final_verification(original, ctx, compiled, verify)
     report = _build_report(model_path, recipe, original, before, ctx, records, verification, started, verify)
     report["specialized_input_shapes"] = specialized
 
     progress(f"writing {out}")
-    _write_outputs(out, ctx, report)
+    _write_outputs(out, ctx, compiled, report)
     return CompileResult(out, ctx.model, records, report)
 
 
@@ -135,12 +136,13 @@ def _verify_config(recipe: Recipe) -> VerifyConfig:
     return VerifyConfig(**recipe.verify)
 
 
-def _final_verification(original: Model, ctx: PassContext, config: VerifyConfig) -> dict[str, Any]:
+def _final_verification(original: Model, ctx: PassContext, compiled: bytes, config: VerifyConfig
+                        ) -> dict[str, Any]:
     """Compiled vs masked original (must match), and compiled vs unpruned original (reported)."""
     specs = input_specs(ctx.model)
     masked = ctx.state.get("masked")
     reference = masked if masked is not None else original
-    exact = compare_models(reference, ctx.model, specs, config)
+    exact = compare_models(reference, compiled, specs, config)
     if not exact.passed:
         raise VerificationError(
             f"the compiled model does not match the {'masked' if masked is not None else ''} original: "
@@ -149,7 +151,7 @@ def _final_verification(original: Model, ctx: PassContext, config: VerifyConfig)
     result = {"against": "masked original" if masked is not None else "original", "exact": exact.to_dict()}
     if masked is not None:
         # pruning changes the function on purpose: report how much, never fail on it
-        result["agreement_with_unpruned"] = compare_models(original, ctx.model, specs, config).to_dict()
+        result["agreement_with_unpruned"] = compare_models(original, compiled, specs, config).to_dict()
     return result
 
 
@@ -192,12 +194,12 @@ def _build_report(model_path: Path, recipe: Recipe, original: Model, before: dic
     }
 
 
-def _write_outputs(out: Path, ctx: PassContext, report: dict[str, Any]) -> None:
+def _write_outputs(out: Path, ctx: PassContext, compiled: bytes, report: dict[str, Any]) -> None:
     from sparsecc.report import render_compile_markdown
 
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".sparsecc-staging-"))
     try:
-        ctx.model.save(staging / "model.onnx")
+        write_bytes_atomic(staging / "model.onnx", compiled)
         plan_files = _write_plans(staging, ctx)
         names = ["model.onnx", *plan_files, "report.json", "report.md"]
         report["outputs"] = {name: str(out / name) for name in names}

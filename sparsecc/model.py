@@ -14,7 +14,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -216,6 +215,11 @@ def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a file atomically: a temporary file in the same folder, then a rename.
+
+    Raises:
+        OutputError: the folder cannot be created or written (permissions, a full disk).
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,8 +232,11 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             handle.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write the file ({exc.strerror})", where=str(path),
+                              fix="check free space and permissions, or choose another output location") from None
         raise
 
 

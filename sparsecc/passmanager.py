@@ -167,8 +167,10 @@ class PassManager:
         self.disabled = set(disabled)
         self.dump_dir = Path(dump_dir) if dump_dir else None
         self.verify = verify
+        self._verified_bytes: bytes | None = None
 
     def run(self, ctx: PassContext) -> list[PassRecord]:
+        self._verified_bytes = None
         records: list[PassRecord] = []
         for index, pass_ in enumerate(self.passes):
             if pass_.name in self.disabled:
@@ -197,11 +199,17 @@ class PassManager:
             ctx.model.save(self.dump_dir / f"{index:02d}-{pass_.name}.onnx")
         if result.modified and before is not None:
             record.verification = self._verify(pass_, before, ctx.model, earlier)
+        elif result.modified:
+            self._verified_bytes = None
         return record
 
     def _verify(self, pass_: Pass, before: Model, after: Model, earlier: list[PassRecord]) -> dict[str, Any]:
         specs = input_specs(after)
-        outcome = compare_models(before, after, specs, self.verify)
+        # the graph a verified pass left is the graph the next pass starts from: serialise it once
+        before_bytes = self._verified_bytes or before.to_bytes()
+        after_bytes = after.to_bytes()
+        outcome = compare_models(before_bytes, after_bytes, specs, self.verify)
+        self._verified_bytes = after_bytes
         data = outcome.to_dict()
         data["mode"] = "exact" if pass_.exact else "agreement"
         if pass_.exact and not outcome.passed:

@@ -68,23 +68,17 @@ def infer_shapes(model: Model, wanted: set[str] | None = None) -> dict[str, tupl
 
 def _measure_shapes(proto: onnx.ModelProto, input_shapes, names: list[str]) -> dict[str, tuple[int, ...]]:
     """Run the graph once on zeros with ``names`` exposed as outputs, and read their shapes."""
-    import onnxruntime as ort
-
-    from sparsecc.backends.ort import numpy_dtype_of_input
+    from sparsecc.backends.ort import OrtBackend
 
     existing = {o.name for o in proto.graph.output}
     for name in names:
         if name not in existing:
             proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     clamp_ir_version(proto)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        feeds = {i.name: np.zeros(input_shapes[i.name], dtype=numpy_dtype_of_input(i))
-                 for i in session.get_inputs()}
-        values = session.run(names, feeds)
+        session = OrtBackend(optimization="none").load(proto.SerializeToString())
+        outputs = session.run({spec.name: np.zeros(input_shapes[spec.name], spec.dtype) for spec in session.inputs})
+        values = [outputs[name] for name in names]
     except Exception as exc:  # ONNX Runtime raises its own types; all mean "cannot run at these shapes"
         raise ShapeError(f"ONNX shape inference could not follow the graph and ONNX Runtime could not run it "
                          f"at the input shapes {input_shapes} to measure them ({type(exc).__name__}: "

@@ -16,13 +16,13 @@ from __future__ import annotations
 import importlib
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from sparsecc.errors import ModelLoadError, OptionError, OutputError, VerificationError, install_hint
+from sparsecc.model import clamp_ir_version, write_bytes_atomic
 from sparsecc import models as _models
 from sparsecc.models import ZOO, ZooEntry
 
@@ -169,13 +169,12 @@ def export_module(model, entry: ZooEntry, path: str | os.PathLike, *, opset: int
         expected = model(*example).numpy()
     proto = onnx.load_from_string(buffer.getvalue())
     _inline_identity_initializers(proto.graph)
-    # onnx may stamp a newer IR version than ONNX Runtime reads; the opsets fix the minimum.
-    proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    clamp_ir_version(proto)  # onnx may stamp a newer IR version than ONNX Runtime reads
     proto.doc_string = f"sparsecc zoo: {entry.name} ({entry.description})"
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     _verify_in_onnxruntime(data, entry, {n: t.numpy() for n, t in zip(names, example)}, expected)
-    _write_atomically(path, data)
+    write_bytes_atomic(path, data)
     return path
 
 
@@ -204,33 +203,15 @@ def _inline_identity_initializers(graph) -> None:
 
 
 def _verify_in_onnxruntime(data: bytes, entry: ZooEntry, feeds: dict, expected: np.ndarray) -> None:
-    import onnxruntime as ort
+    from sparsecc.backends.ort import OrtBackend
 
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    got = session.run(None, feeds)[0]
+    got = next(iter(OrtBackend().load(data).run(feeds).values()))
     scale = max(float(np.abs(expected).max()), 1e-12)
     diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
     if diff > _RTOL_OF_MAX * scale:
         raise VerificationError(f"ONNX Runtime output {got.shape} differs from PyTorch "
                                 f"{expected.shape} by {diff:.3g} (allowed {_RTOL_OF_MAX * scale:.3g})",
                                 where=entry.name, fix="report this as a sparsecc bug")
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp_name = None
-    try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-            tmp_name = tmp.name
-            tmp.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # the permissions a plain open() would have given
-        os.replace(tmp_name, path)
-    except OSError as err:
-        if tmp_name and os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise OutputError(f"cannot write the ONNX file: {err.strerror}", where=str(path),
-                          fix="choose a writable -o path") from err
 
 
 def checkpoint_path(name: str) -> Path:

@@ -98,3 +98,18 @@ def test_loading_never_modifies_the_input(tmp_path):
     model = load_model(path)
     model.graph.nodes.clear()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_failed_write_is_an_output_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import os
+
+    from sparsecc.errors import OutputError
+    from sparsecc.model import write_bytes_atomic
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        write_bytes_atomic(tmp_path / "out.onnx", b"data")
+    assert list(tmp_path.iterdir()) == []
