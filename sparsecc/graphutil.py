@@ -30,9 +30,5 @@ def mark_provenance(node: gs.Node, pass_name: str) -> gs.Node:
     return node
 
 
-def consumers(tensor) -> list[gs.Node]:
-    return list(tensor.outputs)
-
-
 def is_graph_output(graph: gs.Graph, tensor) -> bool:
     return any(t is tensor for t in graph.outputs)
