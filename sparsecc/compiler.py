@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from sparsecc.errors import OptionError, OutputError, VerificationError
+from sparsecc.inspect import inspect_model
 from sparsecc.log import progress
 from sparsecc.model import Model, load_model, write_bytes_atomic
+from sparsecc.passes.canonicalize import CANONICAL_PASSES
 from sparsecc.passmanager import PassContext, PassManager, PassRecord
 from sparsecc.plan import SparsityPlan
 from sparsecc.recipe import Recipe, load_recipe
@@ -83,7 +85,6 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
     progress(f"loading {model_path}")
     original = load_model(model_path, shapes)
     original.static_input_shapes()  # dynamic inputs without --shape fail here, before any work
-    before = _inspect_canonical(original)  # a model sparsecc cannot work on fails here too
     model = original.copy()
     ctx = PassContext(model)
     if plan is not None:
@@ -96,7 +97,9 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
 
     progress(f"running recipe '{recipe.name}' ({len(passes)} passes)")
     manager = PassManager(passes, disabled=tuple(disable), dump_dir=dump_dir, verify=verify)
-    records = manager.run(ctx)
+    records = manager.run(ctx, stop=len(CANONICAL_PASSES))
+    before = inspect_model(ctx.model)  # the canonical input; a model sparsecc cannot work on fails here
+    records += manager.run(ctx, start=len(CANONICAL_PASSES))
 
     specialized = _specialize_input_shapes(original, ctx.model, records, passes)
     compiled = ctx.model.to_bytes()  # serialised once: checked below, then written as model.onnx
@@ -155,21 +158,10 @@ def _final_verification(original: Model, ctx: PassContext, compiled: bytes, conf
     return result
 
 
-def _inspect_canonical(original: Model) -> dict[str, Any]:
-    """The original's weight layers, seen in canonical form (Constant-node weights recognised)."""
-    from sparsecc.inspect import inspect_model
-    from sparsecc.passes.canonicalize import canonicalize
-
-    canonical = original.copy()
-    canonicalize(canonical)
-    return inspect_model(canonical)
-
-
 def _build_report(model_path: Path, recipe: Recipe, original: Model, before: dict[str, Any], ctx: PassContext,
                   records: list[PassRecord], verification: dict[str, Any], started: float, verify: VerifyConfig
                   ) -> dict[str, Any]:
     from sparsecc.environment import environment
-    from sparsecc.inspect import inspect_model
 
     after = inspect_model(ctx.model)
     skipped = [{"pass": r.name, **vars(s)} for r in records if r.result for s in r.result.skipped]

@@ -169,16 +169,25 @@ class PassManager:
         self.verify = verify
         self._verified_bytes: bytes | None = None
 
-    def run(self, ctx: PassContext) -> list[PassRecord]:
-        self._verified_bytes = None
-        records: list[PassRecord] = []
-        for index, pass_ in enumerate(self.passes):
+    def run(self, ctx: PassContext, start: int = 0, stop: int | None = None) -> list[PassRecord]:
+        """Run ``passes[start:stop]`` (all by default); returns their records.
+
+        Running in stages (e.g. canonicalise, inspect, then prune) keeps the numbering of
+        dumps and the history that error messages cite, as long as the stages run in order.
+        """
+        if start == 0:
+            self._verified_bytes = None
+            self._records: list[PassRecord] = []
+        first = len(self._records)
+        stop = len(self.passes) if stop is None else stop
+        for index in range(start, stop):
+            pass_ = self.passes[index]
             if pass_.name in self.disabled:
-                records.append(PassRecord(pass_.name, pass_.exact, "disabled"))
+                self._records.append(PassRecord(pass_.name, pass_.exact, "disabled"))
                 logger.debug("pass %s: disabled", pass_.name)
                 continue
-            records.append(self._run_one(index, pass_, ctx, records))
-        return records
+            self._records.append(self._run_one(index, pass_, ctx, self._records))
+        return self._records[first:]
 
     def _run_one(self, index: int, pass_: Pass, ctx: PassContext, earlier: list[PassRecord]) -> PassRecord:
         before = ctx.model.copy() if self.verify is not None else None

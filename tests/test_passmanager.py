@@ -75,3 +75,13 @@ def test_registry_lists_core_passes():
     passes = available_passes()
     assert {"constants-to-initializers", "fold-batchnorm", "apply-plan", "plan-from-zeros"} <= set(passes)
     assert passes["apply-plan"].exact is False and passes["fold-batchnorm"].exact is True
+
+
+def test_running_in_stages_keeps_numbering_and_history(tmp_path):
+    manager = PassManager([make_pass("fold-batchnorm"), BreakWeights()], dump_dir=tmp_path)
+    ctx = PassContext(_model())
+    first = manager.run(ctx, stop=1)
+    assert [r.name for r in first] == ["fold-batchnorm"]
+    with pytest.raises(VerificationError, match=r"after passes: fold-batchnorm"):
+        manager.run(ctx, start=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00-fold-batchnorm.onnx", "01-test-break-weights.onnx"]
