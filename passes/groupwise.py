@@ -15,18 +15,10 @@ it selects exactly those layers; with ``keep``, it overrides ``keep`` for the la
 
 ``groupwise-rewrite`` (exact with respect to the masked model, so it runs after ``apply-plan``)
 reads the pruned groups from the all-zero rows of each weight (a group the plan prunes must be
-zero by then) and lowers each layer, choosing per layer with a cost model:
-
-- ``dense``: leave the layer as it is (chosen when no lowering is estimated to be faster).
-- ``channel-gather``: input channels (or features) with every group pruned are dropped: a Gather
-  of the kept channels feeds a smaller Conv/Gemm/MatMul with the same attributes (features are
-  gathered between two Transposes, as rows: ONNX Runtime gathers a last axis element by element).
-- ``tap-gather`` (Conv with a kernel larger than 1x1): the paper's transposition (section 4.2).
-  The im2col input is built tap-major as whole planes, so skipped columns of the im2col matrix
-  become skipped rows: one Gather copies each input channel plane once per kept tap of that
-  channel, one depthwise Conv with one-hot kernels (the layer's padding, stride and dilation)
-  shifts each copy to its tap, and one 1x1 Conv with K' = kept groups (padded to a multiple of 8)
-  computes the layer. ONNX Runtime runs both Convs in its blocked NCHWc layout.
+zero by then) and lowers each layer with the lowerings of the ``groupwise`` family in
+:mod:`sparsecc.lowering` (``channel-gather``, ``tap-gather``, and any registered later), choosing
+per layer with a cost model (``dense``, the layer as it is, when none is faster). Measured
+choices go through the timing cache, and the whole rewritten model must beat the dense one.
 
 Before lowering, input channels that no kept group reads are folded into the layer that
 produces them when the path between is per-channel (bias Add, Relu, Clip, BatchNormalization,
@@ -37,22 +29,23 @@ output filters and the Gather disappears.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from sparsecc.errors import OptionError, PlanError, ShapeError, UnsupportedModelError
-from sparsecc.graphutil import constant, is_graph_output, mark_provenance, unique_name
+from sparsecc.graphutil import constant, is_graph_output
 from sparsecc.layers import WeightLayer, find_weight_layers
-from sparsecc.model import Model
+from sparsecc.lowering import (AnalyticCost, Candidate, Emitter, LayerToLower, MeasuredCost,
+                              choose_lowering, get_lowering, lowerings, propose_all, whole_model_check)
+from sparsecc.lowering.gather import FAMILY, conv_kept_rows, dense_candidate
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
 from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan, gemm_weight_kn
 from sparsecc.shapes import infer_shapes
 from sparsecc.sparsity.groupwise import CRITERIA, check_keep, global_groupwise_masks, groupwise_result
 
 REWRITE = "groupwise-rewrite"
-LOWERINGS = ("dense", "channel-gather", "tap-gather")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,290 +179,6 @@ def _refuse_unsupported(selector: LayerSelector, unsupported, source: str) -> No
                                                           "constant folding), or leave the layer out of the selector")
 
 
-# ----------------------------------------------------------------------------------------------
-# groupwise-rewrite: analysis
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class ConvGeometry:
-    """Explicit padding, stride, dilation and output size of a 2-D Conv at a known input shape."""
-
-    pads: tuple[int, int, int, int]  # top, left, bottom, right
-    strides: tuple[int, int]
-    dilations: tuple[int, int]
-    out_hw: tuple[int, int]
-
-
-def conv_geometry(node: gs.Node, input_shape: tuple[int, ...], kernel: tuple[int, int]) -> ConvGeometry:
-    """Resolve auto_pad (SAME_UPPER, SAME_LOWER, VALID) and pads into explicit numbers."""
-    strides = tuple(int(s) for s in node.attrs.get("strides", [1, 1]))
-    dilations = tuple(int(d) for d in node.attrs.get("dilations", [1, 1]))
-    auto_pad = node.attrs.get("auto_pad", "NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    size = input_shape[2:]
-    begin, end = [0, 0], [0, 0]
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        for a in range(2):
-            out = -(-size[a] // strides[a])
-            total = max(0, (out - 1) * strides[a] + (kernel[a] - 1) * dilations[a] + 1 - size[a])
-            small, large = total // 2, total - total // 2
-            begin[a], end[a] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
-    elif auto_pad in ("NOTSET", ""):
-        pads = [int(p) for p in node.attrs.get("pads", [0, 0, 0, 0])]
-        begin, end = pads[:2], pads[2:]
-    out_hw = tuple((size[a] + begin[a] + end[a] - (kernel[a] - 1) * dilations[a] - 1) // strides[a] + 1
-                   for a in range(2))
-    return ConvGeometry((begin[0], begin[1], end[0], end[1]), strides, dilations, out_hw)
-
-
-@dataclass
-class Candidate:
-    """One way to lower a layer: an emitter, and what it costs."""
-
-    name: str
-    emit: Callable[["Emitter", gs.Tensor, gs.Tensor], None]
-    macs: int
-    copied: int  # activation elements moved by Gather/Transpose and layout reorders
-    nodes: int
-    seconds: float | None = None
-
-
-# Calibrated on ONNX Runtime 1.31 CPU, 2 threads (Xeon 2.5 GHz; tools/bench_groupwise.py profiles):
-# a 3x3 Conv runs ~20 ps per MAC, a 1x1 NCHWc Conv ~17 ps, Gather/Transpose/NCHWc reorder ~0.8 ns per
-# element. A tap-gather counts its one-hot depthwise Conv (kh x kw MACs per im2col element) as MACs.
-_PS_PER_MAC = {"dense": 20e-12, "channel-gather": 20e-12, "tap-gather": 17e-12}
-_S_PER_COPY = 0.8e-9
-_S_PER_NODE = 15e-6
-
-
-def analytic_seconds(candidate: Candidate) -> float:
-    """Estimated run time of a candidate lowering (analytical model, calibrated as above)."""
-    return candidate.macs * _PS_PER_MAC[candidate.name] + candidate.copied * _S_PER_COPY + \
-        candidate.nodes * _S_PER_NODE
-
-
-class Emitter:
-    """Adds nodes with provenance to a graph, naming them after the layer they lower."""
-
-    def __init__(self, graph: gs.Graph, prefix: str):
-        self.graph = graph
-        self.prefix = prefix
-
-    def const(self, base: str, values: np.ndarray) -> gs.Constant:
-        return constant(self.graph, f"{self.prefix}/{base}", values)
-
-    def var(self, base: str, dtype=np.float32, shape=None) -> gs.Variable:
-        return gs.Variable(unique_name(self.graph, f"{self.prefix}/{base}"), dtype=dtype, shape=shape)
-
-    def node(self, op: str, inputs, outputs, base: str, **attrs) -> gs.Node:
-        node = gs.Node(op, unique_name(self.graph, f"{self.prefix}/{base}"), attrs=attrs, inputs=list(inputs),
-                       outputs=list(outputs))
-        mark_provenance(node, REWRITE)
-        self.graph.nodes.append(node)
-        return node
-
-
-def _ints(values) -> np.ndarray:
-    return np.asarray(values, dtype=np.int64)
-
-
-def conv_candidates(node: gs.Node, layer: WeightLayer, weight: np.ndarray, bias: gs.Tensor | None,
-                    in_shape: tuple[int, ...]) -> tuple[list[Candidate], str | None]:
-    """Lowerings of a Conv whose weight has all-zero im2col rows (dense first), or a reason for none."""
-    group = layer.group
-    c_out, c_in_g, kh, kw = weight.shape
-    rows = np.any(weight.reshape(group, c_out // group, c_in_g, kh, kw) != 0, axis=1)  # [g, C/g, kh, kw] kept
-    if rows.all():
-        return [], "dense: no all-zero group (im2col row) in the weight"
-    if not rows.any():
-        return [], "every group is pruned (the layer computes only its bias); left dense"
-    geometry = conv_geometry(node, in_shape, (kh, kw))
-    batch = in_shape[0]
-    out_elems = batch * c_out * geometry.out_hw[0] * geometry.out_hw[1]
-    dense_macs = out_elems * c_in_g * kh * kw
-    candidates = [Candidate("dense", lambda em, x, y: _emit_conv(em, x, y, node, weight, bias),
-                            dense_macs, 0, 1)]
-    used = rows.any(axis=(2, 3))  # [g, C/g]: channel read by some kept tap
-    counts = used.sum(axis=1)
-    if not used.all() and np.all(counts == counts[0]):
-        channels = np.concatenate([gi * c_in_g + np.flatnonzero(used[gi]) for gi in range(group)])
-        local = [np.flatnonzero(used[gi]) for gi in range(group)]
-        small = np.concatenate([weight[gi * (c_out // group):(gi + 1) * (c_out // group)][:, local[gi]]
-                                for gi in range(group)])
-        copied = batch * channels.size * in_shape[2] * in_shape[3]
-        candidates.append(Candidate(
-            "channel-gather",
-            lambda em, x, y: _emit_conv(em, _gather(em, x, channels, 1, "channels"), y, node, small, bias),
-            out_elems * int(counts[0]) * kh * kw, copied, 2))
-    if kh * kw > 1:
-        table = tap_rows(rows)
-        k = table.shape[0] * table.shape[1]
-        out_planes = batch * k * geometry.out_hw[0] * geometry.out_hw[1]
-        # the Gather copies K' input planes; ONNX Runtime reorders them to NCHWc
-        copied = batch * k * in_shape[2] * in_shape[3] + out_planes
-        candidates.append(Candidate(
-            "tap-gather", lambda em, x, y: _emit_tap_gather(em, x, y, weight, table, bias, geometry),
-            out_elems * table.shape[1] + out_planes * kh * kw, copied, 3))
-    return candidates, None
-
-
-def gemm_candidates(node: gs.Node, layer: WeightLayer, weight: np.ndarray,
-                    in_shape: tuple[int, ...] | None) -> tuple[list[Candidate], str | None]:
-    """Lowerings of a Gemm/MatMul whose weight has all-zero input features (dense first)."""
-    kn = gemm_weight_kn(layer, weight)
-    used = np.any(kn != 0, axis=1)
-    if used.all():
-        return [], "dense: no all-zero input feature (row of W[K, N]) in the weight"
-    if not used.any():
-        return [], "every input feature is pruned (the layer computes only its bias); left dense"
-    rows = int(np.prod(in_shape[:-1])) if in_shape else 1
-    k, n = kn.shape
-    features = np.flatnonzero(used)
-    small = weight[:, features] if layer.trans_b else weight[features]
-    rank = len(in_shape) if in_shape else (2 if node.op == "Gemm" else None)
-    return [Candidate("dense", lambda em, x, y: _emit_gemm(em, x, y, node, weight), rows * k * n, 0, 1),
-            Candidate("channel-gather",
-                      lambda em, x, y: _emit_gemm(em, _gather_features(em, x, features, rank), y, node, small),
-                      rows * features.size * n, rows * (k + 2 * features.size), 4)], None
-
-
-# ----------------------------------------------------------------------------------------------
-# groupwise-rewrite: emitters (shared by the rewrite and by the measured cost model)
-# ----------------------------------------------------------------------------------------------
-
-def _gather(em: Emitter, x: gs.Tensor, indices: np.ndarray, axis: int, base: str) -> gs.Tensor:
-    out = em.var(base)
-    em.node("Gather", [x, em.const(f"{base}_idx", _ints(indices))], [out], f"gather_{base}", axis=axis)
-    return out
-
-
-def _gather_features(em: Emitter, x: gs.Tensor, features: np.ndarray, rank: int | None) -> gs.Tensor:
-    """The kept input features (last axis) of a Gemm/MatMul input, gathered with the features first.
-
-    ONNX Runtime's Gather on the last axis copies one element per index (1.65 ms for 64 x 2048
-    features, about 12 ns an element); with the features moved first (Transpose, Gather on axis 0,
-    Transpose back) each index copies a contiguous row: 0.45 ms there, and ONNX Runtime fuses the
-    Transpose back into a following Gemm. A MatMul input of unknown rank is gathered on its last axis.
-    """
-    if rank is None or rank == 1:
-        return _gather(em, x, features, -1, "features")
-    first = em.var("features_first")
-    em.node("Transpose", [x], [first], "features_first", perm=[rank - 1] + list(range(rank - 1)))
-    gathered = _gather(em, first, features, 0, "features")
-    out = em.var("features_last")
-    em.node("Transpose", [gathered], [out], "features_last", perm=list(range(1, rank)) + [0])
-    return out
-
-
-def _own(em: Emitter, tensor: gs.Tensor) -> gs.Tensor:
-    """A fresh copy of a constant, so that nodes of a cost-model graph never touch the model's tensors."""
-    return em.const(tensor.name.split("/")[-1], tensor.values) if isinstance(tensor, gs.Constant) else tensor
-
-
-def _emit_conv(em: Emitter, x: gs.Tensor, y: gs.Tensor, node: gs.Node, weight: np.ndarray,
-               bias: gs.Tensor | None) -> None:
-    inputs = [x, em.const("weight", weight)] + ([_own(em, bias)] if bias is not None else [])
-    em.node("Conv", inputs, [y], "conv", **dict(node.attrs))
-
-
-def _emit_gemm(em: Emitter, x: gs.Tensor, y: gs.Tensor, node: gs.Node, weight: np.ndarray) -> None:
-    inputs = [x, em.const("weight", weight)] + [_own(em, t) for t in node.inputs[2:]]
-    em.node(node.op, inputs, [y], node.op.lower(), **dict(node.attrs))
-
-
-def tap_rows(rows: np.ndarray, block: int = 8) -> np.ndarray:
-    """The im2col rows each conv group keeps: [groups, K'/groups, 3] of (channel in the group, i, j).
-
-    ``rows[g, c, i, j]`` says whether group g keeps channel c at tap (i, j). Rows are channel-major,
-    so the Gather reads the input planes in order. Groups are padded with (-1, -1, -1) zero rows to
-    one count, and K' to a multiple of ``block``: a grouped 1x1 Conv needs equal counts per group,
-    and ONNX Runtime runs a Conv in its blocked NCHWc layout only when its channel count is a
-    multiple of 8 (with K' = 1151 the one-hot Conv ran 6x slower, in plain NCHW).
-    """
-    group = rows.shape[0]
-    kept = [np.argwhere(rows[gi]) for gi in range(group)]
-    step = block // np.gcd(group, block)
-    k_g = -(-max(len(k) for k in kept) // step) * step
-    table = np.full((group, k_g, 3), -1, np.int64)
-    for gi, k in enumerate(kept):
-        table[gi, :len(k)] = k
-    return table
-
-
-def _emit_tap_gather(em: Emitter, x: gs.Tensor, y: gs.Tensor, weight: np.ndarray, table: np.ndarray,
-                     bias: gs.Tensor | None, geometry: ConvGeometry) -> None:
-    """Im2col of the kept rows as a Gather and a one-hot depthwise Conv, then one (grouped) 1x1 Conv.
-
-    The Gather copies channel plane c once for each kept tap (i, j) of c; a depthwise Conv with the
-    layer's padding, stride and dilation and a kernel that is 1 at (i, j) and 0 elsewhere shifts
-    each copy to its tap, so its output is the im2col matrix of the kept rows, [K', Ho, Wo] (the
-    paper's transposition, section 4.2: skipped columns become skipped contiguous rows). Both Convs
-    run in ONNX Runtime's NCHWc layout with no reorder between them; on the VGG-16 conv this beat a
-    Pad, a Gather and a Slice per tap and a Concat by 15-25%, and on every ResNet-18/VGG-16 layer.
-    ``table`` comes from :func:`tap_rows`; its padding rows get a zero kernel and zero weights.
-    """
-    c_out, c_in_g, kh, kw = weight.shape
-    group, k_g, _ = table.shape
-    co_g = c_out // group
-    valid = table[..., 0] >= 0
-    c, i, j = (np.where(valid, table[..., a], 0) for a in range(3))  # padding rows read (0, 0, 0)
-    channels = (np.arange(group)[:, None] * c_in_g + c).ravel()
-    onehot = np.zeros((group * k_g, 1, kh, kw), np.float32)
-    onehot[np.flatnonzero(valid), 0, i[valid], j[valid]] = 1.0
-    small = np.zeros((c_out, k_g, 1, 1), np.float32)
-    for gi in range(group):
-        out = slice(gi * co_g, (gi + 1) * co_g)
-        small[out, :, 0, 0] = np.where(valid[gi], weight[out, c[gi], i[gi], j[gi]], 0.0)
-    planes = _gather(em, x, channels, 1, "tap_planes")
-    im2col = em.var("im2col")
-    em.node("Conv", [planes, em.const("onehot", onehot)], [im2col], "taps", group=group * k_g,
-            kernel_shape=[kh, kw], pads=list(geometry.pads), strides=list(geometry.strides),
-            dilations=list(geometry.dilations))
-    inputs = [im2col, em.const("weight", small)] + ([_own(em, bias)] if bias is not None else [])
-    em.node("Conv", inputs, [y], "gemm_1x1", group=group, kernel_shape=[1, 1])
-
-
-# ----------------------------------------------------------------------------------------------
-# groupwise-rewrite: cost model
-# ----------------------------------------------------------------------------------------------
-
-def measure_candidates(candidates: list[Candidate], in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-                       runs: int, threads: int) -> None:
-    """Time each candidate as a small model on ONNX Runtime CPU, interleaved; sets ``seconds``.
-
-    A Conv layer is timed between two 1x1 depthwise Convs: in a network its neighbours are Convs,
-    so ONNX Runtime keeps a dense layer in its blocked (NCHWc) layout while a lowering leaves it;
-    the wrappers make each candidate pay the layout changes it would pay in the model. Each
-    candidate's time is the minimum over the runs (the least disturbed by other load on the machine).
-    """
-    from sparsecc.backends.ort import OrtBackend
-    from sparsecc.bench import time_interleaved
-
-    backend = OrtBackend(threads=threads)
-    wrap = len(in_shape) == 4 and len(out_shape) == 4
-    sessions = []
-    for candidate in candidates:
-        graph = gs.Graph(opset=17)
-        em = Emitter(graph, "m")
-        x = gs.Variable("x", dtype=np.float32, shape=list(in_shape))
-        y = gs.Variable("y", dtype=np.float32, shape=list(out_shape))
-        graph.inputs, graph.outputs = [x], [y]
-        if wrap:
-            inner_x, inner_y = em.var("in"), em.var("out")
-            em.node("Conv", [x, em.const("w_in", np.ones((in_shape[1], 1, 1, 1), np.float32))], [inner_x], "wrap_in",
-                    group=in_shape[1])
-            em.node("Conv", [inner_y, em.const("w_out", np.ones((out_shape[1], 1, 1, 1), np.float32))], [y],
-                    "wrap_out", group=out_shape[1])
-            candidate.emit(em, inner_x, inner_y)
-        else:
-            candidate.emit(em, x, y)
-        sessions.append(backend.load(Model(graph, "cost model").to_bytes()))
-    feed = {"x": np.random.default_rng(0).standard_normal(in_shape).astype(np.float32)}
-    timings = time_interleaved(dict(enumerate(sessions)), dict.fromkeys(range(len(sessions)), feed),
-                               warmup=1, runs=runs)
-    for index, candidate in enumerate(candidates):
-        candidate.seconds = timings[index].min_ms / 1e3
-
 
 # ----------------------------------------------------------------------------------------------
 # groupwise-rewrite: folding unused input channels into the producer
@@ -600,18 +309,20 @@ class GroupwiseRewrite(Pass):
     """Run group-wise pruned layers as Gather + smaller GEMM where that is faster (exact).
 
     Args:
-        cost_model: "measured" (each candidate timed as a one-layer model on ONNX Runtime CPU) or
-            "analytic" (MACs and moved elements, calibrated on ONNX Runtime CPU). Defaults to "measured".
-        lowering: "auto" (the cost model picks) or one of channel-gather, tap-gather to force it
-            where it applies (layers it does not apply to stay dense). Defaults to "auto".
+        cost_model: "measured" (each candidate timed as a one-layer model on ONNX Runtime CPU,
+            through the timing cache) or "analytic" (MACs and moved elements, calibrated on ONNX
+            Runtime CPU). ``compile --cost-model`` overrides it. Defaults to "measured".
+        lowering: "auto" (the cost model picks) or the name of a registered group-wise lowering
+            (channel-gather, tap-gather, ...) to force it where it applies (layers it does not apply
+            to stay dense). Defaults to "auto".
         min_gain: A lowering must be estimated this much faster than dense (0.1 = 10%). Defaults to 0.1.
         runs: Timed runs per candidate for the measured cost model. Defaults to 5.
         threads: ONNX Runtime intra-op threads for measuring. Defaults to 2.
         fold: Fold unused input channels into the producing layer. Defaults to True.
 
     With the measured cost model choosing the lowerings, the whole rewritten model is finally
-    timed against the graph it came from and the rewrite is undone if it is not faster (the
-    report says so).
+    timed against the graph it came from and the rewrite is undone if it is not faster by more
+    than the measured spread (the report says so).
     """
 
     name = REWRITE
@@ -625,8 +336,9 @@ class GroupwiseRewrite(Pass):
                  runs: int = 5, threads: int = 2, fold: bool = True):
         if cost_model not in ("measured", "analytic"):
             raise OptionError(f"unknown cost_model '{cost_model}'", fix="use measured or analytic")
-        if lowering not in ("auto",) + LOWERINGS:
-            raise OptionError(f"unknown lowering '{lowering}'", fix=f"use auto or one of {list(LOWERINGS)}")
+        if lowering != "auto" and (get_lowering(lowering) is None or get_lowering(lowering).family != FAMILY):
+            raise OptionError(f"unknown lowering '{lowering}'",
+                              fix=f"use auto or one of {[lw.name for lw in lowerings(FAMILY)]}")
         if runs < 1:
             raise OptionError(f"runs must be at least 1, got {runs}")
         self.cost_model = cost_model
@@ -638,8 +350,10 @@ class GroupwiseRewrite(Pass):
 
     def run(self, ctx: PassContext) -> PassResult:
         model = ctx.model
+        cost_model = ctx.cost_model or self.cost_model
+        cost = AnalyticCost() if cost_model == "analytic" else MeasuredCost(self.runs, self.threads, ctx.timing_cache)
         # a forced lowering is the user's call; only the cost model's own choices are checked
-        before = model.copy() if self.cost_model == "measured" and self.lowering == "auto" else None
+        before = model.copy() if cost_model == "measured" and self.lowering == "auto" else None
         graph = model.graph
         layers, unsupported = find_weight_layers(model)
         wanted = {name for layer in layers for name in (layer.input, layer.output)}
@@ -655,7 +369,7 @@ class GroupwiseRewrite(Pass):
         # keyed by output tensor: unnamed nodes are layers too (find_weight_layers labels them)
         nodes = {layer.node: n for n in graph.nodes for layer in layers if n.outputs and n.outputs[0].name == layer.output}
         skipped = [Skipped(u.node, f"{u.op} not rewritten: {u.reason}") for u in unsupported]
-        details: dict[str, Any] = {"cost_model": self.cost_model, "layers": {}}
+        details: dict[str, Any] = {"cost_model": cost_model, "layers": {}}
         replaced: set[str] = set()
         folded = self._fold_all(graph, layers, nodes, shapes, details, replaced) if self.fold else 0
         rewrites = 0
@@ -667,13 +381,12 @@ class GroupwiseRewrite(Pass):
             if layer.shared_with:
                 skipped.append(Skipped(layer.node, f"weight shared with {layer.shared_with}"))
                 continue
-            chosen = self._lower(graph, node, layer, shapes, details, skipped)
-            if chosen:
+            if self._lower(graph, node, layer, shapes, details, skipped, cost):
                 replaced.add(layer.weight)
                 rewrites += 1
         notes = []
         if before is not None and rewrites + folded > 0:
-            check = self._model_check(before, model)
+            check = whole_model_check(before, model, self.runs, self.threads, ctx.timing_cache)
             details["model_check"] = check
             if not check["kept"]:
                 model.graph = before.graph
@@ -681,36 +394,17 @@ class GroupwiseRewrite(Pass):
                 notes.append(check["reason"])
                 replaced.clear()
                 rewrites = folded = 0
-        if ctx.plan is not None:
-            for weight in replaced:
-                ctx.plan.entries.pop(weight, None)
+        if ctx.timing_cache is not None:
+            ctx.timing_cache.save()
+            details["timing_cache"] = ctx.timing_cache.describe()
+        invalidated = ctx.plan.invalidate(replaced, REWRITE) if ctx.plan is not None else []
         ctx.state[REWRITE] = details  # per-layer lowerings and times, for reports and tools
         notes.insert(0, f"{rewrites} layer(s) lowered, {folded} producer(s) shrunk by folding unused channels")
+        if invalidated:
+            notes.append(f"{len(invalidated)} plan entr(ies) invalidated: their weights were replaced")
         if shape_note:
             notes.append(shape_note)
         return PassResult(rewrites + folded > 0, rewrites + folded, skipped, notes, details)
-
-    def _model_check(self, dense: Model, rewritten: Model) -> dict[str, Any]:
-        """Time the whole rewritten graph against the graph it came from, interleaved.
-
-        Layers are chosen one at a time, but a rewrite can win on each layer and lose in the
-        model (layout changes between neighbours, cache effects): the rewrite is kept only if
-        the whole model is faster on the target backend.
-        """
-        from sparsecc.backends.ort import OrtBackend
-        from sparsecc.bench import time_interleaved
-        from sparsecc.verify import input_specs, random_feeds
-
-        backend = OrtBackend(threads=self.threads)
-        sessions = {"dense": backend.load(dense.to_bytes()), "rewritten": backend.load(rewritten.to_bytes())}
-        feed = random_feeds(input_specs(rewritten), seed=0)[0]
-        timings = time_interleaved(sessions, {"dense": feed, "rewritten": feed}, warmup=1, runs=self.runs)
-        dense_ms, rewritten_ms = timings["dense"].median_ms, timings["rewritten"].median_ms
-        kept = rewritten_ms < dense_ms
-        verdict = "kept" if kept else "not faster, so every layer was left dense"
-        return {"dense_ms": round(dense_ms, 4), "rewritten_ms": round(rewritten_ms, 4), "runs": self.runs,
-                "kept": kept, "reason": f"whole model: rewritten {rewritten_ms:.3f} ms vs dense {dense_ms:.3f} ms "
-                                        f"(median of {self.runs}, ONNX Runtime CPU): {verdict}"}
 
     @staticmethod
     def _check_plan(ctx: PassContext, layers: list[WeightLayer]) -> None:
@@ -768,61 +462,82 @@ class GroupwiseRewrite(Pass):
         return folded
 
     def _lower(self, graph: gs.Graph, node: gs.Node, layer: WeightLayer, shapes: dict, details: dict,
-               skipped: list[Skipped]) -> str | None:
+               skipped: list[Skipped], cost) -> str | None:
         weight = node.inputs[1].values
         in_shape = shapes.get(layer.input)
         out_shape = shapes.get(layer.output)
         info = details["layers"].setdefault(layer.node, {})
-        if layer.op == "Conv":
-            if in_shape is None or out_shape is None:
-                reason = "input/output shape unknown (give concrete input shapes with --shape)"
-                candidates = []
-            else:
-                bias = node.inputs[2] if len(node.inputs) > 2 and not node.inputs[2].is_empty() else None
-                candidates, reason = conv_candidates(node, layer, weight, bias, in_shape)
-        else:
-            candidates, reason = gemm_candidates(node, layer, weight, in_shape)
-        if not reason and any(not isinstance(t, gs.Constant) and not t.is_empty() for t in node.inputs[2:]):
-            reason = "the bias is computed at run time (not a constant)"
+        reason = _why_dense(node, layer, weight, in_shape, out_shape)
         if reason:
             info.update(lowering="dense", reason=reason)
             skipped.append(Skipped(layer.node, reason))
             return None
-        choice, why = self._choose(candidates, in_shape, out_shape)
-        info.update(lowering=choice.name, reason=why, k=layer.k, **self._describe(candidates))
+        bias = node.inputs[2] if node.op == "Conv" and len(node.inputs) > 2 and not node.inputs[2].is_empty() else None
+        view = LayerToLower(node, layer, weight, bias, in_shape, out_shape)
+        proposals = propose_all(view, dense_candidate(view), FAMILY)
+        if proposals.not_applicable:
+            info["not_applicable"] = proposals.not_applicable
+        choice, why = self._choose(proposals.candidates, proposals.not_applicable, view, cost)
+        info.update(lowering=choice.name, reason=why, k=layer.k, **self._describe(proposals.candidates))
         if choice.name == "dense":
             skipped.append(Skipped(layer.node, why))
             return None
         x, y = node.inputs[0], node.outputs[0]
         node.outputs.clear()
-        choice.emit(Emitter(graph, layer.node), x, y)
+        choice.emit(Emitter(graph, layer.node, REWRITE, weight.dtype), x, y)
         node.inputs.clear()
         return choice.name
 
-    def _choose(self, candidates: list[Candidate], in_shape, out_shape) -> tuple[Candidate, str]:
-        dense = candidates[0]
-        options = candidates[1:]
+    def _choose(self, candidates: list[Candidate], not_applicable: dict[str, str], view: LayerToLower,
+                cost) -> tuple[Candidate, str]:
+        dense, options = candidates[0], candidates[1:]
         if self.lowering != "auto":
             forced = [c for c in options if c.name == self.lowering]
             if not forced:
+                why = not_applicable.get(self.lowering, "it does not lower this op")
                 available = [c.name for c in options] or ["none"]
-                return dense, f"lowering '{self.lowering}' does not apply to this layer (applicable: {available})"
+                return dense, (f"lowering '{self.lowering}' does not apply to this layer: {why} "
+                               f"(applicable: {available})")
             return forced[0], f"forced by lowering: {self.lowering}"
-        if self.cost_model == "measured" and in_shape is not None and out_shape is not None:
-            measure_candidates(candidates, in_shape, out_shape, self.runs, self.threads)
-            unit = "measured"
-        else:
-            for candidate in candidates:
-                candidate.seconds = analytic_seconds(candidate)
-            unit = "estimated"
-        best = min(options, key=lambda c: c.seconds)
-        if best.seconds * (1.0 + self.min_gain) < dense.seconds:
-            return best, (f"{best.name} {unit} {best.seconds * 1e3:.3f} ms vs dense {dense.seconds * 1e3:.3f} ms "
-                          f"({dense.seconds / best.seconds:.2f}x)")
-        return dense, (f"no lowering is faster: best {best.name} {unit} {best.seconds * 1e3:.3f} ms vs dense "
-                       f"{dense.seconds * 1e3:.3f} ms (needs {self.min_gain:.0%} gain)")
+        if not options:
+            return dense, "no lowering applies: " + "; ".join(f"{k}: {v}" for k, v in not_applicable.items())
+        dtype = view.weight.dtype
+        cost.time(candidates, view.node.op, view.in_shape, view.out_shape, dtype)
+
+        def remeasure(chosen: list[Candidate]) -> None:
+            cost.remeasure(chosen, view.node.op, view.in_shape, view.out_shape, dtype)
+
+        return choose_lowering(candidates, self.min_gain, remeasure)
 
     @staticmethod
     def _describe(candidates: list[Candidate]) -> dict[str, Any]:
-        return {"candidates_ms": {c.name: round(c.seconds * 1e3, 4) for c in candidates if c.seconds is not None},
-                "macs": {c.name: c.macs for c in candidates}}
+        described = {"candidates_ms": {c.name: round(c.seconds * 1e3, 4) for c in candidates if c.seconds is not None},
+                     "macs": {c.name: c.macs for c in candidates}}
+        sources = {c.source for c in candidates if c.source}
+        if sources:
+            described["timing"] = " + ".join(sorted(sources))
+        spreads = {c.name: c.spread for c in candidates if c.spread is not None}
+        if spreads:
+            described["spread"] = spreads
+        return described
+
+
+def _why_dense(node: gs.Node, layer: WeightLayer, weight: np.ndarray, in_shape, out_shape) -> str | None:
+    """Why a layer cannot be lowered group-wise at all, or None."""
+    if layer.op == "Conv":
+        if in_shape is None or out_shape is None:
+            return "input/output shape unknown (give concrete input shapes with --shape)"
+        rows = conv_kept_rows(weight, layer.group)
+        if rows.all():
+            return "dense: no all-zero group (im2col row) in the weight"
+        if not rows.any():
+            return "every group is pruned (the layer computes only its bias); left dense"
+    else:
+        used = np.any(gemm_weight_kn(layer, weight) != 0, axis=1)
+        if used.all():
+            return "dense: no all-zero input feature (row of W[K, N]) in the weight"
+        if not used.any():
+            return "every input feature is pruned (the layer computes only its bias); left dense"
+    if any(not isinstance(t, gs.Constant) and not t.is_empty() for t in node.inputs[2:]):
+        return "the bias is computed at run time (not a constant)"
+    return None

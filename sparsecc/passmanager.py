@@ -51,12 +51,18 @@ class PassContext:
         model: The model; passes edit ``model.graph`` in place.
         plan: The sparsity plan (see :mod:`sparsecc.plan`), or None before planning.
         trace: Record why rewrite rules did not fire. Defaults to False.
+        cost_model: Overrides the cost model of passes that choose by one ("measured" or "analytic").
+            Defaults to none (each pass's own option).
+        timing_cache: The :class:`~sparsecc.lowering.TimingCache` measured choices go through.
+            Defaults to none (measurements are kept for this run only).
         state: Free-form data one pass leaves for a later one.
     """
 
     model: Model
     plan: Any = None
     trace: bool = False
+    cost_model: str | None = None
+    timing_cache: Any = None
     state: dict[str, Any] = field(default_factory=dict)
 
 

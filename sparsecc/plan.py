@@ -79,6 +79,16 @@ class SparsityPlan:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def invalidate(self, weights, by: str) -> list[str]:
+        """Drop the entries of weights pass ``by`` physically replaced (their masks no longer fit them).
+
+        Returns the names dropped, sorted (passes report them).
+        """
+        dropped = sorted(name for name in self.entries if name in set(weights))
+        for name in dropped:
+            del self.entries[name]
+        return dropped
+
     def to_json(self) -> dict[str, Any]:
         return {"format": PLAN_FORMAT, "source": self.source,
                 "weights": [e.metadata() for e in self.entries.values()]}

@@ -10,7 +10,7 @@ from onnx import helper
 from sparsecc.backends.ort import OrtBackend
 from sparsecc.errors import OptionError, PlanError, UnsupportedModelError
 from sparsecc.model import model_from_proto
-from sparsecc.passes.groupwise import tap_rows
+from sparsecc.lowering.gather import tap_rows
 from sparsecc.passmanager import PassContext, PassManager, make_pass
 from sparsecc.recipe import load_recipe, parse_recipe
 
@@ -361,16 +361,17 @@ def test_unnamed_layer_is_rewritten():
 @pytest.mark.parametrize("model_faster", [True, False])
 def test_whole_model_check_keeps_or_undoes_the_cost_models_choice(monkeypatch, model_faster):
     import sparsecc.passes.groupwise as groupwise
+    from sparsecc.lowering import MeasuredCost
 
-    def tap_gather_wins(candidates, *args, **kwargs):  # per layer, the rewrite looks 4x faster
+    def tap_gather_wins(self, candidates, *args, **kwargs):  # per layer, the rewrite looks 4x faster
         for candidate in candidates:
             candidate.seconds = 1.0 if candidate.name == "dense" else 0.25
 
-    def whole_model(self, dense, rewritten):
+    def whole_model(dense, rewritten, *args, **kwargs):
         return {"kept": model_faster, "reason": "whole model: test verdict"}
 
-    monkeypatch.setattr(groupwise, "measure_candidates", tap_gather_wins)
-    monkeypatch.setattr(groupwise.GroupwiseRewrite, "_model_check", whole_model)
+    monkeypatch.setattr(MeasuredCost, "time", tap_gather_wins)
+    monkeypatch.setattr(groupwise, "whole_model_check", whole_model)
     ctx, records = _compile(_conv_model(c_in=16, c_out=16, size=12, pads=[1, 1, 1, 1]), {"keep": 0.25, **ONE}, {})
     result = records["groupwise-rewrite"].result
     assert result.details["layers"]["conv"]["lowering"] != "dense"  # the cost model chose a rewrite

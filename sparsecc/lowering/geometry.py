@@ -1,0 +1,39 @@
+"""Conv geometry: explicit padding, stride, dilation and output size of a 2-D Conv."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Explicit padding, stride, dilation and output size of a 2-D Conv at a known input shape."""
+
+    pads: tuple[int, int, int, int]  # top, left, bottom, right
+    strides: tuple[int, int]
+    dilations: tuple[int, int]
+    out_hw: tuple[int, int]
+
+
+def conv_geometry(node: gs.Node, input_shape: tuple[int, ...], kernel: tuple[int, int]) -> ConvGeometry:
+    """Resolve auto_pad (SAME_UPPER, SAME_LOWER, VALID) and pads into explicit numbers."""
+    strides = tuple(int(s) for s in node.attrs.get("strides", [1, 1]))
+    dilations = tuple(int(d) for d in node.attrs.get("dilations", [1, 1]))
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    size = input_shape[2:]
+    begin, end = [0, 0], [0, 0]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        for a in range(2):
+            out = -(-size[a] // strides[a])
+            total = max(0, (out - 1) * strides[a] + (kernel[a] - 1) * dilations[a] + 1 - size[a])
+            small, large = total // 2, total - total // 2
+            begin[a], end[a] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    elif auto_pad in ("NOTSET", ""):
+        pads = [int(p) for p in node.attrs.get("pads", [0, 0, 0, 0])]
+        begin, end = pads[:2], pads[2:]
+    out_hw = tuple((size[a] + begin[a] + end[a] - (kernel[a] - 1) * dilations[a] - 1) // strides[a] + 1
+                   for a in range(2))
+    return ConvGeometry((begin[0], begin[1], end[0], end[1]), strides, dilations, out_hw)

@@ -1,0 +1,155 @@
+"""The open registry of lowerings: ways to run one weight layer as other ONNX nodes.
+
+A :class:`Lowering` is registered once (``register_lowering``) and found by the passes of its
+family (``lowerings(family, op)``). Its ``propose`` function looks at one layer
+(:class:`LayerToLower`) and returns either a :class:`Candidate` (how to emit it, its MACs and
+the data it moves) or a string saying why it does not apply; the pass records that reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from sparsecc.layers import WeightLayer
+
+# ONNX Runtime CPU, 2 threads (tools/bench_groupwise.py profiles): a 3x3 Conv runs ~20 ps per MAC.
+DEFAULT_PS_PER_MAC = 20e-12
+
+
+@dataclass(frozen=True)
+class LayerToLower:
+    """What a lowering sees of one layer (read only: a lowering emits new nodes, never edits these).
+
+    Attributes:
+        node: The layer's node.
+        layer: Its description (kind, group, weight and tensor names).
+        weight: The weight values.
+        bias: The Conv bias constant, or None.
+        in_shape: Static input shape, or None when unknown.
+        out_shape: Static output shape, or None when unknown.
+    """
+
+    node: gs.Node
+    layer: WeightLayer
+    weight: np.ndarray
+    bias: gs.Tensor | None
+    in_shape: tuple[int, ...] | None
+    out_shape: tuple[int, ...] | None
+
+
+Emit = Callable[[Any, gs.Tensor, gs.Tensor], None]  # (Emitter, layer input, layer output)
+
+
+@dataclass
+class Candidate:
+    """One way to run a layer: an emitter, and what it costs.
+
+    Attributes:
+        name: The lowering's name ("dense" for the layer as it is).
+        emit: ``emit(emitter, x, y)`` adds the nodes computing ``y`` from ``x``.
+        macs: Multiply-accumulates of the lowered layer.
+        copied: Activation elements moved by Gather/Transpose and layout reorders.
+        nodes: Nodes emitted (each costs a fixed launch overhead).
+        ps_per_mac: The analytic cost model's time per MAC for this lowering.
+        seconds: Its time, once a cost model has estimated or measured it.
+        spread: Relative spread of a measurement ((median - min) / min), or None.
+        source: Where ``seconds`` came from: "analytic", "measured" or "timing cache".
+    """
+
+    name: str
+    emit: Emit
+    macs: int
+    copied: int
+    nodes: int
+    ps_per_mac: float = DEFAULT_PS_PER_MAC
+    seconds: float | None = None
+    spread: float | None = None
+    source: str | None = None
+
+
+Propose = Callable[[LayerToLower], "Candidate | str"]
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """A registered lowering.
+
+    Attributes:
+        name: Unique name (what ``groupwise-rewrite: {lowering: NAME}`` forces).
+        family: The passes that consider it ("groupwise", "deprune", "tensorrt", ...).
+        ops: The op types it lowers.
+        propose: ``propose(layer) -> Candidate | str`` (a reason when it does not apply).
+        ps_per_mac: The analytic cost model's calibration. Defaults to 20 ps per MAC.
+        description: One line for listings.
+    """
+
+    name: str
+    family: str
+    ops: frozenset[str]
+    propose: Propose
+    ps_per_mac: float = DEFAULT_PS_PER_MAC
+    description: str = ""
+
+    def candidate(self, layer: LayerToLower) -> Candidate | str:
+        """The candidate for ``layer`` (with this lowering's name and calibration), or why none."""
+        if layer.node.op not in self.ops:
+            return f"{self.name} lowers {sorted(self.ops)}, not {layer.node.op}"
+        proposal = self.propose(layer)
+        if isinstance(proposal, Candidate):
+            proposal.name = self.name
+            proposal.ps_per_mac = self.ps_per_mac
+        return proposal
+
+
+_LOWERINGS: dict[str, Lowering] = {}
+RESERVED = ("dense", "auto")
+
+
+def register_lowering(lowering: Lowering) -> Lowering:
+    """Make ``lowering`` available to the passes of its family."""
+    if lowering.name in RESERVED:
+        raise ValueError(f"'{lowering.name}' is reserved")
+    known = _LOWERINGS.get(lowering.name)
+    if known is not None and known.propose is not lowering.propose:
+        raise ValueError(f"two lowerings are named {lowering.name!r}")
+    _LOWERINGS[lowering.name] = lowering
+    return lowering
+
+
+def unregister_lowering(name: str) -> None:
+    """Remove a registration (for tests that add a throw-away lowering)."""
+    _LOWERINGS.pop(name, None)
+
+
+def get_lowering(name: str) -> Lowering | None:
+    return _LOWERINGS.get(name)
+
+
+def lowerings(family: str | None = None, op: str | None = None) -> list[Lowering]:
+    """Registered lowerings of ``family`` that lower ``op`` (all when None), in registration order."""
+    return [lw for lw in _LOWERINGS.values()
+            if (family is None or lw.family == family) and (op is None or op in lw.ops)]
+
+
+@dataclass
+class Proposals:
+    """The candidates for one layer (dense first) and the reasons the other lowerings gave."""
+
+    candidates: list[Candidate]
+    not_applicable: dict[str, str] = field(default_factory=dict)
+
+
+def propose_all(layer: LayerToLower, dense: Candidate, family: str) -> Proposals:
+    """Ask every lowering of ``family`` for ``layer``; dense is always the first candidate."""
+    proposals = Proposals([dense])
+    for lowering in lowerings(family, layer.node.op):
+        result = lowering.candidate(layer)
+        if isinstance(result, Candidate):
+            proposals.candidates.append(result)
+        else:
+            proposals.not_applicable[lowering.name] = result
+    return proposals
