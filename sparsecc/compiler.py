@@ -62,7 +62,8 @@ def prepare_output_dir(out_dir: str | os.PathLike, model_path: Path) -> Path:
 def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", out_dir: str | os.PathLike = "out",
                   shapes: dict[str, tuple[int, ...]] | None = None, disable: list[str] | tuple[str, ...] = (),
                   dump_dir: str | os.PathLike | None = None, plan: str | os.PathLike | None = None,
-                  verify: VerifyConfig | None = None) -> CompileResult:
+                  verify: VerifyConfig | None = None, cost_model: str | None = None,
+                  timing_cache: str | os.PathLike | None = None) -> CompileResult:
     """Compile a model with a recipe and write the outputs.
 
     Args:
@@ -74,9 +75,18 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
         dump_dir: Write the graph after each pass here. Defaults to none.
         plan: A plan.json to start from (e.g. made by fine-tuning elsewhere). Defaults to none.
         verify: Tolerances and seed of the numerical checks. Defaults to the recipe's, else VerifyConfig().
+        cost_model: "measured" or "analytic", for every pass that chooses by a cost model. Defaults to
+            each pass's own option.
+        timing_cache: The timing cache file, or "off". Defaults to ``$SPARSECC_TIMING_CACHE``, else
+            ``~/.cache/sparsecc/timing-cache.json`` (see :mod:`sparsecc.lowering.timing_cache`).
     """
+    from sparsecc.lowering import open_timing_cache
+
     started = time.perf_counter()
     model_path = Path(model_path)
+    if cost_model not in (None, "measured", "analytic"):
+        raise OptionError(f"unknown cost model '{cost_model}'", fix="use --cost-model measured or analytic")
+    cache = open_timing_cache(timing_cache)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     verify = verify or _verify_config(recipe)
     passes = recipe.build_passes()
@@ -86,7 +96,7 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
     original = load_model(model_path, shapes)
     original.static_input_shapes()  # dynamic inputs without --shape fail here, before any work
     model = original.copy()
-    ctx = PassContext(model)
+    ctx = PassContext(model, cost_model=cost_model, timing_cache=cache)
     if plan is not None:
         if "apply-plan" not in [p.name for p in passes] or "apply-plan" in disable:
             raise OptionError(f"--plan was given but recipe '{recipe.name}' never applies a plan",
@@ -107,6 +117,7 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
     verification = _final_verification(original, ctx, compiled, verify)
     report = _build_report(model_path, recipe, original, before, ctx, records, verification, started, verify)
     report["specialized_input_shapes"] = specialized
+    report["timing_cache"] = cache.describe()
 
     progress(f"writing {out}")
     _write_outputs(out, ctx, compiled, report)

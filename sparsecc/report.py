@@ -44,6 +44,7 @@ def render_compile_markdown(report: dict[str, Any]) -> str:
         rows.append([record["name"], "yes" if record["exact"] else "no", record["status"],
                      record.get("rewrites", 0), f"{record['seconds']:.3f}", status])
     lines += _md_table(rows, ["pass", "exact", "status", "rewrites", "seconds", "verification"])
+    lines += _lowering_decisions(report)
     if report["skipped"]:
         lines += ["", "## Left as they were", ""]
         lines += _md_table([[s["pass"], s["layer"], s["reason"]] for s in report["skipped"]],
@@ -56,6 +57,30 @@ def render_compile_markdown(report: dict[str, Any]) -> str:
     lines += ["", f"Environment: {env.get('cpu')} ({env.get('cpu_count')} cores), onnxruntime "
                   f"{env.get('onnxruntime')}, onnx {env.get('onnx')}, numpy {env.get('numpy')}.", ""]
     return "\n".join(lines)
+
+
+def _lowering_decisions(report: dict[str, Any]) -> list[str]:
+    """Per-layer choices of the passes that lower by a cost model: what, why, from where, with what spread."""
+    lines: list[str] = []
+    for record in report["passes"]:
+        layers = (record.get("details") or {}).get("layers") or {}
+        rows = [[name, info["lowering"], info.get("timing", "-"),
+                 ", ".join(f"{k} {v:.1%}" for k, v in info.get("spread", {}).items()) or "-", info.get("reason", "")]
+                for name, info in layers.items() if "lowering" in info]
+        if not rows:
+            continue
+        details = record["details"]
+        lines += ["", f"## Lowering decisions of `{record['name']}` (cost model: {details.get('cost_model')})", ""]
+        cache = details.get("timing_cache") or report.get("timing_cache")
+        if cache and details.get("cost_model") == "measured":
+            lines += [f"Timing cache `{cache['path'] or 'in memory only'}`: {cache['hits']} timing(s) taken from it, "
+                      f"{cache['misses']} measured. Spread is (median - min) / min of the runs; a choice whose "
+                      "margin is inside it is measured again, then resolved as dense.", ""]
+        lines += _md_table(rows, ["layer", "lowering", "timing", "spread", "why"])
+        check = details.get("model_check")
+        if check:
+            lines += ["", check["reason"] + "."]
+    return lines
 
 
 def _md_table(rows: list[list[Any]], headers: list[str]) -> list[str]:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# tests never touch the user's timing cache: one cache file for this test session (CLI subprocesses inherit it)
+os.environ.setdefault("SPARSECC_TIMING_CACHE",
+                      str(Path(tempfile.mkdtemp(prefix="sparsecc-tests-")) / "timing-cache.json"))
 REAL_MODELS_DIR = Path(os.environ.get("SPARSECC_REAL_MODELS", REPO / ".real_models"))
 
 

@@ -19,6 +19,12 @@ def register(subparsers) -> None:
     parser.add_argument("--dump-dir", metavar="DIR", help="write the graph after each pass into DIR")
     parser.add_argument("--atol", type=float, help="absolute tolerance of the numerical checks")
     parser.add_argument("--rtol", type=float, help="tolerance relative to max |output| of the numerical checks")
+    parser.add_argument("--cost-model", choices=["measured", "analytic"],
+                        help="how passes that choose a lowering compare candidates: timed on ONNX Runtime "
+                             "(through the timing cache) or estimated (deterministic). Default: each pass's option")
+    parser.add_argument("--timing-cache", metavar="FILE",
+                        help="timing cache of measured choices ('off' to measure afresh and keep nothing). "
+                             "Default: $SPARSECC_TIMING_CACHE, else ~/.cache/sparsecc/timing-cache.json")
     parser.add_argument("--list-passes", action="store_true", help="list the registered passes and exit")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
@@ -43,7 +49,8 @@ def run(args) -> int:
         verify = VerifyConfig(args.atol if args.atol is not None else base.atol,
                               args.rtol if args.rtol is not None else base.rtol, base.seed, base.iterations)
     result = compile_model(args.model, recipe, args.output, shapes=parse_shape_overrides(args.shape),
-                           disable=args.disable_pass, dump_dir=args.dump_dir, plan=args.plan, verify=verify)
+                           disable=args.disable_pass, dump_dir=args.dump_dir, plan=args.plan, verify=verify,
+                           cost_model=args.cost_model, timing_cache=args.timing_cache)
     if args.json:
         print_json(result.report)
         return 0

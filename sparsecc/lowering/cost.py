@@ -159,7 +159,7 @@ def choose_lowering(candidates: list[Candidate], min_gain: float, remeasure: Cal
     """
     dense, options = candidates[0], candidates[1:]
     best = min(options, key=lambda c: c.seconds)
-    unit = best.source
+    unit = {"analytic": "estimated", "timing cache": "measured (timing cache)"}.get(best.source, best.source)
     margin = _margin(dense.seconds, best.seconds, min_gain)
     fresh = "measured" in (best.source, dense.source)
     if margin > 0 and fresh and margin <= _noise(dense, best):
@@ -170,7 +170,7 @@ def choose_lowering(candidates: list[Candidate], min_gain: float, remeasure: Cal
                            f"the margin {margin:.1%} is inside the measured spread {_noise(dense, best):.1%} "
                            f"(measured twice), so the layer stays dense")
     if margin > 0:
-        spread = f", spread {_noise(dense, best):.1%}" if unit != "analytic" else ""
+        spread = f", spread {_noise(dense, best):.1%}" if best.source != "analytic" else ""
         return best, (f"{best.name} {unit} {best.seconds * 1e3:.3f} ms vs dense {dense.seconds * 1e3:.3f} ms "
                       f"({dense.seconds / best.seconds:.2f}x{spread})")
     return dense, (f"no lowering is faster: best {best.name} {unit} {best.seconds * 1e3:.3f} ms vs dense "
