@@ -25,7 +25,7 @@ from sparsecc.passes.canonicalize import CANONICAL_PASSES
 from sparsecc.passmanager import PassContext, PassManager, PassRecord
 from sparsecc.plan import SparsityPlan
 from sparsecc.recipe import Recipe, load_recipe
-from sparsecc.verify import VerifyConfig, compare_models, input_specs
+from sparsecc.verify import VerifyConfig, compare_models, input_specs, verification_backend
 
 
 @dataclass
@@ -156,7 +156,8 @@ def _final_verification(original: Model, ctx: PassContext, compiled: bytes, conf
     specs = input_specs(ctx.model)
     masked = ctx.state.get("masked")
     reference = masked if masked is not None else original
-    exact = compare_models(reference, compiled, specs, config)
+    backend = verification_backend(reference, ctx.model)
+    exact = compare_models(reference, compiled, specs, config, backend)
     if not exact.passed:
         raise VerificationError(
             f"the compiled model does not match the {'masked' if masked is not None else ''} original: "
@@ -165,7 +166,7 @@ def _final_verification(original: Model, ctx: PassContext, compiled: bytes, conf
     result = {"against": "masked original" if masked is not None else "original", "exact": exact.to_dict()}
     if masked is not None:
         # pruning changes the function on purpose: report how much, never fail on it
-        result["agreement_with_unpruned"] = compare_models(original, compiled, specs, config).to_dict()
+        result["agreement_with_unpruned"] = compare_models(original, compiled, specs, config, backend).to_dict()
     return result
 
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from sparsecc.errors import OptionError, SparseccError, VerificationError
 from sparsecc.log import logger
 from sparsecc.model import Model
-from sparsecc.verify import VerifyConfig, compare_models, input_specs
+from sparsecc.verify import VerifyConfig, compare_models, input_specs, verification_backend
 
 
 @dataclass
@@ -223,7 +223,8 @@ class PassManager:
         # the graph a verified pass left is the graph the next pass starts from: serialise it once
         before_bytes = self._verified_bytes or before.to_bytes()
         after_bytes = after.to_bytes()
-        outcome = compare_models(before_bytes, after_bytes, specs, self.verify)
+        # a graph with sparsecc-domain nodes runs them through their numpy references
+        outcome = compare_models(before_bytes, after_bytes, specs, self.verify, verification_backend(before, after))
         self._verified_bytes = after_bytes
         data = outcome.to_dict()
         data["mode"] = "exact" if pass_.exact else "agreement"

@@ -7,6 +7,11 @@ from typing import Any
 from sparsecc.inspect import format_table, human
 
 
+_BACKEND_WORDS = {"onnxruntime": "ONNX Runtime (CPU)",
+                  "ort-references": "ONNX Runtime (CPU), sparsecc-domain nodes through their numpy references",
+                  "onnx-reference": "ONNX's reference evaluator, sparsecc-domain nodes through their numpy references"}
+
+
 def render_compile_markdown(report: dict[str, Any]) -> str:
     summary = report["summary"]
     verification = report["verification"]
@@ -21,7 +26,8 @@ def render_compile_markdown(report: dict[str, Any]) -> str:
         f"Ideal speedup (MAC ratio): **{summary['ideal_speedup']}x**. Compile time {summary['compile_seconds']} s.",
         "",
         "## Verification", "",
-        f"Compiled model vs {verification['against']} on ONNX Runtime (CPU), seeded random inputs, "
+        f"Compiled model vs {verification['against']} on {_BACKEND_WORDS.get(exact.get('backend'), 'ONNX Runtime (CPU)')}, "
+        f"seeded random inputs, "
         f"pass when max |diff| <= {verification['atol']:g} + {verification['rtol']:g} x max |output|: "
         f"**{'passed' if exact['passed'] else 'FAILED'}** (worst relative error {exact['worst_relative_error']:.3g}).",
     ]

@@ -1,7 +1,8 @@
 """Numerical verification: does graph B compute what graph A computes?
 
 Both graphs run on ONNX Runtime (CPU) through Polygraphy's runners and
-comparator, on the same seeded random inputs. An output passes when
+comparator, on the same seeded random inputs; a graph holding sparsecc-domain
+nodes runs them through their numpy references (:func:`verification_backend`). An output passes when
 
     max |B - A| <= atol + rtol * max |A|
 
@@ -57,6 +58,7 @@ class VerifyResult:
     atol: float
     rtol: float
     outputs: list[OutputAgreement] = field(default_factory=list)
+    backend: str = "onnxruntime"  # what ran the graphs (see verification_backend)
 
     @property
     def worst(self) -> OutputAgreement | None:
@@ -100,8 +102,21 @@ def input_specs(model: Model) -> list[tuple[str, tuple[int, ...], np.dtype]]:
     return [(t.name, shapes[t.name], np.dtype(t.dtype)) for t in model.graph.inputs]
 
 
-def compare_models(reference: Model | bytes, candidate: Model | bytes, specs, config: VerifyConfig | None = None
-                   ) -> VerifyResult:
+def verification_backend(*models: Model) -> str:
+    """The backend that can run these graphs: "onnxruntime" for standard ONNX; for a graph holding
+    sparsecc-domain nodes, "ort-references" (ONNX Runtime + the nodes' numpy references as Python
+    custom ops), or "onnx-reference" (ONNX's ReferenceEvaluator) without onnxruntime-extensions.
+    (tools/bench_verify_backends.py measured the two: the first was faster on 3 of 4 models and runs the
+    standard nodes on the very kernels the graph before the pass ran on.)"""
+    from sparsecc.backends.reference_ops import OrtReferencesBackend, graph_has_custom_ops
+
+    if not any(graph_has_custom_ops(m.graph) for m in models if isinstance(m, Model)):
+        return "onnxruntime"
+    return "ort-references" if OrtReferencesBackend.unavailable_reason() is None else "onnx-reference"
+
+
+def compare_models(reference: Model | bytes, candidate: Model | bytes, specs, config: VerifyConfig | None = None,
+                   backend: str | None = None) -> VerifyResult:
     """Run both graphs on the same random inputs and compare every output.
 
     Args:
@@ -109,7 +124,26 @@ def compare_models(reference: Model | bytes, candidate: Model | bytes, specs, co
         candidate: The graph under test.
         specs: ``(name, shape, dtype)`` for each input (see :func:`input_specs`).
         config: Tolerances and seed. Defaults to :class:`VerifyConfig()`.
+        backend: "onnxruntime", "ort-references" or "onnx-reference". Defaults to
+            :func:`verification_backend` of the two graphs.
     """
+    config = config or VerifyConfig()
+    backend = backend or verification_backend(reference, candidate)
+    ref_bytes = reference.to_bytes() if isinstance(reference, Model) else reference
+    cand_bytes = candidate.to_bytes() if isinstance(candidate, Model) else candidate
+    feeds = random_feeds(specs, config.seed, config.iterations)
+    if backend == "onnxruntime":
+        return _compare_on_onnxruntime(ref_bytes, cand_bytes, feeds, config)
+    from sparsecc.backends.reference_ops import OnnxReferenceBackend, OrtReferencesBackend
+
+    runner = OrtReferencesBackend() if backend == "ort-references" else OnnxReferenceBackend()
+    sessions = [runner.load(ref_bytes), runner.load(cand_bytes)]
+    agreements = _agreements([sessions[0].run(f) for f in feeds], [sessions[1].run(f) for f in feeds], config)
+    return VerifyResult(all(a.passed for a in agreements.values()), config.atol, config.rtol,
+                        list(agreements.values()), backend)
+
+
+def _compare_on_onnxruntime(ref_bytes: bytes, cand_bytes: bytes, feeds, config: VerifyConfig) -> VerifyResult:
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
@@ -117,25 +151,10 @@ def compare_models(reference: Model | bytes, candidate: Model | bytes, specs, co
     from sparsecc.log import quiet_polygraphy
 
     quiet_polygraphy()
-    config = config or VerifyConfig()
-    ref_bytes = reference.to_bytes() if isinstance(reference, Model) else reference
-    cand_bytes = candidate.to_bytes() if isinstance(candidate, Model) else candidate
     runners = [OnnxrtRunner(SessionFromOnnx(ref_bytes, providers=["CPUExecutionProvider"]), name="reference"),
                OnnxrtRunner(SessionFromOnnx(cand_bytes, providers=["CPUExecutionProvider"]), name="candidate")]
-    feeds = random_feeds(specs, config.seed, config.iterations)
     results = Comparator.run(runners, data_loader=feeds)
-    ref_iters, cand_iters = results[0][1], results[1][1]
-
-    agreements: dict[str, OutputAgreement] = {}
-    for ref_out, cand_out in zip(ref_iters, cand_iters):
-        for name in ref_out.keys():
-            if name not in cand_out:
-                agreements[name] = OutputAgreement(name, float("inf"), 0.0, float("inf"), (), 0.0, float("nan"), False)
-                continue
-            agreement = _agreement(name, np.asarray(ref_out[name]), np.asarray(cand_out[name]), config)
-            previous = agreements.get(name)
-            if previous is None or agreement.relative_error > previous.relative_error:
-                agreements[name] = agreement
+    agreements = _agreements(results[0][1], results[1][1], config)
 
     # Polygraphy's comparator makes the pass/fail call, with a per-output absolute tolerance
     # that encodes "atol + rtol * max |reference|".
@@ -149,6 +168,21 @@ def compare_models(reference: Model | bytes, candidate: Model | bytes, specs, co
                                                     check_shapes=True))
     passed = bool(accuracy) and all(a.passed for a in agreements.values())
     return VerifyResult(passed, config.atol, config.rtol, list(agreements.values()))
+
+
+def _agreements(ref_iters, cand_iters, config: VerifyConfig) -> dict[str, OutputAgreement]:
+    """The worst agreement of each output over the input sets."""
+    agreements: dict[str, OutputAgreement] = {}
+    for ref_out, cand_out in zip(ref_iters, cand_iters):
+        for name in ref_out.keys():
+            if name not in cand_out:
+                agreements[name] = OutputAgreement(name, float("inf"), 0.0, float("inf"), (), 0.0, float("nan"), False)
+                continue
+            agreement = _agreement(name, np.asarray(ref_out[name]), np.asarray(cand_out[name]), config)
+            previous = agreements.get(name)
+            if previous is None or agreement.relative_error > previous.relative_error:
+                agreements[name] = agreement
+    return agreements
 
 
 def _agreement(name: str, ref: np.ndarray, cand: np.ndarray, config: VerifyConfig) -> OutputAgreement:
