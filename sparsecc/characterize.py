@@ -44,6 +44,7 @@ import numpy as np
 from sparsecc.errors import OptionError, ShapeError
 from sparsecc.log import progress as default_progress
 from sparsecc.sparsity.patterns import block_wise_mask, element_wise_mask, vector_wise_mask
+from sparsecc.tables import markdown_table, text_table
 
 __all__ = ["ConvGeometry", "GemmShape", "StudyConfig", "SHAPE_SETS", "run_study", "break_even",
            "format_table", "render_markdown", "plot_study"]
@@ -717,13 +718,11 @@ def _rows(result: StudyResult) -> tuple[list[str], list[list[str]]]:
 
 
 def _text_table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers] + rows)
+    return text_table(rows, headers, rule=False)
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+    return markdown_table(rows, headers)
 
 
 def _break_even_rows(result: StudyResult) -> tuple[list[str], list[list[str]]]:

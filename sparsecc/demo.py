@@ -118,7 +118,7 @@ def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = Non
 
 def render_demo_markdown(summary: dict[str, Any]) -> str:
     from sparsecc.inspect import human
-    from sparsecc.report import markdown_table
+    from sparsecc.tables import markdown_table
 
     rows = []
     for r in summary["rows"]:

@@ -25,10 +25,15 @@ def constant(graph: gs.Graph, base: str, values: np.ndarray) -> gs.Constant:
 
 
 def mark_provenance(node: gs.Node, pass_name: str) -> gs.Node:
-    """Record which pass made a node (exported as ONNX node metadata via the name prefix and doc)."""
+    """Record which pass made a node, as the prefix ``<pass>/`` of its name.
+
+    onnx-graphsurgeon nodes carry no ``metadata_props``, so the name is the provenance that survives
+    export (and the report and --dump-dir graphs show it).
+    """
     node.name = node.name if node.name.startswith(f"{pass_name}/") else f"{pass_name}/{node.name}"
     return node
 
 
 def is_graph_output(graph: gs.Graph, tensor) -> bool:
     return any(t is tensor for t in graph.outputs)
+

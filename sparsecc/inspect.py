@@ -10,6 +10,7 @@ from sparsecc.errors import UnsupportedModelError
 from sparsecc.layers import analyse_layers
 from sparsecc.model import Model
 from sparsecc.plan import detect_layer
+from sparsecc.tables import text_table
 
 
 def inspect_model(model: Model) -> dict[str, Any]:
@@ -70,10 +71,7 @@ def human(number: float) -> str:
     return f"{number:.0f}"
 
 
-def format_table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+format_table = text_table  # kept under its old name for callers
 
 
 def format_inspection(info: dict[str, Any]) -> str:

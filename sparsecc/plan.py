@@ -145,14 +145,15 @@ class SparsityPlan:
 
 
 def apply_plan(model: Model, plan: SparsityPlan) -> int:
-    """Zero the pruned weights in place (the "masked original"); returns the number of weights changed."""
+    """Zero the pruned weights in place (the "masked original"); returns the number of weights changed
+    (a weight whose pruned entries were already zero is not changed)."""
     plan.validate(model)
     tensors = model.graph.tensors()
     changed = 0
     for entry in plan.entries.values():
         tensor = tensors[entry.weight]
-        if entry.mask.all():
-            continue
+        if entry.mask.all() or not np.any(tensor.values[~entry.mask]):
+            continue  # nothing to zero: the weight is unchanged (and must not count as changed)
         tensor.values = np.where(entry.mask, tensor.values, np.zeros((), tensor.values.dtype)).astype(
             tensor.values.dtype)
         changed += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sparsecc.inspect import format_table, human
+from sparsecc.tables import markdown_table
 
 
 _BACKEND_WORDS = {"onnxruntime": "ONNX Runtime (CPU)",
@@ -90,9 +91,7 @@ def _lowering_decisions(report: dict[str, Any]) -> list[str]:
 
 
 def _md_table(rows: list[list[Any]], headers: list[str]) -> list[str]:
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return out
+    return markdown_table(rows, headers).split("\n")
 
 
 def format_bench(result: dict[str, Any]) -> str:
@@ -106,7 +105,3 @@ def format_bench(result: dict[str, Any]) -> str:
         text += (f"\nspeedup {result['speedup']:.3f}x (median baseline / median candidate); ideal "
                  f"{result['ideal']:.3f}x (MAC ratio); efficiency {result['efficiency']:.2f}")
     return text
-
-
-def markdown_table(rows: list[list[Any]], headers: list[str]) -> str:
-    return "\n".join(_md_table(rows, headers))

@@ -73,3 +73,17 @@ def test_multi_stage_recipe_writes_one_plan_per_stage_matching_its_graph(tmp_pat
     first = SparsityPlan.load(out / "plan.json")
     assert {e.pattern for e in first.entries.values()} == {"filter"}
     assert "plan.stage2.json" in (out / "report.md").read_text()
+
+
+def test_final_exact_check_never_compares_the_model_with_itself(tmp_path):
+    """24-only ends with apply-plan: the compiled model is the masked original, so the exact result
+    is the exact passes' own checks (permute-channels-24 against the graph before it)."""
+    model = save(conv_bn_relu_fc(batch=1), tmp_path / "m.onnx")
+    report = compile_model(model, "24-only", tmp_path / "out").report
+    verification = report["verification"]
+    assert verification["against"].startswith("each exact pass")
+    assert verification["exact"]["passed"]
+    checked = verification["exact"]["passes"]
+    ran = [p["name"] for p in report["passes"] if p.get("verification", {}).get("mode") == "exact"]
+    assert checked and checked == ran
+    assert "agreement_with_unpruned" in verification

@@ -31,7 +31,11 @@ def test_zeros_recipe_plans_exactly_the_existing_zeros_and_keeps_the_function(cl
     plan = json.loads((out / "plan.json").read_text())
     assert [(w["layer"], w["pattern"], w["kept_fraction"]) for w in plan["weights"]] == [("middle", "group-wise", 0.5)]
     # nothing is pruned on top of what was there: the compiled model equals the input model
-    assert report["verification"]["against"] == "masked original"
+    rewrote = next(p for p in report["passes"] if p["name"] == "groupwise-rewrite")["status"] == "ran"
+    # compared with the masked original when the rewrite changed the graph; when the cost model kept
+    # it dense the compiled model is the masked original, and the exact passes' own checks stand
+    assert report["verification"]["against"] == "masked original" if rewrote else \
+        report["verification"]["against"].startswith("each exact pass")
     assert report["verification"]["exact"]["passed"]
     assert report["verification"]["agreement_with_unpruned"]["worst_relative_error"] < 1e-5
     rewrite = next(p for p in report["passes"] if p["name"] == "groupwise-rewrite")

@@ -45,7 +45,7 @@ def main() -> int:
              human(r["macs"]), human(r["weight_params"])] for r in zoo_totals()]
     headers = ["model", "input", "weight layers", "kinds", "MACs", "weight params"]
     if args.markdown:
-        from sparsecc.report import markdown_table
+        from sparsecc.tables import markdown_table
 
         print(markdown_table(rows, headers))
     else:
