@@ -27,7 +27,7 @@ from sparsecc.errors import OptionError, PlanError
 from sparsecc.layers import WeightLayer, find_weight_layers
 from sparsecc.model import Model
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
-from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan
+from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan, merge_into
 from sparsecc.sparsity.filter_metrics import (LAYOUTS, METRICS, filter_scores_by_group, normalize_by_mean,
                                               rank_global, rank_per_layer)
 from sparsecc.sparsity.two_four import eligibility
@@ -191,18 +191,14 @@ class PlanFilters(Pass):
                                                      "removed_input_channels": 0, "groups": []})
                 fact[key] += len(positions) // use.stride
                 fact["groups"].append(group.id)
-        plan = ctx.plan if ctx.plan is not None else SparsityPlan(source="plan-filters")
+        plan = SparsityPlan(source="plan-filters")
         for name, mask in masks.items():
             fact = facts[name]
             details = {k: v for k, v in fact.items() if k != "node"}
-            previous = plan.entries.get(name)
-            if previous is not None:
-                # e.g. 2:4 first, then filters (the paper's reversed order): both masks hold
-                mask = mask & previous.mask
-                details["combined_with"] = previous.pattern
             plan.add(WeightPlan(name, fact["node"], "filter", mask, criterion=self.metric, ratio=self.ratio,
                                 alignment=self.round_to, details=details))
-        return plan
+        # e.g. 2:4 first, then filters (the paper's reversed order): both masks hold
+        return merge_into(ctx.plan, plan, "intersect")[0]
 
 
 @register_pass
@@ -245,9 +241,7 @@ class RemoveFilters(Pass):
         edited = {u.tensor for group, _ in edits for u in group.producers + group.consumers
                   if u.kind in ("weight", "param")}
         reindex_groups(model, edits)
-        dropped = sorted(name for name in plan.entries if name in edited)
-        for name in dropped:
-            del plan.entries[name]
+        dropped = plan.invalidate(edited)
         before = sum(d["before"] for d in details.values())
         after = sum(d["after"] for d in details.values())
         return PassResult(True, len(edits), skipped,

@@ -41,7 +41,7 @@ from sparsecc.lowering import (AnalyticCost, Candidate, Emitter, LayerToLower, M
                               choose_lowering, get_lowering, lowerings, propose_all, whole_model_check)
 from sparsecc.lowering.gather import FAMILY, conv_kept_rows, dense_candidate
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
-from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan, gemm_weight_kn
+from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan, gemm_weight_kn, merge_into
 from sparsecc.shapes import infer_shapes
 from sparsecc.sparsity.groupwise import CRITERIA, check_keep, global_groupwise_masks, groupwise_result
 
@@ -154,12 +154,7 @@ class PlanGroupwise(Pass):
                                          "threshold": [round(t, 8) for t in result.threshold],
                                          "threshold_rule": self.threshold}))
             per_layer[layer.node] = {"kept_groups": result.kept_groups, "total_groups": result.total_groups}
-        already = sorted(w for w in plan.entries if ctx.plan is not None and w in ctx.plan.entries)
-        if ctx.plan is None:
-            ctx.plan = plan
-        else:
-            for weight, entry in plan.entries.items():
-                ctx.plan.entries.setdefault(weight, entry)
+        ctx.plan, already = merge_into(ctx.plan, plan, "keep")
         if already:
             notes.append(f"{len(already)} weight(s) were already planned; the existing entries are kept: {already}")
         notes.insert(0, f"{len(plan)} layer(s) planned group-wise")
@@ -397,7 +392,7 @@ class GroupwiseRewrite(Pass):
         if ctx.timing_cache is not None:
             ctx.timing_cache.save()
             details["timing_cache"] = ctx.timing_cache.describe()
-        invalidated = ctx.plan.invalidate(replaced, REWRITE) if ctx.plan is not None else []
+        invalidated = ctx.plan.invalidate(replaced) if ctx.plan is not None else []
         ctx.state[REWRITE] = details  # per-layer lowerings and times, for reports and tools
         notes.insert(0, f"{rewrites} layer(s) lowered, {folded} producer(s) shrunk by folding unused channels")
         if invalidated:

@@ -8,12 +8,10 @@ exact rewrite is verified against), so it is not exact.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from sparsecc.errors import PlanError
 from sparsecc.layers import find_weight_layers
 from sparsecc.passmanager import Pass, PassContext, PassResult, register_pass
-from sparsecc.plan import SparsityPlan, apply_plan, plan_from_zeros
+from sparsecc.plan import apply_plan, merge_into, plan_from_zeros
 
 
 @register_pass
@@ -27,7 +25,7 @@ class PlanFromZeros(Pass):
     def run(self, ctx: PassContext) -> PassResult:
         layers, _ = find_weight_layers(ctx.model)
         detected = plan_from_zeros(ctx.model, layers)
-        ctx.plan = merge_plans(ctx.plan, detected)
+        ctx.plan, _ = merge_into(ctx.plan, detected, "keep")  # what an earlier pass planned stays
         patterns: dict[str, int] = {}
         for entry in detected.entries.values():
             patterns[entry.pattern] = patterns.get(entry.pattern, 0) + 1
@@ -52,20 +50,7 @@ class ApplyPlan(Pass):
         changed = apply_plan(ctx.model, ctx.plan)
         # Later rewrites may rename or reshape weights and drop their entries from ctx.plan;
         # the plan as applied is kept for plan.json and the report.
-        ctx.state.setdefault("applied_plans", []).append(copy_plan(ctx.plan))
+        ctx.state.setdefault("applied_plans", []).append(ctx.plan.copy())
         ctx.state["masked"] = ctx.model.copy()
         return PassResult(changed > 0, changed, notes=[f"{changed} weight tensor(s) masked"])
 
-
-def copy_plan(plan: SparsityPlan) -> SparsityPlan:
-    return SparsityPlan({name: replace(entry, mask=entry.mask.copy(), details=dict(entry.details))
-                         for name, entry in plan.entries.items()}, plan.source)
-
-
-def merge_plans(first: SparsityPlan | None, second: SparsityPlan) -> SparsityPlan:
-    """Entries of ``second`` added to ``first`` (``first`` wins where both plan a weight)."""
-    if first is None:
-        return second
-    for name, entry in second.entries.items():
-        first.entries.setdefault(name, entry)
-    return first

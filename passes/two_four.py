@@ -27,7 +27,7 @@ import numpy as np
 
 from sparsecc.layers import WeightLayer, find_weight_layers
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
-from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan
+from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan, merge_into
 from sparsecc.sparsity.permutation import search_permutation
 from sparsecc.sparsity.two_four import (check_layout, check_two_four, eligibility, kept_magnitude, reduction_axis,
                                         two_four_mask)
@@ -94,30 +94,28 @@ class PlanTwoFour(Pass):
     def run(self, ctx: PassContext) -> PassResult:
         eligible, skipped, caveats = select_eligible(ctx, self.layers, self.layout)
         tensors = ctx.model.graph.tensors()
-        plan = ctx.plan if ctx.plan is not None else SparsityPlan(source="plan-24")
+        plan = SparsityPlan(source="plan-24")
         per_layer = {}
         for layer in eligible:
             values = tensors[layer.weight].values
-            earlier = plan.entries.get(layer.weight)
+            earlier = ctx.plan.entries.get(layer.weight) if ctx.plan is not None else None
             # an earlier plan for this weight is honoured: 2:4 is chosen among the weights it keeps
             kept_values = values if earlier is None else np.where(earlier.mask, values, 0)
             mask = two_four_mask(kept_values, layer.op, layer.trans_b, layout=self.layout, weight_name=layer.weight)
             if earlier is not None:
-                mask &= earlier.mask
+                mask &= earlier.mask  # what the merge below keeps; the kept share is measured on it
             total = float(np.abs(values).sum())
             kept = float(np.abs(values[mask]).sum())
             details = {"layout": self.layout, "axis": "C*kh*kw (memory order)"
                        if self.layout == "kernel-width" and layer.op == "Conv" else reduction_axis(layer.op,
                                                                                                    layer.trans_b),
                        "kept_magnitude_share": round(kept / total, 6) if total else 1.0}
-            if earlier is not None:
-                details["combined_with"] = earlier.pattern
             if layer.node in caveats:
                 details["caveat"] = caveats[layer.node]
             plan.add(WeightPlan(layer.weight, layer.node, "2:4", mask, criterion="magnitude", ratio=0.5,
                                 details=details))
             per_layer[layer.node] = details["kept_magnitude_share"]
-        ctx.plan = plan
+        ctx.plan, _ = merge_into(ctx.plan, plan, "intersect")  # and merge records combined_with
         notes = [f"2:4 masks planned for {len(eligible)} layer(s), {len(skipped)} left out"]
         if self.layout == "kernel-width":
             notes.append("kernel-width layout: the masks follow the hybrid paper, not TensorRT's 2:4 layout; "
@@ -239,7 +237,7 @@ class PermuteChannelsTwoFour(Pass):
             touched = {u.tensor for u in group.producers + group.consumers if u.kind in ("weight", "param")}
             reindex_channels(ctx.model, group, found.permutation)
             tensors = ctx.model.graph.tensors()
-            dropped += self._drop_plan_entries(ctx, touched)
+            dropped += ctx.plan.invalidate(touched) if ctx.plan is not None else []
             permuted += 1
             for node, (before, after) in gains.items():
                 per_layer[node] = {"kept_before": round(before, 6), "kept_after": round(after, 6),
@@ -263,12 +261,3 @@ class PermuteChannelsTwoFour(Pass):
         if any(u.start or u.covered(group.size) != group.size for u in group.producers + group.consumers):
             return "some uses cover only part of the channels (Split/Slice): a permutation would cross parts"
         return ""
-
-    @staticmethod
-    def _drop_plan_entries(ctx: PassContext, touched: set[str]) -> list[str]:
-        if ctx.plan is None:
-            return []
-        gone = [name for name in ctx.plan.entries if name in touched]
-        for name in gone:
-            del ctx.plan.entries[name]
-        return gone

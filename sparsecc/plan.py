@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,16 @@ class WeightPlan:
                 "details": self.details}
 
 
+MERGE_POLICIES = ("intersect", "keep", "replace", "refuse")
+
+
+def merge_into(plan: "SparsityPlan | None", other: "SparsityPlan", policy: str) -> tuple["SparsityPlan", list[str]]:
+    """``other`` merged into ``plan`` (``other`` itself when there is no plan yet), and the weights both planned."""
+    if plan is None:
+        return other, []
+    return plan, plan.merge(other, policy)
+
+
 @dataclass
 class SparsityPlan:
     """Per-weight plans, keyed by initializer name."""
@@ -79,8 +89,42 @@ class SparsityPlan:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def invalidate(self, weights, by: str) -> list[str]:
-        """Drop the entries of weights pass ``by`` physically replaced (their masks no longer fit them).
+    def merge(self, other: "SparsityPlan", policy: str) -> list[str]:
+        """Add ``other``'s entries to this plan; returns the weights both planned, sorted.
+
+        Args:
+            other: The plan a planning pass made.
+            policy: What happens to a weight both plans name:
+                "intersect" -- both masks hold (a weight is kept only where both keep it); the entry
+                takes ``other``'s pattern and records the earlier one as ``combined_with``;
+                "keep" -- the entry already here stays; "replace" -- ``other``'s entry wins;
+                "refuse" -- a PlanError naming the weights.
+        """
+        if policy not in MERGE_POLICIES:
+            raise ValueError(f"unknown merge policy {policy!r}; use one of {MERGE_POLICIES}")
+        both = sorted(name for name in other.entries if name in self.entries)
+        if both and policy == "refuse":
+            raise PlanError(f"{len(both)} weight(s) are planned twice: {both}",
+                            fix="plan each weight once, or use a recipe whose planning passes combine masks")
+        for name, entry in other.entries.items():
+            earlier = self.entries.get(name)
+            if earlier is None or policy == "replace":
+                self.entries[name] = entry
+            elif policy == "intersect":
+                if earlier.mask.shape != entry.mask.shape:
+                    raise PlanError(f"two plans mask weight '{name}' with shapes {list(earlier.mask.shape)} and "
+                                    f"{list(entry.mask.shape)}", fix="make both plans for the same graph")
+                details = {**entry.details, "combined_with": earlier.pattern}
+                self.entries[name] = replace(entry, mask=entry.mask & earlier.mask, details=details)
+        return both
+
+    def copy(self) -> "SparsityPlan":
+        """An independent copy (masks and details copied)."""
+        return SparsityPlan({name: replace(entry, mask=entry.mask.copy(), details=dict(entry.details))
+                             for name, entry in self.entries.items()}, self.source)
+
+    def invalidate(self, weights) -> list[str]:
+        """Drop the entries of weights a pass physically replaced or reordered (their masks no longer fit).
 
         Returns the names dropped, sorted (passes report them).
         """

@@ -110,3 +110,35 @@ def test_plan_from_zeros_then_apply_plan_keeps_function():
     assert ctx.plan.entries["Wfc"].pattern == "group-wise"
     # the pruned weights are zero already: apply-plan changes nothing, says so, and costs no verification
     assert records[1].status == "unchanged" and records[1].result.rewrites == 0 and records[1].verification is None
+
+
+def _entry(name, mask, pattern="filter"):
+    from sparsecc.plan import WeightPlan
+
+    return WeightPlan(name, f"layer_{name}", pattern, np.asarray(mask, bool))
+
+
+@pytest.mark.parametrize("policy, expected", [("intersect", [True, False, False, False]),
+                                              ("keep", [True, True, False, False]),
+                                              ("replace", [True, False, True, False])])
+def test_plan_merge_policies(policy, expected):
+    from sparsecc.plan import SparsityPlan
+
+    plan = SparsityPlan({"W": _entry("W", [1, 1, 0, 0], "2:4")})
+    other = SparsityPlan({"W": _entry("W", [1, 0, 1, 0]), "V": _entry("V", [0, 1])})
+    assert plan.merge(other, policy) == ["W"]
+    assert plan.entries["W"].mask.tolist() == expected and "V" in plan.entries
+    if policy == "intersect":
+        assert plan.entries["W"].pattern == "filter" and plan.entries["W"].details["combined_with"] == "2:4"
+
+
+def test_plan_merge_refuses_conflicts_and_bad_shapes():
+    from sparsecc.plan import SparsityPlan
+
+    plan = SparsityPlan({"W": _entry("W", [1, 1])})
+    with pytest.raises(PlanError, match="planned twice: \\['W'\\]"):
+        plan.merge(SparsityPlan({"W": _entry("W", [1, 0])}), "refuse")
+    with pytest.raises(PlanError, match="shapes"):
+        plan.merge(SparsityPlan({"W": _entry("W", [1, 0, 1])}), "intersect")
+    assert plan.merge(SparsityPlan({"U": _entry("U", [1])}), "refuse") == [] and "U" in plan.entries
+    assert plan.invalidate({"W", "nope"}) == ["W"] and list(plan.entries) == ["U"]
