@@ -63,7 +63,7 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
                   shapes: dict[str, tuple[int, ...]] | None = None, disable: list[str] | tuple[str, ...] = (),
                   dump_dir: str | os.PathLike | None = None, plan: str | os.PathLike | None = None,
                   verify: VerifyConfig | None = None, cost_model: str | None = None,
-                  timing_cache: str | os.PathLike | None = None) -> CompileResult:
+                  timing_cache: str | os.PathLike | None = None, trace: bool = False) -> CompileResult:
     """Compile a model with a recipe and write the outputs.
 
     Args:
@@ -79,6 +79,7 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
             each pass's own option.
         timing_cache: The timing cache file, or "off". Defaults to ``$SPARSECC_TIMING_CACHE``, else
             ``~/.cache/sparsecc/timing-cache.json`` (see :mod:`sparsecc.lowering.timing_cache`).
+        trace: Log, after each pass, why each rewrite rule did not fire on each layer. Defaults to False.
     """
     from sparsecc.lowering import open_timing_cache
 
@@ -96,7 +97,7 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
     original = load_model(model_path, shapes)
     original.static_input_shapes()  # dynamic inputs without --shape fail here, before any work
     model = original.copy()
-    ctx = PassContext(model, cost_model=cost_model, timing_cache=cache)
+    ctx = PassContext(model, trace=trace, cost_model=cost_model, timing_cache=cache)
     if plan is not None:
         if "apply-plan" not in [p.name for p in passes] or "apply-plan" in disable:
             raise OptionError(f"--plan was given but recipe '{recipe.name}' never applies a plan",

@@ -152,6 +152,19 @@ class PassRecord:
         return data
 
 
+def trace_lines(record: PassRecord) -> list[str]:
+    """Why each rule of a pass did not fire, per layer: the layers it left as they were, and the
+    lowerings that did not apply to a layer (``details["layers"][layer]["not_applicable"]``)."""
+    if record.result is None:
+        return []
+    lines = [f"{record.name}: {s.layer}: not rewritten: {s.reason}" for s in record.result.skipped]
+    for layer, info in (record.result.details.get("layers") or {}).items():
+        if isinstance(info, dict):
+            lines += [f"{record.name}: {layer}: {rule} did not fire: {why}"
+                      for rule, why in (info.get("not_applicable") or {}).items()]
+    return lines
+
+
 class PassManager:
     """Runs passes in order, verifying each exact pass that changed the graph.
 
@@ -210,6 +223,9 @@ class PassManager:
         seconds = time.perf_counter() - start
         record = PassRecord(pass_.name, pass_.exact, "ran" if result.modified else "unchanged", seconds, result)
         logger.debug("pass %s: %s, %d rewrite(s), %.3f s", pass_.name, record.status, result.rewrites, seconds)
+        if ctx.trace:
+            for line in trace_lines(record):
+                logger.info("trace: %s", line)
         if self.dump_dir is not None:
             ctx.model.save(self.dump_dir / f"{index:02d}-{pass_.name}.onnx")
         if result.modified and before is not None:

@@ -72,7 +72,8 @@ def _lowering_decisions(report: dict[str, Any]) -> list[str]:
     for record in report["passes"]:
         layers = (record.get("details") or {}).get("layers") or {}
         rows = [[name, info["lowering"], info.get("timing", "-"),
-                 ", ".join(f"{k} {v:.1%}" for k, v in info.get("spread", {}).items()) or "-", info.get("reason", "")]
+                 ", ".join(f"{k} {v:.1%}" for k, v in info.get("spread", {}).items()) or "-", info.get("reason", ""),
+                 "; ".join(f"{k}: {v}" for k, v in info.get("not_applicable", {}).items()) or "-"]
                 for name, info in layers.items() if "lowering" in info]
         if not rows:
             continue
@@ -83,7 +84,7 @@ def _lowering_decisions(report: dict[str, Any]) -> list[str]:
             lines += [f"Timing cache `{cache['path'] or 'in memory only'}`: {cache['hits']} timing(s) taken from it, "
                       f"{cache['misses']} measured. Spread is (median - min) / min of the runs; a choice whose "
                       "margin is inside it is measured again, then resolved as dense.", ""]
-        lines += _md_table(rows, ["layer", "lowering", "timing", "spread", "why"])
+        lines += _md_table(rows, ["layer", "lowering", "timing", "spread", "why", "did not apply"])
         check = details.get("model_check")
         if check:
             lines += ["", check["reason"] + "."]

@@ -85,3 +85,24 @@ def test_running_in_stages_keeps_numbering_and_history(tmp_path):
     with pytest.raises(VerificationError, match=r"after passes: fold-batchnorm"):
         manager.run(ctx, start=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00-fold-batchnorm.onnx", "01-test-break-weights.onnx"]
+
+
+def test_trace_prints_why_each_rule_did_not_fire(cli, tmp_path):
+    from graphs import init, make_model, randn, save
+    from onnx import helper
+
+    weight = randn(6, 4, 3, 3)
+    weight[:, :, 0, 0] = 0.0  # one tap pruned in every channel: tap-gather applies, channel-gather does not
+    nodes = [helper.make_node("Conv", ["x", "W"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "Wd"], ["z"], name="dense_conv", pads=[1, 1, 1, 1])]
+    model = save(make_model(nodes, [("x", [1, 4, 6, 6])], [("y", [1, 6, 6, 6]), ("z", [1, 6, 6, 6])],
+                            [init("W", weight), init("Wd", randn(6, 4, 3, 3))]), tmp_path / "m.onnx")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\npasses: [plan-from-zeros, apply-plan, groupwise-rewrite]\n")
+    result = cli("compile", model, "--recipe", recipe, "-o", tmp_path / "out", "--trace", "--cost-model", "analytic",
+                 check=True)
+    assert "trace: groupwise-rewrite: conv: channel-gather did not fire: every input channel is read" in result.stderr
+    assert "trace: groupwise-rewrite: dense_conv: not rewritten: dense: no all-zero group" in result.stderr
+    quiet = cli("compile", model, "--recipe", recipe, "-o", tmp_path / "out2", "--cost-model", "analytic", check=True)
+    assert "trace:" not in quiet.stderr
+    assert "channel-gather: every input channel is read" in (tmp_path / "out2" / "report.md").read_text()

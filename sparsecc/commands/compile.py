@@ -25,6 +25,8 @@ def register(subparsers) -> None:
     parser.add_argument("--timing-cache", metavar="FILE",
                         help="timing cache of measured choices ('off' to measure afresh and keep nothing). "
                              "Default: $SPARSECC_TIMING_CACHE, else ~/.cache/sparsecc/timing-cache.json")
+    parser.add_argument("--trace", action="store_true",
+                        help="print, after each pass, why each rewrite did not fire on each layer (stderr)")
     parser.add_argument("--list-passes", action="store_true", help="list the registered passes and exit")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
@@ -50,7 +52,8 @@ def run(args) -> int:
                               args.rtol if args.rtol is not None else base.rtol, base.seed, base.iterations)
     result = compile_model(args.model, recipe, args.output, shapes=parse_shape_overrides(args.shape),
                            disable=args.disable_pass, dump_dir=args.dump_dir, plan=args.plan, verify=verify,
-                           cost_model=args.cost_model, timing_cache=args.timing_cache)
+                           cost_model=args.cost_model, timing_cache=args.timing_cache,
+                           trace=args.trace)
     if args.json:
         print_json(result.report)
         return 0
