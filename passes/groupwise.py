@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from sparsecc.dependency import PER_CHANNEL
 from sparsecc.errors import OptionError, PlanError, ShapeError, UnsupportedModelError
 from sparsecc.graphutil import constant, is_graph_output
 from sparsecc.layers import WeightLayer, find_weight_layers
@@ -179,11 +180,6 @@ def _refuse_unsupported(selector: LayerSelector, unsupported, source: str) -> No
 # groupwise-rewrite: folding unused input channels into the producer
 # ----------------------------------------------------------------------------------------------
 
-_UNARY = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Tanh", "LeakyRelu", "Identity",
-          "Neg", "Abs", "Elu", "Selu", "Softplus", "Sqrt", "Exp"}
-_BINARY = {"Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min", "Pow"}
-
-
 @dataclass
 class FoldPlan:
     producer: gs.Node
@@ -214,7 +210,7 @@ def find_fold(graph: gs.Graph, x: gs.Tensor, consumer: gs.Node, channel_axis: in
                 return "the path mixes two weight layers"
             producer = node
             continue
-        if node.op not in _UNARY | _BINARY | {"BatchNormalization"}:
+        if node.op not in PER_CHANNEL:  # the channel analysis's op table
             return f"'{node.name}' ({node.op}) between the producer and the layer is not a per-channel op"
         if node.op == "BatchNormalization" and channel_axis != -3:
             return "BatchNormalization on a feature axis other than 1"

@@ -263,3 +263,28 @@ def test_channel_use_positions():
     assert use.positions(6, np.array([0, 1, 5])).size == 0  # none of them is covered
     whole = ChannelUse("conv", "conv.w", axis=1)
     np.testing.assert_array_equal(whole.positions(4, np.array([3, 0, 2, 1])), [3, 0, 2, 1])  # order kept
+
+
+def test_op_table_is_one_registry_the_analysis_and_folding_share():
+    from graphs import init, make_model, randn
+    from onnx import helper
+
+    from sparsecc.dependency import OP_RULES, PER_CHANNEL, register_op_rule
+    from sparsecc.model import model_from_proto
+
+    nodes = [helper.make_node("Conv", ["x", "W0"], ["a"], name="c0"),
+             helper.make_node("Shrink", ["a"], ["s"], name="shrink"),
+             helper.make_node("Conv", ["s", "W1"], ["y"], name="c1")]
+    proto = make_model(nodes, [("x", [1, 3, 4, 4])], [("y", [1, 5, 4, 4])],
+                       [init("W0", randn(8, 3, 1, 1)), init("W1", randn(5, 8, 1, 1))])
+    group = next(g for g in build_channel_groups(model_from_proto(proto)) if "c0" in g.weight_nodes())
+    assert not group.editable() and "does not know how it uses them" in group.blockers[0]
+    with pytest.raises(ValueError, match="unknown rule"):
+        register_op_rule("Shrink", "magic")
+    register_op_rule("Shrink", "unary")
+    try:
+        group = next(g for g in build_channel_groups(model_from_proto(proto)) if "c0" in g.weight_nodes())
+        assert group.editable() and group.size == 8
+    finally:
+        del OP_RULES["Shrink"]
+    assert {"Relu", "Mul", "BatchNormalization"} <= PER_CHANNEL and "Softmax" not in PER_CHANNEL

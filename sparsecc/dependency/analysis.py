@@ -1,170 +1,15 @@
-"""Which channels of a graph are coupled, and the physical edit that removes or reorders them.
-
-Removing output filter ``c`` of a Conv is only possible together with everything
-else that indexes the same channel: the consumers' input channels, the bias and
-BatchNorm parameters, a depthwise conv on the way, the other branch of a
-residual Add, the squeeze-excitation scale multiplied into it, the block of
-H*W features a Flatten turns it into before a Gemm. Following Torch-Pruning,
-the analysis (:func:`build_channel_groups`) is kept apart from the edit
-(:func:`reindex_channels`): the analysis walks the graph once, gives every
-activation tensor a *channel layout* (which channel spaces its channel axis is
-made of, at which offsets), unites the spaces that elementwise ops couple, and
-returns one :class:`ChannelGroup` per set of coupled channels, with every
-constant (or count: Split sizes, Reshape dims, the ``group`` of a depthwise
-conv) that indexes them.
-
-Anything the analysis does not understand on a channel path blocks the group,
-with the reason: it never guesses. Graph outputs (the channel count is part of
-the model's interface), shared weights, Reshapes that mix the channel axis with
-others and ops that mix channels (Softmax over channels, LayerNorm over
-channels, grouped convs) are blockers.
-"""
+"""The channel analysis: which channels of a graph are coupled (one walk, per-op rules)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from sparsecc.errors import PlanError, ShapeError
+from sparsecc.dependency.rules import OP_RULES
+from sparsecc.dependency.types import ChannelGroup, ChannelUse, Layout, Segment, dedupe
 from sparsecc.model import Model
-
-__all__ = ["ChannelUse", "ChannelGroup", "build_channel_groups", "reindex_channels", "reindex_groups",
-           "producer_weights", "consumer_weights"]
-
-# Ops that act on each element independently (one input activation).
-_UNARY = {
-    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus",
-    "Softsign", "Gelu", "Erf", "Exp", "Log", "Neg", "Abs", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round",
-    "Sign", "Identity", "Dropout", "Cast", "Mish", "ThresholdedRelu", "Sin", "Cos", "Clip", "IsNaN", "IsInf",
-}
-# Elementwise ops with broadcasting between several inputs.
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu"}
-# Spatial ops that keep channel c of the output equal to a function of channel c of the input (NC... layout).
-_SPATIAL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool"}
-_REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-           "ReduceLogSumExp", "ReduceSumSquare"}
-_SOFTMAX = {"Softmax", "LogSoftmax", "Hardmax"}
-
-
-@dataclass
-class ChannelUse:
-    """One place that indexes a group's channels.
-
-    Attributes:
-        node: Node name.
-        tensor: The constant edited along ``axis`` (conv weight or bias, BN parameter, per-channel
-            Mul/Add constant, Gemm weight, Split sizes, Reshape shape), or, for ``kind == "attr"``,
-            the name of the node attribute (``group`` of a depthwise conv, ``split``).
-        axis: Axis of ``tensor`` that holds the channels (for counts: the element of the 1-D constant).
-        offset: Where this use's channels start along ``axis`` (Concat inputs, Split outputs).
-        stride: Elements per channel along ``axis`` (after Flatten/Reshape into a Gemm, one channel
-            is a block of H*W features).
-        start: First channel of the group this use covers (a Split output covers a part).
-        count: Number of the group's channels covered. Defaults to all.
-        kind: "weight" (a filter or input-channel slice of a Conv/Gemm/MatMul weight), "param"
-            (per-channel bias, BN, scale), "count" (an integer in a constant that counts channels:
-            Split sizes, Reshape dims, Slice bounds), "attr" (an integer attribute that counts them).
-    """
-
-    node: str
-    tensor: str
-    axis: int
-    offset: int = 0
-    stride: int = 1
-    start: int = 0
-    count: int | None = None
-    kind: str = "weight"
-
-    def covered(self, size: int) -> int:
-        return size - self.start if self.count is None else self.count
-
-    def positions(self, size: int, indices: np.ndarray) -> np.ndarray:
-        """Where the group's channels ``indices`` lie along ``axis``, in the order given.
-
-        Channels this use does not cover are left out; each covered channel takes ``stride``
-        consecutive positions. ``size`` is the group's channel count.
-        """
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        count = self.covered(size)
-        inside = indices[(indices >= self.start) & (indices < self.start + count)] - self.start
-        return (self.offset + inside[:, None] * self.stride + np.arange(self.stride)[None, :]).reshape(-1)
-
-
-@dataclass
-class ChannelGroup:
-    """A set of coupled channels: removing channel ``i`` edits every use at its index ``i``.
-
-    Attributes:
-        id: Stable name (the first producer's node and tensor).
-        size: Number of coupled channels.
-        producers: Uses whose OUTPUT channels are these channels (conv weight axis 0, bias, BN,
-            depthwise weight, per-channel constants), plus the counts and attributes to update.
-        consumers: Uses whose INPUT channels read these channels (conv weight axis 1, Gemm/MatMul K).
-        blockers: Why the group must not be edited; empty means editable.
-    """
-
-    id: str
-    size: int
-    producers: list[ChannelUse] = field(default_factory=list)
-    consumers: list[ChannelUse] = field(default_factory=list)
-    blockers: list[str] = field(default_factory=list)
-
-    def editable(self) -> bool:
-        return not self.blockers
-
-    def weight_nodes(self) -> list[str]:
-        """Nodes whose weight produces these channels (for messages and layer selection)."""
-        return _dedupe(u.node for u in self.producers if u.kind == "weight")
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "size": self.size, "producers": self.weight_nodes(),
-                "consumers": _dedupe(u.node for u in self.consumers), "blockers": list(self.blockers)}
-
-
-def _dedupe(items) -> list:
-    return list(dict.fromkeys(items))
-
-
-# ---------------------------------------------------------------------------------------------
-# Analysis
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Segment:
-    space: int | None  # None: channels that come from no prunable producer (graph input, opaque op)
-    start: int
-    length: int
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """What the channel axis of one activation tensor is made of."""
-
-    axis: int
-    rank: int
-    stride: int
-    segments: tuple[_Segment, ...]
-
-    @property
-    def channels(self) -> int:
-        return sum(s.length for s in self.segments)
-
-    def offsets(self):
-        position = 0
-        for segment in self.segments:
-            yield position, segment
-            position += segment.length
-
-    def sliced(self, low: int, high: int) -> tuple[_Segment, ...]:
-        """Segments covering channels [low, high) of this tensor."""
-        pieces = []
-        for position, seg in self.offsets():
-            a, b = max(low, position), min(high, position + seg.length)
-            if a < b:
-                pieces.append(_Segment(seg.space, seg.start + a - position, b - a))
-        return tuple(pieces)
 
 
 class _Analysis:
@@ -175,7 +20,7 @@ class _Analysis:
         self.graph = model.graph
         wanted = {t.name for t in self.graph.tensors().values() if isinstance(t, gs.Variable)}
         self.shapes = infer_shapes(model, wanted=wanted)
-        self.layouts: dict[str, _Layout] = {}
+        self.layouts: dict[str, Layout] = {}
         self.sizes: list[int] = []
         self.parent: list[int] = []
         self.producers: list[list[ChannelUse]] = []
@@ -204,22 +49,22 @@ class _Analysis:
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
 
-    def block(self, layout: _Layout | None, reason: str) -> None:
+    def block(self, layout: Layout | None, reason: str) -> None:
         if layout is None:
             return
         for seg in layout.segments:
             if seg.space is not None and reason not in self.blockers[seg.space]:
                 self.blockers[seg.space].append(reason)
 
-    def add_uses(self, layout: _Layout, node: gs.Node, tensor: str, axis: int, kind: str, consumer: bool,
+    def add_uses(self, layout: Layout, node: gs.Node, tensor: str, axis: int, kind: str, consumer: bool,
                  low: int = 0, high: int | None = None) -> None:
         """Record a use of every segment of ``layout`` (channels [low, high) of it) on ``tensor``."""
         high = layout.channels if high is None else high
-        for position, seg in _Layout(layout.axis, layout.rank, layout.stride, layout.sliced(low, high)) \
+        for position, seg in Layout(layout.axis, layout.rank, layout.stride, layout.sliced(low, high)) \
                 .offsets():
             if seg.space is None:
                 continue
-            use = ChannelUse(_node_key(node), tensor, axis, offset=position * layout.stride,
+            use = ChannelUse(node_key(node), tensor, axis, offset=position * layout.stride,
                              stride=layout.stride, start=seg.start, count=seg.length, kind=kind)
             (self.consumers if consumer else self.producers)[seg.space].append(use)
 
@@ -230,18 +75,18 @@ class _Analysis:
         return self.shapes.get(tensor.name)
 
     def label(self, node: gs.Node) -> str:
-        return f"{node.op} '{_node_key(node)}'"
+        return f"{node.op} '{node_key(node)}'"
 
-    def check_private(self, node: gs.Node, const: gs.Constant, layout: _Layout) -> bool:
+    def check_private(self, node: gs.Node, const: gs.Constant, layout: Layout) -> bool:
         """A weight or parameter constant edited along the channels must belong to this node alone."""
-        users = _dedupe(_node_key(n) for n in const.outputs)
+        users = dedupe(node_key(n) for n in const.outputs)
         if len(users) > 1:
             self.block(layout, f"constant '{const.name}' of {self.label(node)} is shared by nodes {users}; "
                                "editing it for one would change the others")
             return False
         return True
 
-    def set_output(self, node: gs.Node, layout: _Layout | None, index: int = 0) -> None:
+    def set_output(self, node: gs.Node, layout: Layout | None, index: int = 0) -> None:
         if layout is not None and index < len(node.outputs):
             self.layouts[node.outputs[index].name] = layout
 
@@ -259,36 +104,24 @@ class _Analysis:
         inputs = [(t, self.layouts.get(t.name)) for t in node.inputs if isinstance(t, gs.Variable)]
         channel_inputs = [lay for _, lay in inputs if lay is not None]
         op = node.op
-        if op in ("Conv", "ConvTranspose"):
-            return self.conv(node)
-        if op in ("Gemm", "MatMul"):
-            return self.gemm(node)
+        rule = OP_RULES.get(op) if node.domain in (None, "", "ai.onnx") else None
+        if rule in ("conv", "gemm"):
+            return getattr(self, f"rule_{rule}")(node)
         if not channel_inputs:
             return  # nothing prunable flows through this node
         if node.domain not in (None, "", "ai.onnx"):
             return self.opaque(node, channel_inputs, f"custom op {node.domain}::{op}")
-        handler = getattr(self, f"op_{op}", None)
-        if handler is not None:
-            return handler(node)
-        if op in _UNARY:
-            return self.unary(node)
-        if op in _ELEMENTWISE:
-            return self.elementwise(node)
-        if op in _SPATIAL:
-            return self.spatial(node)
-        if op in _REDUCE:
-            return self.reduce(node)
-        if op in _SOFTMAX:
-            return self.softmax(node)
+        if rule is not None:
+            return getattr(self, f"rule_{rule}")(node)
         self.opaque(node, channel_inputs, f"{self.label(node)} reads these channels and sparsecc does not "
                                           "know how it uses them")
 
-    def opaque(self, node: gs.Node, layouts: list[_Layout], reason: str) -> None:
+    def opaque(self, node: gs.Node, layouts: list[Layout], reason: str) -> None:
         for layout in layouts:
             self.block(layout, reason)
 
     # -- producers/consumers --------------------------------------------------------------------------
-    def conv(self, node: gs.Node) -> None:
+    def rule_conv(self, node: gs.Node) -> None:
         x = self.layouts.get(node.inputs[0].name)
         weight = node.inputs[1]
         if not isinstance(weight, gs.Constant):
@@ -320,28 +153,28 @@ class _Analysis:
             reason = (f"{self.label(node)} is a grouped convolution (group={group}): removing channels must "
                       f"keep all {group} groups the same size, which sparsecc does not edit")
             self.block(x, reason)
-            space = self.new_space(c_out, _node_key(node))
+            space = self.new_space(c_out, node_key(node))
             self.blockers[space].append(reason)
-            self.set_output(node, _Layout(1, rank, 1, (_Segment(space, 0, c_out),)))
+            self.set_output(node, Layout(1, rank, 1, (Segment(space, 0, c_out),)))
             return
         if x is not None:
             if self.check_private(node, weight, x):
                 self.add_uses(x, node, weight.name, in_axis, "weight", consumer=True)
-        space = self.new_space(c_out, _node_key(node))
-        out = _Layout(1, rank, 1, (_Segment(space, 0, c_out),))
+        space = self.new_space(c_out, node_key(node))
+        out = Layout(1, rank, 1, (Segment(space, 0, c_out),))
         if self.check_private(node, weight, out):
             self.add_uses(out, node, weight.name, out_axis, "weight", consumer=False)
             if bias is not None and self.bias_ok(node, bias, out):
                 self.add_uses(out, node, bias.name, 0, "param", consumer=False)
         self.set_output(node, out)
 
-    def bias_ok(self, node: gs.Node, bias, layout: _Layout) -> bool:
+    def bias_ok(self, node: gs.Node, bias, layout: Layout) -> bool:
         if not isinstance(bias, gs.Constant):
             self.block(layout, f"{self.label(node)} has a bias computed at run time")
             return False
         return self.check_private(node, bias, layout)
 
-    def gemm(self, node: gs.Node) -> None:
+    def rule_gemm(self, node: gs.Node) -> None:
         a, b = node.inputs[0], node.inputs[1]
         x = self.layouts.get(a.name)
         if node.op == "MatMul" and isinstance(a, gs.Constant):
@@ -364,8 +197,8 @@ class _Analysis:
                 self.block(x, f"{self.label(node)} reduces over an axis that is not these channels' axis")
             elif self.check_private(node, b, x):
                 self.add_uses(x, node, b.name, k_axis, "weight", consumer=True)
-        space = self.new_space(w.shape[n_axis], _node_key(node))
-        out = _Layout(rank - 1, rank, 1, (_Segment(space, 0, w.shape[n_axis]),))
+        space = self.new_space(w.shape[n_axis], node_key(node))
+        out = Layout(rank - 1, rank, 1, (Segment(space, 0, w.shape[n_axis]),))
         if self.check_private(node, b, out):
             self.add_uses(out, node, b.name, n_axis, "weight", consumer=False)
         if node.op == "Gemm" and len(node.inputs) > 2 and not node.inputs[2].is_empty():
@@ -373,21 +206,21 @@ class _Analysis:
         self.set_output(node, out)
 
     # -- channel-preserving ops --------------------------------------------------------------------
-    def unary(self, node: gs.Node) -> None:
+    def rule_unary(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         for extra in node.inputs[1:]:  # Clip min/max: scalars
             if isinstance(extra, gs.Variable) and not extra.is_empty() and extra.name in self.layouts:
                 self.block(x, f"{self.label(node)} takes a second channel tensor")
         self.set_output(node, x)
 
-    def spatial(self, node: gs.Node) -> None:
+    def rule_spatial(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         if x.axis != 1 or x.stride != 1:
             self.block(x, f"{self.label(node)} pools over the axis that holds these channels")
             return
         self.set_output(node, x)
 
-    def op_BatchNormalization(self, node: gs.Node) -> None:
+    def rule_batch_normalization(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         if x.axis != 1 or x.stride != 1:
             return self.block(x, f"{self.label(node)} normalises an axis that is not these channels' axis")
@@ -399,10 +232,10 @@ class _Analysis:
                 self.add_uses(x, node, param.name, 0, "param", consumer=False)
         self.set_output(node, x)
 
-    def op_InstanceNormalization(self, node: gs.Node) -> None:
-        self.op_BatchNormalization_like(node, node.inputs[1:3])
+    def rule_instance_normalization(self, node: gs.Node) -> None:
+        self.batch_normalization_like(node, node.inputs[1:3])
 
-    def op_BatchNormalization_like(self, node: gs.Node, params) -> None:
+    def batch_normalization_like(self, node: gs.Node, params) -> None:
         x = self.layouts[node.inputs[0].name]
         if x.axis != 1 or x.stride != 1 or not all(isinstance(p, gs.Constant) for p in params):
             return self.block(x, f"{self.label(node)}: channels not on axis 1 or parameters not constant")
@@ -411,7 +244,7 @@ class _Analysis:
                 self.add_uses(x, node, param.name, 0, "param", consumer=False)
         self.set_output(node, x)
 
-    def op_LayerNormalization(self, node: gs.Node) -> None:
+    def rule_layer_normalization(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         axis = int(node.attrs.get("axis", -1)) % x.rank
         if x.axis >= axis:
@@ -419,14 +252,14 @@ class _Analysis:
                                  "them)")
         self.set_output(node, x)
 
-    def softmax(self, node: gs.Node) -> None:
+    def rule_softmax(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         axis = int(node.attrs.get("axis", -1)) % x.rank
         if axis == x.axis:
             return self.block(x, f"{self.label(node)} normalises over these channels")
         self.set_output(node, x)
 
-    def reduce(self, node: gs.Node) -> None:
+    def rule_reduce(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         axes = self.int_list(node, "axes", 1)
         if axes is None:
@@ -447,7 +280,7 @@ class _Analysis:
             return [int(v) for v in np.ravel(tensor.values)] if isinstance(tensor, gs.Constant) else None
         return []
 
-    def elementwise(self, node: gs.Node) -> None:
+    def rule_elementwise(self, node: gs.Node) -> None:
         out_shape = self.shape(node.outputs[0])
         if out_shape is None:
             return self.opaque(node, [self.layouts[t.name] for t in node.inputs if t.name in self.layouts],
@@ -485,7 +318,7 @@ class _Analysis:
                 self.constant_operand(node, t, out)
         self.set_output(node, out)
 
-    def constant_operand(self, node: gs.Node, const: gs.Constant, out: _Layout) -> None:
+    def constant_operand(self, node: gs.Node, const: gs.Constant, out: Layout) -> None:
         """A constant broadcast against ``out``: per-channel (edited with it) or not on the channel axis."""
         shape = const.values.shape
         right = out.rank - out.axis
@@ -499,7 +332,7 @@ class _Analysis:
         if self.check_private(node, const, out):
             self.add_uses(out, node, const.name, len(shape) - right, "param", consumer=False)
 
-    def unify(self, a: _Layout, b: _Layout, node: gs.Node) -> None:
+    def unify(self, a: Layout, b: Layout, node: gs.Node) -> None:
         same = len(a.segments) == len(b.segments) and all(
             x.length == y.length for x, y in zip(a.segments, b.segments))
         if not same:
@@ -525,7 +358,7 @@ class _Analysis:
                 self.block(b, reason)
 
     # -- layout-changing ops ------------------------------------------------------------------------
-    def op_Concat(self, node: gs.Node) -> None:
+    def rule_concat(self, node: gs.Node) -> None:
         out_shape = self.shape(node.outputs[0])
         laid = [self.layouts.get(t.name) for t in node.inputs]
         present = [lay for lay in laid if lay is not None]
@@ -550,14 +383,14 @@ class _Analysis:
                 if shape is None or shape[axis] % stride:
                     return self.opaque(node, present, f"{self.label(node)}: input '{tensor.name}' has an unknown "
                                                       "or misaligned size")
-                segments.append(_Segment(None, 0, shape[axis] // stride))
+                segments.append(Segment(None, 0, shape[axis] // stride))
             elif lay.stride != stride:
                 return self.opaque(node, present, f"{self.label(node)} concatenates blocks of different sizes")
             else:
                 segments.extend(lay.segments)
-        self.set_output(node, _Layout(axis, rank, stride, tuple(segments)))
+        self.set_output(node, Layout(axis, rank, stride, tuple(segments)))
 
-    def op_Split(self, node: gs.Node) -> None:
+    def rule_split(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         axis = int(node.attrs.get("axis", 0)) % x.rank
         if axis != x.axis:
@@ -575,12 +408,12 @@ class _Analysis:
                                  "removing channels would change where it cuts")
         low = 0
         for index, size in enumerate(sizes):
-            piece = _Layout(axis, x.rank, 1, x.sliced(low, low + size))
+            piece = Layout(axis, x.rank, 1, x.sliced(low, low + size))
             self.add_uses(x, node, where, index, kind, consumer=False, low=low, high=low + size)
             self.set_output(node, piece, index)
             low += size
 
-    def op_Slice(self, node: gs.Node) -> None:
+    def rule_slice(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         constants = node.inputs[1:5]
         if "starts" in node.attrs or not all(isinstance(t, gs.Constant) for t in constants if not t.is_empty()):
@@ -603,18 +436,18 @@ class _Analysis:
             self.add_uses(x, node, constants[0].name, index, "count", consumer=False, low=0, high=start)
         if end < dim:
             self.add_uses(x, node, constants[1].name, index, "count", consumer=False, low=0, high=end_clamped)
-        self.set_output(node, _Layout(x.axis, x.rank, 1, x.sliced(start, end_clamped)))
+        self.set_output(node, Layout(x.axis, x.rank, 1, x.sliced(start, end_clamped)))
 
-    def op_Flatten(self, node: gs.Node) -> None:
+    def rule_flatten(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         in_shape = self.shape(node.inputs[0])
         axis = int(node.attrs.get("axis", 1)) % x.rank if x.rank else 0
         if in_shape is None or axis != x.axis:
             return self.block(x, f"{self.label(node)} flattens these channels together with a leading axis")
         inner = int(np.prod(in_shape[axis + 1:], dtype=np.int64))
-        self.set_output(node, _Layout(1, 2, x.stride * inner, x.segments))
+        self.set_output(node, Layout(1, 2, x.stride * inner, x.segments))
 
-    def op_Reshape(self, node: gs.Node) -> None:
+    def rule_reshape(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         in_shape, out_shape = self.shape(node.inputs[0]), self.shape(node.outputs[0])
         target = node.inputs[1]
@@ -626,9 +459,9 @@ class _Analysis:
                                  f"({list(in_shape)} -> {list(out_shape)})")
         inner = int(np.prod(in_shape[a + 1:], dtype=np.int64))
         if out_shape[a] == in_shape[a] and int(np.prod(out_shape[a + 1:], dtype=np.int64)) == inner:
-            out = _Layout(a, len(out_shape), x.stride, x.segments)  # only the axes after the channels change
+            out = Layout(a, len(out_shape), x.stride, x.segments)  # only the axes after the channels change
         elif len(out_shape) == a + 1 and out_shape[a] == in_shape[a] * inner:
-            out = _Layout(a, a + 1, x.stride * inner, x.segments)  # flatten: one channel = a block
+            out = Layout(a, a + 1, x.stride * inner, x.segments)  # flatten: one channel = a block
         else:
             return self.block(x, f"{self.label(node)} mixes the channel axis with others "
                                  f"({list(in_shape)} -> {list(out_shape)})")
@@ -640,14 +473,14 @@ class _Analysis:
             self.add_uses(out, node, target.name, a, "count", consumer=False)
         self.set_output(node, out)
 
-    def op_Transpose(self, node: gs.Node) -> None:
+    def rule_transpose(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         perm = [int(p) for p in node.attrs.get("perm", list(reversed(range(x.rank))))]
         if x.stride != 1:
             return self.block(x, f"{self.label(node)} transposes flattened channel blocks")
         self.set_output(node, replace(x, axis=perm.index(x.axis)))
 
-    def op_Squeeze(self, node: gs.Node) -> None:
+    def rule_squeeze(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         out_shape = self.shape(node.outputs[0])
         axes = self.int_list(node, "axes", 1)
@@ -659,7 +492,7 @@ class _Analysis:
             return self.block(x, f"{self.label(node)} squeezes the channel axis")
         self.set_output(node, replace(x, axis=x.axis - sum(a < x.axis for a in axes), rank=len(out_shape)))
 
-    def op_Unsqueeze(self, node: gs.Node) -> None:
+    def rule_unsqueeze(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         axes = self.int_list(node, "axes", 1)
         if not axes:
@@ -671,7 +504,7 @@ class _Analysis:
                 axis += 1
         self.set_output(node, replace(x, axis=axis, rank=rank))
 
-    def op_Pad(self, node: gs.Node) -> None:
+    def rule_pad(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         pads = self.int_list(node, "pads", 1)
         if pads is None or (len(node.inputs) > 3 and not node.inputs[3].is_empty()):
@@ -680,7 +513,7 @@ class _Analysis:
             return self.block(x, f"{self.label(node)} pads the channel axis")
         self.set_output(node, x)
 
-    def op_Resize(self, node: gs.Node) -> None:
+    def rule_resize(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         in_shape, out_shape = self.shape(node.inputs[0]), self.shape(node.outputs[0])
         sizes = node.inputs[3] if len(node.inputs) > 3 and not node.inputs[3].is_empty() else None
@@ -690,9 +523,9 @@ class _Analysis:
             return self.block(x, f"{self.label(node)} is given output sizes, which hold the channel count")
         self.set_output(node, x)
 
-    op_Upsample = op_Resize
+    rule_upsample = rule_resize
 
-    def op_Shape(self, node: gs.Node) -> None:
+    def rule_shape(self, node: gs.Node) -> None:
         # Shape reads only the size: safe when the consumers pick dimensions other than the channels.
         x = self.layouts[node.inputs[0].name]
         for user in node.outputs[0].outputs:
@@ -717,14 +550,14 @@ class _Analysis:
         for root, spaces in members.items():
             producers = [u for s in spaces for u in self.producers[s]]
             consumers = [u for s in spaces for u in self.consumers[s]]
-            blockers = _dedupe(b for s in spaces for b in self.blockers[s])
+            blockers = dedupe(b for s in spaces for b in self.blockers[s])
             first = next((u for u in producers if u.kind == "weight"), None)
             ident = f"{first.node}:{first.tensor}" if first else self.names[root]
             groups.append(ChannelGroup(ident, self.sizes[root], producers, consumers, blockers))
         return groups
 
 
-def _node_key(node: gs.Node) -> str:
+def node_key(node: gs.Node) -> str:
     """The node's name, or a stand-in built from its first output for unnamed nodes."""
     return node.name or f"<{node.op} -> {node.outputs[0].name}>"
 
@@ -768,161 +601,3 @@ def build_channel_groups(model: Model) -> list[ChannelGroup]:
         ShapeError: the model has dynamic input shapes and none were given.
     """
     return _Analysis(model).run()
-
-
-# ---------------------------------------------------------------------------------------------
-# Weights as the metrics see them
-# ---------------------------------------------------------------------------------------------
-
-def _constants(model: Model) -> dict[str, gs.Constant]:
-    return {name: t for name, t in model.graph.tensors().items() if isinstance(t, gs.Constant)}
-
-
-def producer_weights(model: Model, group: ChannelGroup) -> list[np.ndarray]:
-    """The weights that make the group's channels, each as [C, ...] (channel axis first).
-
-    A weight that makes only some of the channels (a depthwise conv after a Concat) is
-    zero-padded to all C channels.
-    """
-    constants = _constants(model)
-    arrays = []
-    for use in group.producers:
-        if use.kind != "weight":
-            continue
-        values = np.moveaxis(constants[use.tensor].values, use.axis, 0)
-        count = use.covered(group.size)
-        full = np.zeros((group.size,) + values.shape[1:], values.dtype)
-        full[use.start:use.start + count] = values[use.offset:use.offset + count]
-        arrays.append(full)
-    return arrays
-
-
-def consumer_weights(model: Model, group: ChannelGroup) -> list[np.ndarray]:
-    """The weights that read the group's channels, each as [K_out, C, ...] (channel axis 1).
-
-    A Gemm after Flatten reads a block of H*W features per channel: it comes as [N, C, H*W].
-    A weight that reads only some of the channels is zero-padded to all C.
-    """
-    constants = _constants(model)
-    arrays = []
-    for use in group.consumers:
-        values = np.moveaxis(constants[use.tensor].values, use.axis, 1)
-        count = use.covered(group.size)
-        part = values[:, use.offset:use.offset + count * use.stride]
-        part = part.reshape((part.shape[0], count, use.stride) + part.shape[2:]) if use.stride > 1 else part
-        full = np.zeros((part.shape[0], group.size) + part.shape[2:], values.dtype)
-        full[:, use.start:use.start + count] = part
-        arrays.append(full)
-    return arrays
-
-
-# ---------------------------------------------------------------------------------------------
-# Editing
-# ---------------------------------------------------------------------------------------------
-
-def reindex_channels(model: Model, group: ChannelGroup, indices: np.ndarray) -> None:
-    """Keep the group's channels ``indices``, in this order, everywhere they are used.
-
-    A subset removes channels; a permutation reorders them. Every producer, consumer,
-    per-channel parameter, count (Split sizes, Reshape dims, Slice bounds) and depthwise
-    ``group`` attribute is edited; shapes are then re-inferred.
-
-    Raises:
-        PlanError: the group is blocked, or ``indices`` are out of range, repeated or empty.
-    """
-    reindex_groups(model, [(group, indices)])
-
-
-def reindex_groups(model: Model, edits: list[tuple[ChannelGroup, np.ndarray]]) -> None:
-    """:func:`reindex_channels` for several groups of one analysis at once.
-
-    Groups found by one :func:`build_channel_groups` call must be edited together (or the
-    analysis re-run after each edit): removing channels of one Concat input moves the
-    offsets of the others.
-    """
-    graph = model.graph
-    constants = _constants(model)
-    nodes = {_node_key(n): n for n in graph.nodes}
-    maps: dict[tuple[str, int], list[tuple[int, int, np.ndarray]]] = {}
-    counts: dict[tuple[str, str, str], dict[int, int]] = {}
-    for group, indices in edits:
-        indices = _check_indices(group, indices, model.source)
-        for use in group.producers + group.consumers:
-            count = use.covered(group.size)
-            positions = use.positions(group.size, indices)
-            if use.kind in ("count", "attr"):
-                per_axis = counts.setdefault((use.kind, use.node, use.tensor), {})
-                per_axis[use.axis] = per_axis.get(use.axis, 0) + count * use.stride - len(positions)
-                continue
-            maps.setdefault((use.tensor, use.axis), []).append((use.offset, count * use.stride, positions))
-    for (name, axis), blocks in maps.items():
-        tensor = constants[name]
-        size = tensor.values.shape[axis]
-        pieces, cursor = [], 0
-        for offset, length, positions in sorted(blocks, key=lambda b: b[0]):
-            pieces.extend([np.arange(cursor, offset), positions])
-            cursor = offset + length
-        pieces.append(np.arange(cursor, size))
-        tensor.values = np.ascontiguousarray(np.take(tensor.values, np.concatenate(pieces).astype(np.int64),
-                                                     axis=axis))
-    for (kind, node_name, name), removed in counts.items():
-        if any(removed.values()):
-            _decrease_count(graph, nodes[node_name], kind, name, removed)
-    _refresh_shapes(model)
-
-
-def _check_indices(group: ChannelGroup, indices, source: str) -> np.ndarray:
-    if not group.editable():
-        raise PlanError(f"channel group '{group.id}' cannot be edited: {'; '.join(group.blockers)}",
-                        where=source, fix="leave this group out of the plan")
-    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if indices.size == 0 or indices.min() < 0 or indices.max() >= group.size or \
-            len(np.unique(indices)) != indices.size:
-        raise PlanError(f"indices for channel group '{group.id}' must be distinct, within [0, {group.size}) "
-                        f"and not empty; got {indices.size} index(es)", where=source,
-                        fix="keep at least one channel of every group")
-    return indices
-
-
-def _decrease_count(graph: gs.Graph, node: gs.Node, kind: str, name: str, removed: dict[int, int]) -> None:
-    """Lower channel counts held in an attribute or a (possibly shared) integer constant.
-
-    ``removed`` maps the element of the attribute or constant to the number to subtract.
-    """
-    from sparsecc.graphutil import constant
-
-    if kind == "attr":
-        value = node.attrs[name]
-        if isinstance(value, (list, tuple)):
-            value = list(value)
-            for axis, count in removed.items():
-                value[axis] -= count
-            node.attrs[name] = value
-        else:
-            node.attrs[name] = int(value) - removed[0]
-        return
-    slot = next(i for i, t in enumerate(node.inputs) if t.name == name)
-    values = node.inputs[slot].values.copy()
-    for axis, count in removed.items():
-        values[axis] -= count
-    # counts are often shared constants (exporters deduplicate them): give this node its own
-    node.inputs[slot] = constant(graph, name, values)
-
-
-def _refresh_shapes(model: Model) -> None:
-    """Drop the now stale intermediate shapes and infer them again (ORT trips on stale value_info)."""
-    from sparsecc.shapes import infer_shapes
-
-    graph = model.graph
-    keep = {id(t) for t in list(graph.inputs) + list(graph.outputs)}
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Variable) and id(tensor) not in keep:
-            tensor.shape = None
-    try:
-        shapes = infer_shapes(model)
-    except ShapeError:
-        return
-    for name, tensor in graph.tensors().items():
-        # gs exports a value_info only with a dtype; shapes of dtype-less tensors stay for ORT to infer
-        if isinstance(tensor, gs.Variable) and name in shapes and id(tensor) not in keep and tensor.dtype:
-            tensor.shape = list(shapes[name])
