@@ -288,3 +288,46 @@ def test_op_table_is_one_registry_the_analysis_and_folding_share():
     finally:
         del OP_RULES["Shrink"]
     assert {"Relu", "Mul", "BatchNormalization"} <= PER_CHANNEL and "Softmax" not in PER_CHANNEL
+
+
+def test_gather_on_the_channel_axis_keeps_channels_coupled_and_is_edited_with_them():
+    """A group-wise rewrite leaves Gathers of kept channels: later filter pruning must see through them."""
+    b = Builder((1, 3, 5, 5))
+    a = b.op("Relu", [b.conv("a", "x", 3, 8)], "a_relu")
+    picked = b.op("Gather", [a, b.const("idx", np.array([6, 0, 2, 3, 7], np.int64))], "picked", axis=1)
+    y = b.conv("b", picked, 5, 4)
+    z = b.conv("c", a, 8, 4)
+    model = b.model([y, z])
+    group = by_producer(build_channel_groups(model), "a")
+    assert group.editable() and group.size == 8
+    assert {u.kind for u in group.producers if u.node == "picked"} == {"index", "index-value"}
+    masked, pruned = mask_and_remove(model, {"a": [0, 4]})
+    assert compare_models(masked, pruned, input_specs(masked), TOLERANCE).passed
+    tensors = pruned.graph.tensors()
+    assert tensors["idx"].values.tolist() == [4, 1, 2, 5]  # 6, 2, 3, 7 renumbered after removing 0 and 4
+    assert tensors["b.w"].values.shape == (4, 4, 1, 1) and tensors["c.w"].values.shape == (4, 6, 1, 1)
+
+
+def test_gather_with_repeated_or_computed_indices_blocks():
+    b = Builder((1, 3, 5, 5))
+    a = b.conv("a", "x", 3, 4)
+    picked = b.op("Gather", [a, b.const("idx", np.array([1, 1, 2], np.int64))], "picked", axis=1)
+    model = b.model([b.conv("b", picked, 3, 2)])
+    group = by_producer(build_channel_groups(model), "a")
+    assert not group.editable() and "repeated" in group.blockers[0]
+
+
+def test_filter_pruning_sees_through_a_group_wise_channel_gather():
+    from sparsecc.passmanager import PassContext, PassManager, make_pass
+
+    b = Builder((1, 3, 5, 5))
+    a = b.op("Relu", [b.conv("a", "x", 3, 8)], "a_relu")
+    model = b.model([b.conv("c", b.conv("mid", a, 8, 8, k=3), 8, 4)])
+    tensors = model.graph.tensors()
+    tensors["mid.w"].values[:, [1, 5]] = 0.0  # two input channels of 'mid' unused: channel-gather
+    ctx = PassContext(model)
+    PassManager([make_pass("plan-from-zeros"), make_pass("apply-plan"),
+                 make_pass("groupwise-rewrite", lowering="channel-gather", fold=False)]).run(ctx)
+    assert "Gather" in [n.op for n in ctx.model.graph.nodes]
+    group = by_producer(build_channel_groups(ctx.model), "a")
+    assert group.editable(), group.blockers

@@ -413,6 +413,44 @@ class _Analysis:
             self.set_output(node, piece, index)
             low += size
 
+    def rule_gather(self, node: gs.Node) -> None:
+        """Gather with constant indices: on the channel axis it selects (and may reorder) channels.
+
+        Output channel j is input channel ``indices[j]``: the output layout is made of those
+        channels, so consumers downstream stay coupled to the producer. The indices constant is
+        edited with the group: entries of removed channels go, the others are renumbered.
+        """
+        x = self.layouts[node.inputs[0].name]
+        indices = node.inputs[1]
+        if not isinstance(indices, gs.Constant):
+            return self.block(x, f"{self.label(node)} gathers with indices computed at run time")
+        axis = int(node.attrs.get("axis", 0)) % x.rank
+        values = np.asarray(indices.values, dtype=np.int64)
+        if axis != x.axis:  # another axis: the channels pass through, the channel axis may move
+            rank = x.rank - 1 + values.ndim
+            return self.set_output(node, replace(x, axis=x.axis if x.axis < axis else x.axis - 1 + values.ndim,
+                                                 rank=rank))
+        dim = x.channels * x.stride
+        values = np.where(values < 0, values + dim, values)
+        if values.ndim != 1 or x.stride != 1 or len(np.unique(values)) != values.size:
+            return self.block(x, f"{self.label(node)} gathers these channels with repeated or non-1-D indices")
+        if not self.check_private(node, indices, x):
+            return
+        pieces: list[Segment] = []
+        for channel in values:  # one-channel segments, merged where they continue a run
+            seg = x.sliced(int(channel), int(channel) + 1)[0]
+            last = pieces[-1] if pieces else None
+            if last is not None and last.space == seg.space and last.space is not None and \
+                    last.start + last.length == seg.start:
+                pieces[-1] = Segment(seg.space, last.start, last.length + 1)
+            else:
+                pieces.append(seg)
+        out = Layout(x.axis, x.rank, 1, tuple(pieces))
+        # the entries of the indices constant follow the output channels; their values, the input's
+        self.add_uses(out, node, indices.name, 0, "index", consumer=False)
+        self.add_uses(x, node, indices.name, 0, "index-value", consumer=False)
+        self.set_output(node, out)
+
     def rule_slice(self, node: gs.Node) -> None:
         x = self.layouts[node.inputs[0].name]
         constants = node.inputs[1:5]

@@ -85,6 +85,7 @@ def reindex_groups(model: Model, edits: list[tuple[ChannelGroup, np.ndarray]]) -
     constants = _constants(model)
     nodes = {node_key(n): n for n in graph.nodes}
     maps: dict[tuple[str, int], list[tuple[int, int, np.ndarray]]] = {}
+    renumber: dict[str, list[tuple[int, int, np.ndarray]]] = {}
     counts: dict[tuple[str, str, str], dict[int, int]] = {}
     for group, indices in edits:
         indices = _check_indices(group, indices, model.source)
@@ -95,21 +96,38 @@ def reindex_groups(model: Model, edits: list[tuple[ChannelGroup, np.ndarray]]) -
                 per_axis = counts.setdefault((use.kind, use.node, use.tensor), {})
                 per_axis[use.axis] = per_axis.get(use.axis, 0) + count * use.stride - len(positions)
                 continue
-            maps.setdefault((use.tensor, use.axis), []).append((use.offset, count * use.stride, positions))
+            block = (use.offset, count * use.stride, positions)
+            if use.kind == "index-value":
+                renumber.setdefault(use.tensor, []).append(block)
+                continue
+            maps.setdefault((use.tensor, use.axis), []).append(block)
     for (name, axis), blocks in maps.items():
         tensor = constants[name]
-        size = tensor.values.shape[axis]
-        pieces, cursor = [], 0
-        for offset, length, positions in sorted(blocks, key=lambda b: b[0]):
-            pieces.extend([np.arange(cursor, offset), positions])
-            cursor = offset + length
-        pieces.append(np.arange(cursor, size))
-        tensor.values = np.ascontiguousarray(np.take(tensor.values, np.concatenate(pieces).astype(np.int64),
-                                                     axis=axis))
+        order = _new_order(blocks, tensor.values.shape[axis])
+        tensor.values = np.ascontiguousarray(np.take(tensor.values, order, axis=axis))
+    for name, blocks in renumber.items():  # Gather indices: old input positions -> new ones
+        tensor = constants[name]
+        size = max(offset + length for offset, length, _ in blocks)
+        size = max(size, int(tensor.values.max()) + 1)
+        new_of_old = np.full(size, -1, np.int64)
+        order = _new_order(blocks, size)
+        new_of_old[order] = np.arange(order.size)
+        tensor.values = np.ascontiguousarray(new_of_old[tensor.values].astype(tensor.values.dtype))
     for (kind, node_name, name), removed in counts.items():
         if any(removed.values()):
             _decrease_count(graph, nodes[node_name], kind, name, removed)
     _refresh_shapes(model)
+
+
+def _new_order(blocks: list[tuple[int, int, np.ndarray]], size: int) -> np.ndarray:
+    """Old positions along an axis in their new order: each block [offset, offset + length) becomes
+    its ``positions``; everything outside the blocks stays."""
+    pieces, cursor = [], 0
+    for offset, length, positions in sorted(blocks, key=lambda b: b[0]):
+        pieces.extend([np.arange(cursor, offset), positions])
+        cursor = offset + length
+    pieces.append(np.arange(cursor, size))
+    return np.concatenate(pieces).astype(np.int64)
 
 
 def _check_indices(group: ChannelGroup, indices, source: str) -> np.ndarray:

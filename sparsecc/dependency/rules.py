@@ -34,7 +34,7 @@ OP_RULES: dict[str, str] = {
     **dict.fromkeys(REDUCE, "reduce"),
     **dict.fromkeys(SOFTMAX, "softmax"),
     "BatchNormalization": "batch_normalization", "InstanceNormalization": "instance_normalization",
-    "LayerNormalization": "layer_normalization", "Concat": "concat", "Split": "split", "Slice": "slice",
+    "LayerNormalization": "layer_normalization", "Concat": "concat", "Split": "split", "Slice": "slice", "Gather": "gather",
     "Flatten": "flatten", "Reshape": "reshape", "Transpose": "transpose", "Squeeze": "squeeze",
     "Unsqueeze": "unsqueeze", "Pad": "pad", "Resize": "resize", "Upsample": "resize", "Shape": "shape",
 }

@@ -24,7 +24,9 @@ class ChannelUse:
         count: Number of the group's channels covered. Defaults to all.
         kind: "weight" (a filter or input-channel slice of a Conv/Gemm/MatMul weight), "param"
             (per-channel bias, BN, scale), "count" (an integer in a constant that counts channels:
-            Split sizes, Reshape dims, Slice bounds), "attr" (an integer attribute that counts them).
+            Split sizes, Reshape dims, Slice bounds), "attr" (an integer attribute that counts them),
+            "index" (entries of a Gather's indices, one per output channel) and "index-value" (the
+            input channel positions those entries hold, renumbered when channels go or move).
     """
 
     node: str
