@@ -20,23 +20,21 @@ zero by then) and lowers each layer with the lowerings of the ``groupwise`` fami
 per layer with a cost model (``dense``, the layer as it is, when none is faster). Measured
 choices go through the timing cache, and the whole rewritten model must beat the dense one.
 
-Before lowering, input channels that no kept group reads are folded into the layer that
-produces them when the path between is per-channel (bias Add, Relu, Clip, BatchNormalization,
-GELU, per-channel Mul/Add with constants, ...) and feeds nothing else: the producer loses those
-output filters and the Gather disappears.
+Before lowering, channels that no consumer reads are removed from the layers that make them,
+with every coupled use (bias, BatchNorm, per-channel scales, depthwise convs, residual branches,
+Concat/Split, Flatten into a Gemm), as the channel analysis :mod:`sparsecc.dependency` finds
+them: the producer loses those output filters and the Gather disappears.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from sparsecc.dependency import PER_CHANNEL
+from sparsecc.dependency import build_channel_groups, consumer_weights, reindex_groups
 from sparsecc.errors import OptionError, PlanError, ShapeError, UnsupportedModelError
-from sparsecc.graphutil import constant, is_graph_output
 from sparsecc.layers import WeightLayer, find_weight_layers
 from sparsecc.lowering import (AnalyticCost, Candidate, Emitter, LayerToLower, MeasuredCost,
                               choose_lowering, get_lowering, lowerings, propose_all, whole_model_check)
@@ -177,121 +175,6 @@ def _refuse_unsupported(selector: LayerSelector, unsupported, source: str) -> No
 
 
 # ----------------------------------------------------------------------------------------------
-# groupwise-rewrite: folding unused input channels into the producer
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class FoldPlan:
-    producer: gs.Node
-    region: list[gs.Node]
-    tensors: list[gs.Tensor] = field(default_factory=list)  # the activations whose channel count changes
-
-
-def find_fold(graph: gs.Graph, x: gs.Tensor, consumer: gs.Node, channel_axis: int) -> FoldPlan | str:
-    """Can unused channels of ``x`` be dropped in the layer that produces them? A plan, or why not.
-
-    ``channel_axis`` counts from the end (-3 for NCHW, -1 for features).
-    """
-    if is_graph_output(graph, x) or len(x.outputs) != 1 or x.outputs[0] is not consumer:
-        return "the input also feeds other nodes or is a graph output"
-    region, tensors, producer = [], [], None
-    stack, seen = [x], set()
-    while stack:
-        tensor = stack.pop()
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        tensors.append(tensor)
-        if not tensor.inputs:
-            return f"'{tensor.name}' is a graph input, not produced by a weight layer"
-        node = tensor.inputs[0]
-        if node.op in ("Conv", "Gemm", "MatMul"):
-            if producer is not None and producer is not node:
-                return "the path mixes two weight layers"
-            producer = node
-            continue
-        if node.op not in PER_CHANNEL:  # the channel analysis's op table
-            return f"'{node.name}' ({node.op}) between the producer and the layer is not a per-channel op"
-        if node.op == "BatchNormalization" and channel_axis != -3:
-            return "BatchNormalization on a feature axis other than 1"
-        region.append(node)
-        variables = [t for t in node.inputs if isinstance(t, gs.Variable) and not t.is_empty()]
-        if node.op == "BatchNormalization":
-            variables = variables[:1]
-            if not all(isinstance(t, gs.Constant) for t in node.inputs[1:5]):
-                return f"BatchNormalization '{node.name}' has non-constant parameters"
-        stack.extend(variables)
-    if producer is None:
-        return "no weight layer produces the input"
-    reason = _producer_reason(producer, channel_axis)
-    if reason:
-        return reason
-    members = {id(n) for n in region} | {id(consumer)}
-    for tensor in tensors:
-        if is_graph_output(graph, tensor) or any(id(n) not in members for n in tensor.outputs):
-            return f"'{tensor.name}' also feeds nodes outside the per-channel path"
-    return FoldPlan(producer, region, tensors)
-
-
-def _producer_reason(node: gs.Node, channel_axis: int) -> str | None:
-    weight = node.inputs[1] if len(node.inputs) > 1 else None
-    if not isinstance(weight, gs.Constant):
-        return f"producer '{node.name}' has no constant weight"
-    if len(weight.outputs) > 1:
-        return f"producer '{node.name}' shares its weight with another layer"
-    if node.op == "Conv":
-        if channel_axis != -3 or int(node.attrs.get("group", 1)) != 1:
-            return f"producer '{node.name}' is a grouped conv or feeds a feature axis"
-    elif channel_axis != -1 or (node.op == "Gemm" and int(node.attrs.get("transA", 0))):
-        return f"producer '{node.name}' ({node.op}) does not produce the channel axis"
-    extra = node.inputs[2:]
-    if any(not isinstance(t, gs.Constant) and not t.is_empty() for t in extra):
-        return f"producer '{node.name}' has a non-constant bias"
-    return None
-
-
-def apply_fold(graph: gs.Graph, fold: FoldPlan, keep: np.ndarray, channel_axis: int, old: int) -> list[str]:
-    """Drop the producer's output channels not in ``keep`` and slice the per-channel constants on the path.
-
-    Returns the names of the weight tensors replaced.
-    """
-    producer = fold.producer
-    weight = producer.inputs[1]
-    replaced = [weight.name]
-    if producer.op == "Conv":
-        producer.inputs[1] = constant(graph, weight.name, weight.values[keep])
-    elif producer.op == "Gemm" and int(producer.attrs.get("transB", 0)):
-        producer.inputs[1] = constant(graph, weight.name, weight.values[keep])
-    else:
-        producer.inputs[1] = constant(graph, weight.name, weight.values[:, keep])
-    for index in range(2, len(producer.inputs)):
-        tensor = producer.inputs[index]
-        if isinstance(tensor, gs.Constant):
-            producer.inputs[index] = _slice_const(graph, tensor, keep, -1, old)  # bias: [C] or [M, N]
-    for node in fold.region:
-        for index, tensor in enumerate(node.inputs):
-            if not isinstance(tensor, gs.Constant):
-                continue
-            if node.op == "BatchNormalization":
-                node.inputs[index] = constant(graph, tensor.name, tensor.values[keep])
-            else:
-                node.inputs[index] = _slice_const(graph, tensor, keep, channel_axis, old)
-    for tensor in fold.tensors:
-        if tensor.shape is not None and len(tensor.shape) >= -channel_axis:
-            shape = list(tensor.shape)
-            shape[channel_axis] = int(keep.size)
-            tensor.shape = shape
-    return replaced
-
-
-def _slice_const(graph: gs.Graph, tensor: gs.Constant, keep: np.ndarray, axis_from_end: int, old: int) -> gs.Constant:
-    values = tensor.values
-    if values.ndim >= -axis_from_end and values.shape[axis_from_end] == old and old > 1:
-        return constant(graph, tensor.name, np.take(values, keep, axis=values.ndim + axis_from_end))
-    return tensor
-
-
-# ----------------------------------------------------------------------------------------------
 # groupwise-rewrite: the pass
 # ----------------------------------------------------------------------------------------------
 
@@ -362,7 +245,9 @@ class GroupwiseRewrite(Pass):
         skipped = [Skipped(u.node, f"{u.op} not rewritten: {u.reason}") for u in unsupported]
         details: dict[str, Any] = {"cost_model": cost_model, "layers": {}}
         replaced: set[str] = set()
-        folded = self._fold_all(graph, layers, nodes, shapes, details, replaced) if self.fold else 0
+        folded = self._fold_all(model, details, replaced) if self.fold else 0
+        if folded:
+            shapes = infer_shapes(model, wanted)  # the folded layers are narrower
         rewrites = 0
         for layer in find_weight_layers(model, shapes)[0]:
             node = nodes[layer.node]
@@ -413,44 +298,46 @@ class GroupwiseRewrite(Pass):
                                 where=f"{ctx.model.source}: layer '{layer.node}'",
                                 fix="run apply-plan before groupwise-rewrite")
 
-    def _fold_all(self, graph: gs.Graph, layers: list[WeightLayer], nodes: dict[str, gs.Node],
-                  shapes: dict, details: dict, replaced: set[str]) -> int:
-        folded = 0
-        for layer in layers:
-            node = nodes[layer.node]
-            if layer.shared_with or layer.kind == "depthwise" or layer.group != 1:
+    @staticmethod
+    def _fold_all(model, details: dict, replaced: set[str]) -> int:
+        """Drop channels that no layer reads from the layers that make them; returns the groups shrunk.
+
+        The channel analysis (:mod:`sparsecc.dependency`) gives, per set of coupled channels, every
+        use: producers, per-channel parameters (bias, BatchNorm, scales), depthwise convs, counts
+        and the consumers' weights. A channel every consumer weight ignores is removed from all of
+        them at once, so its Gather never has to be emitted. Groups the analysis cannot edit say why.
+        """
+        try:
+            groups = build_channel_groups(model)
+        except ShapeError as err:
+            details["fold"] = f"not folded: {err.what}"
+            return 0
+        edits = []
+        for group in groups:
+            reads = consumer_weights(model, group)
+            if not reads:
                 continue
-            values = node.inputs[1].values
-            if layer.op == "Conv":
-                used = np.flatnonzero(np.any(values != 0, axis=(0, 2, 3)))
-                axis, old = -3, values.shape[1]
-            else:
-                used = np.flatnonzero(np.any(gemm_weight_kn(layer, values) != 0, axis=1))
-                axis, old = -1, gemm_weight_kn(layer, values).shape[0]
-            if used.size in (0, old):
+            used = np.zeros(group.size, dtype=bool)
+            for weight in reads:  # [K_out, C, ...]: channel c is read where any of its weights is non-zero
+                used |= np.any(weight != 0, axis=tuple(a for a in range(weight.ndim) if a != 1))
+            if used.all() or not used.any():
                 continue
-            fold = find_fold(graph, node.inputs[0], node, axis)
-            info = details["layers"].setdefault(layer.node, {})
-            if isinstance(fold, str):
-                info["fold"] = f"not folded: {fold}"
+            readers = list(dict.fromkeys(u.node for u in group.consumers))
+            if not group.editable():
+                for node in readers:
+                    details["layers"].setdefault(node, {})["fold"] = "not folded: " + "; ".join(group.blockers)
                 continue
-            replaced.update(apply_fold(graph, fold, used, axis, old))
-            if layer.op == "Conv":
-                node.inputs[1] = constant(graph, layer.weight, values[:, used])
-            elif layer.op == "Gemm" and layer.trans_b:
-                node.inputs[1] = constant(graph, layer.weight, values[:, used])
-            else:
-                node.inputs[1] = constant(graph, layer.weight, values[used])
-            replaced.add(layer.weight)
-            for tensor in fold.tensors:
-                if tensor.name in shapes:
-                    shape = list(shapes[tensor.name])
-                    shape[axis] = int(used.size)
-                    shapes[tensor.name] = tuple(shape)
-            info["fold"] = (f"{old - used.size} unused input channel(s) folded into producer "
-                            f"'{fold.producer.name}' ({old} -> {used.size})")
-            folded += 1
-        return folded
+            edits.append((group, np.flatnonzero(used)))
+            replaced.update(u.tensor for u in group.producers + group.consumers if u.kind in ("weight", "param"))
+            makers = group.weight_nodes()
+            into = f"producer '{makers[0]}'" if len(makers) == 1 else "producers " + ", ".join(f"'{m}'" for m in makers)
+            for node in readers:
+                details["layers"].setdefault(node, {})["fold"] = (
+                    f"{group.size - int(used.sum())} unused input channel(s) folded into {into} "
+                    f"({group.size} -> {int(used.sum())})")
+        if edits:
+            reindex_groups(model, edits)
+        return len(edits)
 
     def _lower(self, graph: gs.Graph, node: gs.Node, layer: WeightLayer, shapes: dict, details: dict,
                skipped: list[Skipped], cost) -> str | None:
