@@ -20,8 +20,10 @@ others and ops that mix channels (Softmax over channels, LayerNorm over
 channels, grouped convs) are blockers.
 
 The package: :mod:`~sparsecc.dependency.types` (groups, uses, layouts),
-:mod:`~sparsecc.dependency.rules` (the op table: what each op does to channels),
-:mod:`~sparsecc.dependency.analysis` (:func:`build_channel_groups`) and
+:mod:`~sparsecc.dependency.rules` (the op table: which rule handles each op),
+:mod:`~sparsecc.dependency.analysis` (the walk, :func:`build_channel_groups`) with its rules in
+:mod:`~sparsecc.dependency.rules_weights`, :mod:`~sparsecc.dependency.rules_per_channel` and
+:mod:`~sparsecc.dependency.rules_layout`, :mod:`~sparsecc.dependency.walk` (graph helpers), and
 :mod:`~sparsecc.dependency.edits` (:func:`reindex_channels`, :func:`reindex_groups`, ...).
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from sparsecc.dependency.analysis import node_key
+from sparsecc.dependency.walk import node_key
 from sparsecc.dependency.types import ChannelGroup
 from sparsecc.errors import PlanError, ShapeError
 from sparsecc.model import Model
