@@ -24,8 +24,9 @@ RECIPES = ["none", "groupwise-75", "groupwise-50", "groupwise-25", "zeros", "fil
            "24-only", "24-then-filter"]
 
 
-def recipe_file(name: str, folder: Path) -> str:
-    """The built-in recipe, with the group-wise cost model made analytic (deterministic)."""
+def recipe_file(name: str, folder: Path, extra: dict | None = None) -> str:
+    """The built-in recipe, with the group-wise cost model made analytic (deterministic), plus ``extra``
+    options of groupwise-rewrite."""
     import yaml
 
     import sparsecc
@@ -34,8 +35,8 @@ def recipe_file(name: str, folder: Path) -> str:
     recipe = yaml.safe_load(source.read_text())
     if "groupwise-rewrite" not in recipe.get("passes", []):
         return name
-    recipe["passes"] = [{"groupwise-rewrite": {"cost_model": "analytic"}} if p == "groupwise-rewrite" else p
-                        for p in recipe["passes"]]
+    options = {"cost_model": "analytic", **(extra or {})}
+    recipe["passes"] = [{"groupwise-rewrite": options} if p == "groupwise-rewrite" else p for p in recipe["passes"]]
     recipe["name"] = f"{name}-analytic"
     path = folder / f"{name}-analytic.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -71,6 +72,8 @@ def main() -> int:
     parser.add_argument("candidate")
     parser.add_argument("--models", nargs="*")
     parser.add_argument("--recipes", nargs="*", default=RECIPES)
+    parser.add_argument("--rewrite-options", default="{}",
+                        help='more groupwise-rewrite options, as JSON (e.g. \'{"fold": false}\')')
     args = parser.parse_args()
     import sparsecc.models as models_pkg
 
@@ -83,7 +86,7 @@ def main() -> int:
         folder = Path(tmp)
         for model in models:
             for name in args.recipes:
-                recipe = recipe_file(name, folder)
+                recipe = recipe_file(name, folder, json.loads(args.rewrite_options))
                 base = compile_json(args.baseline, model, recipe, folder / "base")
                 new = compile_json(args.candidate, model, recipe, folder / "new")
                 same = base.get("macs") == new.get("macs") and base.get("passed") == new.get("passed") \
