@@ -29,8 +29,8 @@ The package: :mod:`~sparsecc.dependency.types` (groups, uses, layouts),
 
 from sparsecc.dependency.analysis import build_channel_groups
 from sparsecc.dependency.edits import consumer_weights, producer_weights, reindex_channels, reindex_groups
-from sparsecc.dependency.rules import OP_RULES, PER_CHANNEL, register_op_rule
+from sparsecc.dependency.rules import OP_RULES, register_op_rule
 from sparsecc.dependency.types import ChannelGroup, ChannelUse
 
 __all__ = ["ChannelUse", "ChannelGroup", "build_channel_groups", "reindex_channels", "reindex_groups",
-           "producer_weights", "consumer_weights", "OP_RULES", "PER_CHANNEL", "register_op_rule"]
+           "producer_weights", "consumer_weights", "OP_RULES", "register_op_rule"]

@@ -2,8 +2,8 @@
 
 Each op maps to a *rule*, the name of the method of the analysis that handles it
 (:mod:`sparsecc.dependency.analysis`, ``rule_<name>``). An op not in the table blocks the channels it
-reads, with the reason. Other modules use the table too: group-wise folding crosses exactly the
-ops the analysis calls per-channel (:data:`PER_CHANNEL`).
+reads, with the reason (group-wise folding, filter pruning and channel permutation all go
+through this one analysis).
 
 ``register_op_rule(op, rule)`` maps a new op to an existing rule (a custom activation is "unary").
 """
@@ -34,14 +34,10 @@ OP_RULES: dict[str, str] = {
     **dict.fromkeys(REDUCE, "reduce"),
     **dict.fromkeys(SOFTMAX, "softmax"),
     "BatchNormalization": "batch_normalization", "InstanceNormalization": "instance_normalization",
-    "LayerNormalization": "layer_normalization", "Concat": "concat", "Split": "split", "Slice": "slice", "Gather": "gather",
-    "Flatten": "flatten", "Reshape": "reshape", "Transpose": "transpose", "Squeeze": "squeeze",
+    "LayerNormalization": "layer_normalization", "Concat": "concat", "Split": "split", "Slice": "slice",
+    "Gather": "gather", "Flatten": "flatten", "Reshape": "reshape", "Transpose": "transpose", "Squeeze": "squeeze",
     "Unsqueeze": "unsqueeze", "Pad": "pad", "Resize": "resize", "Upsample": "resize", "Shape": "shape",
 }
-
-# ops that keep channel c of the output a function of channel c of the inputs (the path group-wise
-# folding may cross between a producer and the layer whose unused input channels it drops)
-PER_CHANNEL = frozenset(UNARY | ELEMENTWISE | {"BatchNormalization"})
 
 
 def register_op_rule(op: str, rule: str) -> None:
