@@ -249,17 +249,22 @@ def analytic_seconds(candidate: Candidate) -> float:
 
 
 class Emitter:
-    """Adds nodes with provenance to a graph, naming them after the layer they lower."""
+    """Adds nodes with provenance to a graph, naming them after the layer they lower.
 
-    def __init__(self, graph: gs.Graph, prefix: str):
+    ``dtype`` is the float type of the layer lowered: new activations and constants take it, so an
+    FP16 model stays FP16.
+    """
+
+    def __init__(self, graph: gs.Graph, prefix: str, dtype=np.float32):
         self.graph = graph
         self.prefix = prefix
+        self.dtype = np.dtype(dtype)
 
     def const(self, base: str, values: np.ndarray) -> gs.Constant:
         return constant(self.graph, f"{self.prefix}/{base}", values)
 
-    def var(self, base: str, dtype=np.float32, shape=None) -> gs.Variable:
-        return gs.Variable(unique_name(self.graph, f"{self.prefix}/{base}"), dtype=dtype, shape=shape)
+    def var(self, base: str, dtype=None, shape=None) -> gs.Variable:
+        return gs.Variable(unique_name(self.graph, f"{self.prefix}/{base}"), dtype=dtype or self.dtype, shape=shape)
 
     def node(self, op: str, inputs, outputs, base: str, **attrs) -> gs.Node:
         node = gs.Node(op, unique_name(self.graph, f"{self.prefix}/{base}"), attrs=attrs, inputs=list(inputs),
@@ -414,9 +419,9 @@ def _emit_tap_gather(em: Emitter, x: gs.Tensor, y: gs.Tensor, weight: np.ndarray
     valid = table[..., 0] >= 0
     c, i, j = (np.where(valid, table[..., a], 0) for a in range(3))  # padding rows read (0, 0, 0)
     channels = (np.arange(group)[:, None] * c_in_g + c).ravel()
-    onehot = np.zeros((group * k_g, 1, kh, kw), np.float32)
+    onehot = np.zeros((group * k_g, 1, kh, kw), weight.dtype)
     onehot[np.flatnonzero(valid), 0, i[valid], j[valid]] = 1.0
-    small = np.zeros((c_out, k_g, 1, 1), np.float32)
+    small = np.zeros((c_out, k_g, 1, 1), weight.dtype)
     for gi in range(group):
         out = slice(gi * co_g, (gi + 1) * co_g)
         small[out, :, 0, 0] = np.where(valid[gi], weight[out, c[gi], i[gi], j[gi]], 0.0)
@@ -434,7 +439,7 @@ def _emit_tap_gather(em: Emitter, x: gs.Tensor, y: gs.Tensor, weight: np.ndarray
 # ----------------------------------------------------------------------------------------------
 
 def measure_candidates(candidates: list[Candidate], in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-                       runs: int, threads: int) -> None:
+                       runs: int, threads: int, dtype=np.float32) -> None:
     """Time each candidate as a small model on ONNX Runtime CPU, interleaved; sets ``seconds``.
 
     A Conv layer is timed between two 1x1 depthwise Convs: in a network its neighbours are Convs,
@@ -450,21 +455,21 @@ def measure_candidates(candidates: list[Candidate], in_shape: tuple[int, ...], o
     sessions = []
     for candidate in candidates:
         graph = gs.Graph(opset=17)
-        em = Emitter(graph, "m")
-        x = gs.Variable("x", dtype=np.float32, shape=list(in_shape))
-        y = gs.Variable("y", dtype=np.float32, shape=list(out_shape))
+        em = Emitter(graph, "m", dtype)
+        x = gs.Variable("x", dtype=em.dtype, shape=list(in_shape))
+        y = gs.Variable("y", dtype=em.dtype, shape=list(out_shape))
         graph.inputs, graph.outputs = [x], [y]
         if wrap:
             inner_x, inner_y = em.var("in"), em.var("out")
-            em.node("Conv", [x, em.const("w_in", np.ones((in_shape[1], 1, 1, 1), np.float32))], [inner_x], "wrap_in",
+            em.node("Conv", [x, em.const("w_in", np.ones((in_shape[1], 1, 1, 1), em.dtype))], [inner_x], "wrap_in",
                     group=in_shape[1])
-            em.node("Conv", [inner_y, em.const("w_out", np.ones((out_shape[1], 1, 1, 1), np.float32))], [y],
+            em.node("Conv", [inner_y, em.const("w_out", np.ones((out_shape[1], 1, 1, 1), em.dtype))], [y],
                     "wrap_out", group=out_shape[1])
             candidate.emit(em, inner_x, inner_y)
         else:
             candidate.emit(em, x, y)
         sessions.append(backend.load(Model(graph, "cost model").to_bytes()))
-    feed = {"x": np.random.default_rng(0).standard_normal(in_shape).astype(np.float32)}
+    feed = {"x": np.random.default_rng(0).standard_normal(in_shape).astype(dtype)}
     timings = time_interleaved(dict(enumerate(sessions)), dict.fromkeys(range(len(sessions)), feed),
                                warmup=1, runs=runs)
     for index, candidate in enumerate(candidates):
@@ -788,18 +793,19 @@ class GroupwiseRewrite(Pass):
             info.update(lowering="dense", reason=reason)
             skipped.append(Skipped(layer.node, reason))
             return None
-        choice, why = self._choose(candidates, in_shape, out_shape)
+        choice, why = self._choose(candidates, in_shape, out_shape, weight.dtype)
         info.update(lowering=choice.name, reason=why, k=layer.k, **self._describe(candidates))
         if choice.name == "dense":
             skipped.append(Skipped(layer.node, why))
             return None
         x, y = node.inputs[0], node.outputs[0]
         node.outputs.clear()
-        choice.emit(Emitter(graph, layer.node), x, y)
+        choice.emit(Emitter(graph, layer.node, weight.dtype), x, y)
         node.inputs.clear()
         return choice.name
 
-    def _choose(self, candidates: list[Candidate], in_shape, out_shape) -> tuple[Candidate, str]:
+    def _choose(self, candidates: list[Candidate], in_shape, out_shape, dtype=np.float32
+                ) -> tuple[Candidate, str]:
         dense = candidates[0]
         options = candidates[1:]
         if self.lowering != "auto":
@@ -809,7 +815,7 @@ class GroupwiseRewrite(Pass):
                 return dense, f"lowering '{self.lowering}' does not apply to this layer (applicable: {available})"
             return forced[0], f"forced by lowering: {self.lowering}"
         if self.cost_model == "measured" and in_shape is not None and out_shape is not None:
-            measure_candidates(candidates, in_shape, out_shape, self.runs, self.threads)
+            measure_candidates(candidates, in_shape, out_shape, self.runs, self.threads, dtype)
             unit = "measured"
         else:
             for candidate in candidates:

@@ -73,7 +73,8 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
         disable: Names of passes not to run. Defaults to none.
         dump_dir: Write the graph after each pass here. Defaults to none.
         plan: A plan.json to start from (e.g. made by fine-tuning elsewhere). Defaults to none.
-        verify: Tolerances and seed of the numerical checks. Defaults to the recipe's, else VerifyConfig().
+        verify: Tolerances and seed of the numerical checks. Defaults to the recipe's; tolerances given by
+            neither follow the model's float type (:data:`sparsecc.verify.DTYPE_TOLERANCES`).
     """
     started = time.perf_counter()
     model_path = Path(model_path)
@@ -85,6 +86,7 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
     progress(f"loading {model_path}")
     original = load_model(model_path, shapes)
     original.static_input_shapes()  # dynamic inputs without --shape fail here, before any work
+    verify = verify.for_model(original)  # tolerances not given follow the model's float type
     model = original.copy()
     ctx = PassContext(model)
     if plan is not None:
@@ -172,7 +174,8 @@ def _build_report(model_path: Path, recipe: Recipe, original: Model, before: dic
         "recipe": recipe.to_dict(),
         "input_shapes": {k: list(v) for k, v in original.static_input_shapes().items()},
         "passes": [r.to_dict() for r in records],
-        "verification": {**verification, "atol": verify.atol, "rtol": verify.rtol, "seed": verify.seed},
+        "verification": {**verification, "atol": verify.atol, "rtol": verify.rtol, "seed": verify.seed,
+                         "dtype": verify.dtype},
         "before": before,
         "after": after,
         "summary": {

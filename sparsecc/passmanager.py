@@ -217,7 +217,7 @@ class PassManager:
         # the graph a verified pass left is the graph the next pass starts from: serialise it once
         before_bytes = self._verified_bytes or before.to_bytes()
         after_bytes = after.to_bytes()
-        outcome = compare_models(before_bytes, after_bytes, specs, self.verify)
+        outcome = compare_models(before_bytes, after_bytes, specs, self.verify.for_model(before))
         self._verified_bytes = after_bytes
         data = outcome.to_dict()
         data["mode"] = "exact" if pass_.exact else "agreement"
