@@ -189,7 +189,9 @@ class UntieSharedConstants(Pass):
                 continue
             for user in users[1:]:  # the first user keeps the original name (plans made outside name it)
                 copy = constant(graph, f"{tensor.name}.{user.name or user.op}", tensor.values.copy())
-                user.inputs[:] = [copy if t is tensor else t for t in user.inputs]
+                for index, used in enumerate(list(user.inputs)):
+                    if used is tensor:
+                        user.inputs[index] = copy
                 copies += 1
         return PassResult(copies > 0, copies, ties, [f"{copies} copy(ies) of shared per-channel constants made"])
 

@@ -127,7 +127,6 @@ passes:
 """
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 @pytest.mark.parametrize("recipe", ["filter-l2", "hybrid-24", "groupwise-50-forced"])
