@@ -255,3 +255,24 @@ def test_detect_mode_keeps_zero_filters_whose_channel_is_not_zero(tmp_path):
     assert not planning["details"].get("groups")
     assert report["summary"]["macs_after"] == report["summary"]["macs_before"]
     assert report["verification"]["agreement_with_unpruned"]["worst_relative_error"] < 1e-5
+
+
+def test_a_fully_quantized_graph_is_refused_with_what_to_do(exported, tmp_path):
+    from sparsecc.errors import UnsupportedModelError
+
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    canonical = compile_model(exported[("torchscript", "fp32")], "none", tmp_path / "none").model_path
+
+    class Calibration(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"x": np.zeros(SHAPE, np.float32)}])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    path = tmp_path / "all.onnx"
+    quantization.quantize_static(canonical, path, Calibration(), quant_format=quantization.QuantFormat.QOperator)
+    with pytest.raises(UnsupportedModelError) as caught:
+        compile_model(path, "filter-l2", tmp_path / "out")
+    assert "QLinearConv" in caught.value.what and "quantize the compiled one" in caught.value.fix
+    assert not (tmp_path / "out" / "model.onnx").exists()
