@@ -134,9 +134,6 @@ class FoldConstants(Pass):
         def keep(node: gs.Node) -> bool:
             return node.op in _NEVER_FOLDED or any(id(t) in outputs for t in node.outputs)
 
-        from sparsecc.log import quiet_polygraphy
-
-        quiet_polygraphy()
         graph.fold_constants(fold_shapes=True, error_ok=True, size_threshold=_FOLD_SIZE_LIMIT,
                              should_exclude_node=keep).cleanup()
         folded = before - len(graph.nodes)
