@@ -1,6 +1,9 @@
 """Canonicalisation passes: put every graph into the form the pruning passes expect.
 
-Both are exact and run before any recipe's passes.
+Every difference between exporters (TorchScript or dynamo, Constant nodes or initializers,
+de-duplicated constants reached through Identity nodes, weights computed by constant
+subgraphs, old opsets) is absorbed here, once, for every model. All of them are exact and run,
+verified, before any recipe's passes.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
+from sparsecc.errors import ModelLoadError
 from sparsecc.graphutil import constant, is_graph_output
+from sparsecc.model import CANONICAL_OPSET, Model
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
 
 _SCALAR_ATTRS = {"value_float": np.float32, "value_int": np.int64}
@@ -58,6 +63,143 @@ class ConstantsToInitializers(Pass):
             output.to_constant(np.asarray(value))
             converted += 1
         return PassResult(converted > 0, converted, skipped, [f"{converted} Constant node(s) became initializers"])
+
+
+@register_pass
+class UpgradeOpset(Pass):
+    """Convert a model below the supported opsets with ``onnx.version_converter``.
+
+    Old files (opset 7 and 8) are upgraded rather than refused; the pass manager checks the
+    converted graph against the original on ONNX Runtime like any other exact pass.
+    """
+
+    name = "upgrade-opset"
+    exact = True
+    description = f"Models below opset 9 are converted to opset {CANONICAL_OPSET} (onnx.version_converter)"
+
+    def run(self, ctx: PassContext) -> PassResult:
+        from sparsecc.model import SUPPORTED_OPSETS
+
+        old = ctx.model.opset()
+        if old >= SUPPORTED_OPSETS.start:
+            return PassResult(False, notes=[f"opset {old} needs no conversion"])
+        ctx.model.graph = upgraded_graph(ctx.model, CANONICAL_OPSET)
+        return PassResult(True, 1, notes=[f"opset {old} converted to {CANONICAL_OPSET}"],
+                          details={"from": old, "to": CANONICAL_OPSET})
+
+
+def upgraded_graph(model: Model, target: int) -> gs.Graph:
+    """The model's graph converted to opset ``target``, or a ModelLoadError naming what failed."""
+    import onnx
+    from onnx import version_converter
+
+    proto = gs.export_onnx(model.graph)
+    try:
+        converted = version_converter.convert_version(proto, target)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # the converter raises RuntimeError or its C++ errors; all mean "cannot"
+        raise ModelLoadError(
+            f"onnx.version_converter cannot convert this opset-{model.opset()} model to opset {target}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+            where=model.source, fix="re-export the model from its framework with opset_version=17") from None
+    return gs.import_onnx(converted)
+
+
+# Quantized weights stay quantized: folding DequantizeLinear would turn int8 weights into
+# float ones (exact, but the model would lose what quantization gave it).
+_NEVER_FOLDED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+_FOLD_SIZE_LIMIT = 1 << 29  # bytes: a constant subgraph that would expand beyond this stays a subgraph
+
+
+@register_pass
+class FoldConstants(Pass):
+    """Fold constant subgraphs into initializers with onnx-graphsurgeon's ``fold_constants``.
+
+    Covers ``Identity`` of a constant (the TorchScript exporter's de-duplicated weights and
+    biases), and weights computed from constants (``ConstantOfShape``, ``Reshape``, ``Cast``,
+    ``Transpose`` ...), which would otherwise not be recognised as weights. Quantize and
+    dequantize nodes are never folded.
+    """
+
+    name = "fold-constants"
+    exact = True
+    description = ("Constant subgraphs (Identity, Reshape, Cast, Transpose, ConstantOfShape ... of constants) "
+                   "become initializers; Q/DQ nodes are kept")
+
+    def run(self, ctx: PassContext) -> PassResult:
+        graph = ctx.model.graph
+        before = len(graph.nodes)
+        outputs = {id(t) for t in graph.outputs}
+
+        def keep(node: gs.Node) -> bool:
+            return node.op in _NEVER_FOLDED or any(id(t) in outputs for t in node.outputs)
+
+        graph.fold_constants(fold_shapes=True, error_ok=True, size_threshold=_FOLD_SIZE_LIMIT,
+                             should_exclude_node=keep).cleanup()
+        folded = before - len(graph.nodes)
+        kept = [Skipped(n.name or n.outputs[0].name, "quantization node: kept so the weights stay quantized")
+                for n in graph.nodes if n.op in _NEVER_FOLDED
+                and all(isinstance(t, gs.Constant) or t.is_empty() for t in n.inputs)]
+        return PassResult(folded > 0, folded, kept, [f"{folded} node(s) of constant subgraphs folded"])
+
+
+# A constant with at most this many elements along its one long axis is a per-channel parameter
+# (bias, scale, BatchNorm statistics), cheap to copy; anything larger shared by several nodes is a
+# real tie (one weight used by several layers) and is kept.
+_UNTIE_MAX_ELEMENTS = 1 << 16
+
+
+def is_per_channel(values: np.ndarray) -> bool:
+    """A float vector (one axis longer than 1, e.g. [C] or [1, C, 1, 1]): a bias, scale or BN parameter."""
+    return (np.issubdtype(values.dtype, np.floating) and values.size > 1
+            and sum(d > 1 for d in values.shape) == 1 and values.size <= _UNTIE_MAX_ELEMENTS)
+
+
+@register_pass
+class UntieSharedConstants(Pass):
+    """Give every user of a shared per-channel constant its own copy; keep and list real weight ties.
+
+    Exporters de-duplicate equal constants (every fresh BatchNorm folds into the same zero
+    bias), so one bias can reach several Convs; pruning the channels of one would change
+    the others, which blocks their channel groups. Weights shared by several layers (tied
+    embeddings, reused convolutions) are real ties: they stay shared and are listed.
+    """
+
+    name = "untie-shared-constants"
+    exact = True
+    description = "Per-channel constants (biases, scales) shared by several nodes get one copy per node"
+
+    def run(self, ctx: PassContext) -> PassResult:
+        graph = ctx.model.graph
+        copies, ties = 0, []
+        for tensor in list(graph.tensors().values()):
+            if not isinstance(tensor, gs.Constant):
+                continue
+            users = _distinct(tensor.outputs)
+            if len(users) < 2:
+                continue
+            if not is_per_channel(tensor.values):
+                if tensor.values.ndim >= 2 and np.issubdtype(tensor.values.dtype, np.floating):
+                    names = [u.name or u.op for u in users]
+                    ties.append(Skipped(tensor.name, f"weight shared by {len(users)} nodes {names}: a real "
+                                                     "tie, kept shared (layers using it are not pruned)"))
+                continue
+            for user in users[1:]:  # the first user keeps the original name (plans made outside name it)
+                copy = constant(graph, f"{tensor.name}.{user.name or user.op}", tensor.values.copy())
+                for index, used in enumerate(list(user.inputs)):
+                    if used is tensor:
+                        user.inputs[index] = copy
+                copies += 1
+        return PassResult(copies > 0, copies, ties, [f"{copies} copy(ies) of shared per-channel constants made"])
+
+
+def _distinct(nodes) -> list[gs.Node]:
+    seen, result = set(), []
+    for node in nodes:
+        if id(node) not in seen:
+            seen.add(id(node))
+            result.append(node)
+    return result
 
 
 @register_pass
@@ -137,7 +279,8 @@ def _replace_values(graph: gs.Graph, tensor: gs.Constant, values: np.ndarray) ->
     return constant(graph, tensor.name, values)
 
 
-CANONICAL_PASSES = ("constants-to-initializers", "fold-batchnorm")
+CANONICAL_PASSES = ("upgrade-opset", "constants-to-initializers", "fold-constants", "untie-shared-constants",
+                    "fold-batchnorm")
 
 
 def canonicalize(model) -> None:

@@ -1,17 +1,23 @@
 """Passes that make or apply a sparsity plan (see :mod:`sparsecc.plan`).
 
-``plan-from-zeros`` is analysis: it reads the zeros already in the weights and
-leaves the graph untouched. ``apply-plan`` zeroes the pruned weights: it
+``plan-from-zeros`` and ``plan-filters-from-zeros`` are analysis: they read the zeros
+already in the weights (element structure; dead channels with their coupled uses) and leave
+the graph untouched. ``apply-plan`` zeroes the pruned weights: it
 changes the function on purpose (it is the "masked original" every later
 exact rewrite is verified against), so it is not exact.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
 from sparsecc.errors import PlanError
 from sparsecc.layers import find_weight_layers
-from sparsecc.passmanager import Pass, PassContext, PassResult, register_pass
-from sparsecc.plan import apply_plan, merge_into, plan_from_zeros
+from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
+from sparsecc.plan import SparsityPlan, apply_plan, merge_into, plan_from_zeros
 
 
 @register_pass
@@ -54,3 +60,81 @@ class ApplyPlan(Pass):
         ctx.state["masked"] = ctx.model.copy()
         return PassResult(changed > 0, changed, notes=[f"{changed} weight tensor(s) masked"])
 
+
+@register_pass
+class PlanFiltersFromZeros(Pass):
+    """Plan the removal of channels that are already dead (models pruned elsewhere; no new pruning).
+
+    A channel of a coupled group (:mod:`sparsecc.dependency`) is dead when every weight and
+    per-channel parameter that makes it is zero there (it is zero everywhere it goes), or when
+    every weight that reads it ignores it. Its filters and the consumers' input channels get a
+    ``filter`` plan entry, combined with the element masks ``plan-from-zeros`` made, so
+    ``remove-filters`` removes it physically. An activation that is not zero at zero (a Sigmoid
+    gate) would make a zero filter a live constant channel: the masked model is therefore checked
+    against the model as it came, and the filter entries are dropped if it differs.
+    """
+
+    name = "plan-filters-from-zeros"
+    exact = True
+    description = "Plan the removal of channels whose filters (or whose every reader) are already all zero"
+
+    def run(self, ctx: PassContext) -> PassResult:
+        from sparsecc.dependency import build_channel_groups
+        from sparsecc.passes.filter_prune import PlanFilters, group_label
+
+        model = ctx.model
+        constants = {n: t for n, t in model.graph.tensors().items() if isinstance(t, gs.Constant)}
+        groups = {group_label(g): g for g in build_channel_groups(model) if g.editable() and g.consumers}
+        dead = {label: channels for label, g in groups.items()
+                if len(channels := dead_channels(g, constants)) and len(channels) < g.size}
+        if not dead:
+            return PassResult(False, 0, notes=["no channel is dead (no all-zero filter or unread channel)"])
+        before = ctx.plan.copy() if ctx.plan is not None else None
+        planner = PlanFilters(metric="l1", ratio=0.5, round_to=1)
+        plan = planner._plan(ctx, groups, dead)  # the same coupled masks as plan-filters makes
+        planned = {u.tensor for label in dead for u in groups[label].producers + groups[label].consumers}
+        for name in planned & set(plan.entries):
+            entry = plan.entries[name]
+            plan.entries[name] = replace(entry, criterion="zeros", ratio=None, alignment=None)
+        check = _masking_changes_outputs(model, plan)
+        if check:
+            ctx.plan = before
+            return PassResult(False, 0, [Skipped(label, f"dead channels not removed: {check}") for label in dead],
+                              notes=["masking the dead channels changes the outputs; no filter is removed"])
+        ctx.plan = plan
+        count = sum(len(c) for c in dead.values())
+        return PassResult(False, 0, notes=[f"{count} dead channel(s) in {len(dead)} group(s) planned for removal"],
+                          details={"groups": {label: {"group": groups[label].id, "before": groups[label].size,
+                                                      "dead": int(len(c))} for label, c in dead.items()}})
+
+
+def dead_channels(group, constants: dict) -> np.ndarray:
+    """Channels of ``group`` that are zero wherever they are made, or read by no weight."""
+    made_zero = _zero_channels(group, group.producers, constants, kinds=("weight", "param"), axis_first=True)
+    unread = _zero_channels(group, group.consumers, constants, kinds=("weight",), axis_first=False)
+    return np.flatnonzero(made_zero | unread)
+
+
+def _zero_channels(group, uses, constants: dict, kinds: tuple[str, ...], axis_first: bool) -> np.ndarray:
+    """True for each channel that every use of ``kinds`` holds only zeros for (False if there is no such use)."""
+    zero = np.ones(group.size, dtype=bool)
+    seen = False
+    for use in uses:
+        if use.kind not in kinds or use.tensor not in constants:
+            continue
+        values = np.moveaxis(constants[use.tensor].values, use.axis, 0)
+        count = use.covered(group.size)
+        part = values[use.offset:use.offset + count * use.stride].reshape(count, -1)
+        zero[use.start:use.start + count] &= ~part.any(axis=1)
+        seen = True
+    return zero if seen else np.zeros(group.size, dtype=bool)
+
+
+def _masking_changes_outputs(model, plan: SparsityPlan) -> str | None:
+    """Why masking ``plan`` changes the model's outputs (beyond its float type's tolerance), or None."""
+    from sparsecc.verify import VerifyConfig, compare_models, input_specs
+
+    masked = model.copy()
+    apply_plan(masked, plan)
+    result = compare_models(model, masked, input_specs(model), VerifyConfig())
+    return None if result.passed else result.describe_worst()

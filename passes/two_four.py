@@ -152,7 +152,8 @@ class CheckTwoFour(Pass):
                 skipped.append(Skipped(layer.node, verdict.reason))
         sparse = sorted(name for name, info in weights.items() if info["two_four"])
         return PassResult(False, 0, skipped=skipped,
-                          notes=[f"{len(sparse)} of {len(weights)} weight(s) are 2:4 in TensorRT's layout"],
+                          notes=[f"{len(sparse)} of {len(weights)} weight(s) are 2:4 in TensorRT's layout "
+                                 "(TensorRT-ready: build the engine with sparse weights enabled)"],
                           details={"weights": weights, "two_four": sparse})
 
 

@@ -74,7 +74,8 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
         disable: Names of passes not to run. Defaults to none.
         dump_dir: Write the graph after each pass here. Defaults to none.
         plan: A plan.json to start from (e.g. made by fine-tuning elsewhere). Defaults to none.
-        verify: Tolerances and seed of the numerical checks. Defaults to the recipe's, else VerifyConfig().
+        verify: Tolerances and seed of the numerical checks. Defaults to the recipe's; tolerances given by
+            neither follow the model's float type (:data:`sparsecc.verify.DTYPE_TOLERANCES`).
         cost_model: "measured" or "analytic", for every pass that chooses by a cost model. Defaults to
             each pass's own option.
         timing_cache: The timing cache file, or "off". Defaults to ``$SPARSECC_TIMING_CACHE``, else
@@ -96,6 +97,7 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
     progress(f"loading {model_path}")
     original = load_model(model_path, shapes)
     original.static_input_shapes()  # dynamic inputs without --shape fail here, before any work
+    verify = verify.for_model(original)  # tolerances not given follow the model's float type
     model = original.copy()
     ctx = PassContext(model, trace=trace, cost_model=cost_model, timing_cache=cache)
     if plan is not None:
@@ -210,7 +212,8 @@ def _build_report(model_path: Path, recipe: Recipe, original: Model, before: dic
         "recipe": recipe.to_dict(),
         "input_shapes": {k: list(v) for k, v in original.static_input_shapes().items()},
         "passes": [r.to_dict() for r in records],
-        "verification": {**verification, "atol": verify.atol, "rtol": verify.rtol, "seed": verify.seed},
+        "verification": {**verification, "atol": verify.atol, "rtol": verify.rtol, "seed": verify.seed,
+                         "dtype": verify.dtype},
         "before": before,
         "after": after,
         "summary": {

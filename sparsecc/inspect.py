@@ -13,6 +13,11 @@ from sparsecc.plan import detect_layer
 from sparsecc.tables import text_table
 
 
+def _quantized(layer) -> bool:
+    """A layer of a quantized graph: an integer op, or a float op whose weight is dequantized at run time."""
+    return "quantized layer" in layer.reason or "(DequantizeLinear)" in layer.reason
+
+
 def inspect_model(model: Model) -> dict[str, Any]:
     """Per weight layer: kind, shapes, MACs, parameters, sparsity, detected pattern; and totals.
 
@@ -29,8 +34,10 @@ def inspect_model(model: Model) -> dict[str, Any]:
             "the model has no weight layers (Conv, Gemm, or MatMul with a constant weight)"
             + (f"; these were found but cannot be used: {reasons}" if reasons else ""),
             where=model.source,
-            fix="sparsecc compiles models whose weights are initializers or Constant nodes; re-export with "
-                "weights as constants (torch.onnx.export does this by default)")
+            fix=("every weight layer is quantized; sparsecc prunes float weights: compile the float model, "
+                 "then quantize the compiled one" if unsupported and all(_quantized(u) for u in unsupported) else
+                 "sparsecc compiles models whose weights are initializers or Constant nodes; re-export with "
+                 "weights as constants (torch.onnx.export does this by default)"))
     tensors = model.graph.tensors()
     rows = []
     for layer in layers:

@@ -25,6 +25,9 @@ import onnx_graphsurgeon as gs
 from sparsecc.model import Model
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+# Layers of quantized graphs (QOperator and integer formats): listed, never pruned.
+QUANTIZED_WEIGHT_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm",
+                        "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
 
 
 @dataclass
@@ -120,6 +123,10 @@ def find_weight_layers(model: Model, shapes: dict[str, tuple[int, ...]] | None =
     layers: list[WeightLayer] = []
     unsupported: list[Unsupported] = []
     for node in model.graph.nodes:
+        if node.op in QUANTIZED_WEIGHT_OPS:
+            unsupported.append(Unsupported(_node_label(node), node.op, "quantized layer (integer weights): "
+                                           "sparsecc prunes float weights only; left as it is"))
+            continue
         if node.op not in WEIGHT_OPS:
             continue
         label = _node_label(node)

@@ -24,6 +24,10 @@ from sparsecc.errors import ModelLoadError, OutputError, ShapeError
 ORT_MAX_IR_VERSION = 10
 # Default-domain opsets sparsecc has been written and tested against.
 SUPPORTED_OPSETS = range(9, 23)
+# Older opsets are upgraded to this one by the canonical pass `upgrade-opset` (onnx.version_converter),
+# from the oldest ONNX Runtime runs, so that the conversion is verified like every other pass.
+CANONICAL_OPSET = 17
+UPGRADABLE_OPSETS = range(7, SUPPORTED_OPSETS.start)
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -156,10 +160,13 @@ def model_from_proto(proto: onnx.ModelProto, source: str = "<memory>",
             "the file parsed but holds no ONNX graph (it may be truncated or not an ONNX model)",
             where=source, fix="re-export or re-download the model")
     opset = default_opset(proto.opset_import, None)
-    if opset not in SUPPORTED_OPSETS:
+    if opset not in SUPPORTED_OPSETS and opset not in UPGRADABLE_OPSETS:
+        too_old = opset < UPGRADABLE_OPSETS.start
         raise ModelLoadError(
-            f"default-domain opset {opset} is not supported (sparsecc supports opsets "
-            f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1})",
+            f"default-domain opset {opset} is not supported (sparsecc compiles opsets "
+            f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1} and upgrades opsets "
+            f"{UPGRADABLE_OPSETS.start}-{UPGRADABLE_OPSETS.stop - 1}"
+            + ("; ONNX Runtime does not run older ones, so an upgrade could not be verified)" if too_old else ")"),
             where=source,
             fix="convert it first: onnx.version_converter.convert_version(model, 17), "
                 "or re-export from PyTorch with opset_version=17")

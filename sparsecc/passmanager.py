@@ -240,7 +240,8 @@ class PassManager:
         before_bytes = self._verified_bytes or before.to_bytes()
         after_bytes = after.to_bytes()
         # a graph with sparsecc-domain nodes runs them through their numpy references
-        outcome = compare_models(before_bytes, after_bytes, specs, self.verify, verification_backend(before, after))
+        outcome = compare_models(before_bytes, after_bytes, specs, self.verify.for_model(before),
+                                 verification_backend(before, after))
         self._verified_bytes = after_bytes
         data = outcome.to_dict()
         data["mode"] = "exact" if pass_.exact else "agreement"

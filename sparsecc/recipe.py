@@ -28,6 +28,8 @@ from sparsecc.errors import OptionError
 from sparsecc.passmanager import Pass, make_pass
 
 _KEYS = {"name", "description", "passes", "verify"}
+# Former names of built-in recipes, still accepted.
+ALIASES = {"zeros": "detect"}
 
 
 @dataclass
@@ -58,10 +60,11 @@ def builtin_recipes() -> dict[str, Recipe]:
 
 
 def load_recipe(name_or_path: str) -> Recipe:
-    """A built-in recipe by name, or a recipe file by path."""
+    """A built-in recipe by name (or by a former name, see ``ALIASES``), or a recipe file by path."""
     builtins = builtin_recipes()
-    if name_or_path in builtins:
-        return builtins[name_or_path]
+    name = ALIASES.get(name_or_path, name_or_path)
+    if name in builtins:
+        return builtins[name]
     path = Path(name_or_path)
     if not path.exists():
         raise OptionError(f"'{name_or_path}' is neither a built-in recipe nor a file",

@@ -29,7 +29,8 @@ def render_compile_markdown(report: dict[str, Any]) -> str:
         "## Verification", "",
         f"Compiled model vs {verification['against']} on {_BACKEND_WORDS.get(exact.get('backend'), 'ONNX Runtime (CPU)')}, "
         f"seeded random inputs, "
-        f"pass when max |diff| <= {verification['atol']:g} + {verification['rtol']:g} x max |output|: "
+        f"pass when max |diff| <= {verification['atol']:g} + {verification['rtol']:g} x max |output|"
+        f"{' (tolerances of ' + verification['dtype'] + ')' if verification.get('dtype') else ''}: "
         f"**{'passed' if exact['passed'] else 'FAILED'}** (worst relative error {exact['worst_relative_error']:.3g}).",
     ]
     agreement = verification.get("agreement_with_unpruned")

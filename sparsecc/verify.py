@@ -9,6 +9,10 @@ nodes runs them through their numpy references (:func:`verification_backend`). A
 i.e. ``rtol`` is relative to the scale of the output, not to each element (a
 per-element relative test fails on outputs that cross zero, where rounding
 differences are legitimately large relative to the element).
+
+Unless given, the tolerances follow the model's float type (its lowest-precision
+one, so an FP16 graph with FP32 inputs counts as FP16): an exact rewrite changes
+the order of accumulation, and its rounding grows with the type's machine epsilon.
 """
 
 from __future__ import annotations
@@ -21,6 +25,14 @@ from sparsecc.model import Model
 
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
+# (atol, rtol) per float type; rtol about ten machine epsilons (FP16 eps 9.8e-4, BF16 7.8e-3).
+DTYPE_TOLERANCES = {
+    "float64": (DEFAULT_ATOL, DEFAULT_RTOL),
+    "float32": (DEFAULT_ATOL, DEFAULT_RTOL),
+    "float16": (1e-3, 1e-2),
+    "bfloat16": (1e-2, 8e-2),
+}
+_PRECISION_ORDER = ("bfloat16", "float16", "float32", "float64")  # lowest first
 
 
 @dataclass
@@ -28,16 +40,59 @@ class VerifyConfig:
     """Settings of a verification run.
 
     Attributes:
-        atol: Absolute tolerance. Defaults to 1e-5.
-        rtol: Tolerance relative to max |reference output|. Defaults to 1e-4.
+        atol: Absolute tolerance. Defaults to the model's float type's (1e-5 for FP32,
+            1e-3 for FP16, 1e-2 for BF16; see ``DTYPE_TOLERANCES``).
+        rtol: Tolerance relative to max |reference output|. Defaults to the model's float
+            type's (1e-4 for FP32, 1e-2 for FP16, 8e-2 for BF16).
         seed: Seed of the random inputs. Defaults to 0.
         iterations: Number of random input sets. Defaults to 1.
+        dtype: The float type the tolerances were taken from, once resolved. Defaults to none.
     """
 
-    atol: float = DEFAULT_ATOL
-    rtol: float = DEFAULT_RTOL
+    atol: float | None = None
+    rtol: float | None = None
     seed: int = 0
     iterations: int = 1
+    dtype: str | None = None
+
+    def for_dtype(self, dtype: str) -> "VerifyConfig":
+        """This config with the tolerances not given taken from ``dtype``'s."""
+        atol, rtol = DTYPE_TOLERANCES.get(dtype, DTYPE_TOLERANCES["float32"])
+        return VerifyConfig(atol if self.atol is None else self.atol, rtol if self.rtol is None else self.rtol,
+                            self.seed, self.iterations, dtype)
+
+    def for_model(self, model: Model) -> "VerifyConfig":
+        """This config with the tolerances not given taken from the model's float type."""
+        return self.for_dtype(model_float_dtype(model))
+
+
+def lowest_precision(dtypes) -> str:
+    """The lowest-precision float type among numpy/ONNX dtype names ("float32" when none is a float)."""
+    names = {_dtype_name(d) for d in dtypes}
+    return next((name for name in _PRECISION_ORDER if name in names), "float32")
+
+
+def model_float_dtype(model: Model) -> str:
+    """The model's float type: the lowest precision among its float constants and its inputs and outputs."""
+    import onnx_graphsurgeon as gs
+
+    tensors = [t for t in model.graph.tensors().values() if isinstance(t, gs.Constant)]
+    return lowest_precision([t.dtype for t in tensors] + [t.dtype for t in (*model.graph.inputs,
+                                                                              *model.graph.outputs)])
+
+
+def _dtype_name(dtype) -> str:
+    if dtype is None:
+        return ""
+    try:
+        import onnx
+
+        if isinstance(dtype, int):
+            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype)).name
+    except (ImportError, KeyError, TypeError):
+        return ""
+    name = getattr(dtype, "name", None) or str(dtype)
+    return "bfloat16" if "bfloat16" in name else name
 
 
 @dataclass
@@ -59,6 +114,7 @@ class VerifyResult:
     rtol: float
     outputs: list[OutputAgreement] = field(default_factory=list)
     backend: str = "onnxruntime"  # what ran the graphs (see verification_backend)
+    dtype: str | None = None  # the float type the tolerances follow
 
     @property
     def worst(self) -> OutputAgreement | None:
@@ -128,6 +184,8 @@ def compare_models(reference: Model | bytes, candidate: Model | bytes, specs, co
             :func:`verification_backend` of the two graphs.
     """
     config = config or VerifyConfig()
+    if isinstance(reference, Model) and (config.atol is None or config.rtol is None):
+        config = config.for_model(reference)
     backend = backend or verification_backend(reference, candidate)
     ref_bytes = reference.to_bytes() if isinstance(reference, Model) else reference
     cand_bytes = candidate.to_bytes() if isinstance(candidate, Model) else candidate
@@ -138,9 +196,11 @@ def compare_models(reference: Model | bytes, candidate: Model | bytes, specs, co
 
     runner = OrtReferencesBackend() if backend == "ort-references" else OnnxReferenceBackend()
     sessions = [runner.load(ref_bytes), runner.load(cand_bytes)]
-    agreements = _agreements([sessions[0].run(f) for f in feeds], [sessions[1].run(f) for f in feeds], config)
+    ref_iters = [sessions[0].run(f) for f in feeds]
+    config = _resolve_tolerances(config, ref_iters)
+    agreements = _agreements(ref_iters, [sessions[1].run(f) for f in feeds], config)
     return VerifyResult(all(a.passed for a in agreements.values()), config.atol, config.rtol,
-                        list(agreements.values()), backend)
+                        list(agreements.values()), backend, config.dtype)
 
 
 def _compare_on_onnxruntime(ref_bytes: bytes, cand_bytes: bytes, feeds, config: VerifyConfig) -> VerifyResult:
@@ -154,6 +214,7 @@ def _compare_on_onnxruntime(ref_bytes: bytes, cand_bytes: bytes, feeds, config: 
     runners = [OnnxrtRunner(SessionFromOnnx(ref_bytes, providers=["CPUExecutionProvider"]), name="reference"),
                OnnxrtRunner(SessionFromOnnx(cand_bytes, providers=["CPUExecutionProvider"]), name="candidate")]
     results = Comparator.run(runners, data_loader=feeds)
+    config = _resolve_tolerances(config, results[0][1])
     agreements = _agreements(results[0][1], results[1][1], config)
 
     # Polygraphy's comparator makes the pass/fail call, with a per-output absolute tolerance
@@ -167,7 +228,14 @@ def _compare_on_onnxruntime(ref_bytes: bytes, cand_bytes: bytes, feeds, config: 
             results, compare_func=SimpleCompareFunc(atol=scale or config.atol, rtol=0.0, check_error_stat="max",
                                                     check_shapes=True))
     passed = bool(accuracy) and all(a.passed for a in agreements.values())
-    return VerifyResult(passed, config.atol, config.rtol, list(agreements.values()))
+    return VerifyResult(passed, config.atol, config.rtol, list(agreements.values()), dtype=config.dtype)
+
+
+def _resolve_tolerances(config: VerifyConfig, ref_iters) -> VerifyConfig:
+    """Tolerances not given, for serialised models: from their outputs' float type."""
+    if config.atol is not None and config.rtol is not None:
+        return config
+    return config.for_dtype(lowest_precision(np.asarray(v).dtype for out in ref_iters for v in out.values()))
 
 
 def _agreements(ref_iters, cand_iters, config: VerifyConfig) -> dict[str, OutputAgreement]:

@@ -6,7 +6,9 @@ exporting import it lazily and fail with an install hint when it is absent.
 Export uses PyTorch's TorchScript exporter (``dynamo=False``): at opset 17 it
 emits Conv, BatchNormalization (kept apart in training-mode PRESERVE, so the
 compiler's own fold has work to do), Gemm and MatMul nodes whose weights are
-initializers named after the module's parameters. The torch.export-based
+initializers named after the module's parameters (equal ones, such as fresh BatchNorm
+scales, de-duplicated behind Identity nodes: the compiler's canonicalisation gives each its own
+initializer again, as for any other exporter's graph). The torch.export-based
 exporter needs onnxscript, emits opset 18 and converts down, and folds
 BatchNorm into Conv.
 """
@@ -89,7 +91,11 @@ def _load_checkpoint_weights(model, entry: ZooEntry, torch) -> None:
     from onnx import numpy_helper
 
     path = checkpoint_path(entry.name)
-    weights = {t.name: t for t in onnx.load(path).graph.initializer}
+    graph = onnx.load(path).graph
+    weights = {t.name: t for t in graph.initializer}
+    # the exporter may give equal weights one initializer, reached through Identity nodes
+    weights.update({n.output[0]: weights[n.input[0]] for n in graph.node
+                    if n.op_type == "Identity" and n.input[0] in weights})
     state = model.state_dict()
     wanted = [key for key in state if not key.endswith("num_batches_tracked")]
     missing = [key for key in wanted if key not in weights]
@@ -168,7 +174,6 @@ def export_module(model, entry: ZooEntry, path: str | os.PathLike, *, opset: int
                           training=torch.onnx.TrainingMode.PRESERVE)
         expected = model(*example).numpy()
     proto = onnx.load_from_string(buffer.getvalue())
-    _inline_identity_initializers(proto.graph)
     clamp_ir_version(proto)  # onnx may stamp a newer IR version than ONNX Runtime reads
     proto.doc_string = f"sparsecc zoo: {entry.name} ({entry.description})"
     onnx.checker.check_model(proto)
@@ -182,24 +187,6 @@ def _check_opset(opset: int) -> None:
     if opset not in _OPSETS:
         raise OptionError(f"opset {opset} cannot be exported; supported: {_OPSETS.start} to {_OPSETS.stop - 1}",
                           where="opset", fix="use opset 17 (the default)")
-
-
-def _inline_identity_initializers(graph) -> None:
-    """Replaces ``Identity(initializer)`` nodes with a copy of the initializer.
-
-    The TorchScript exporter de-duplicates equal weights (e.g. fresh BatchNorm
-    scales and variances are all ones) into Identity nodes; giving each weight
-    its own initializer keeps every Conv/BatchNormalization input a plain
-    initializer named after its parameter.
-    """
-    initializers = {t.name: t for t in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    for node in list(graph.node):
-        if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in outputs:
-            copy = graph.initializer.add()
-            copy.CopyFrom(initializers[node.input[0]])
-            copy.name = node.output[0]
-            graph.node.remove(node)
 
 
 def _verify_in_onnxruntime(data: bytes, entry: ZooEntry, feeds: dict, expected: np.ndarray) -> None:

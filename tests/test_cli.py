@@ -38,8 +38,9 @@ def test_compile_none_end_to_end(cli, model_path, tmp_path):
                                                      "report.md"]
     report = json.loads((out / "report.json").read_text())
     assert report["verification"]["exact"]["passed"]
-    assert [(p["name"], p["status"]) for p in report["passes"]] == [("constants-to-initializers", "unchanged"),
-                                                                    ("fold-batchnorm", "ran")]
+    assert [(p["name"], p["status"]) for p in report["passes"]] == [
+        ("upgrade-opset", "unchanged"), ("constants-to-initializers", "unchanged"), ("fold-constants", "unchanged"),
+        ("untie-shared-constants", "unchanged"), ("fold-batchnorm", "ran")]
     assert "## Verification" in (out / "report.md").read_text()
     assert _digest(model_path) == before
 
@@ -58,7 +59,8 @@ def test_list_passes_recipes_and_dump(cli, model_path, tmp_path):
     dump = tmp_path / "dump"
     cli("compile", model_path, "-o", tmp_path / "o", "--shape", "x:1x4x6x6", "--dump-dir", dump,
         "--disable-pass", "constants-to-initializers", check=True)
-    assert sorted(p.name for p in dump.iterdir()) == ["01-fold-batchnorm.onnx"]
+    assert sorted(p.name for p in dump.iterdir()) == ["00-upgrade-opset.onnx", "02-fold-constants.onnx",
+                                                      "03-untie-shared-constants.onnx", "04-fold-batchnorm.onnx"]
 
 
 def test_bench_pair_json(cli, model_path, tmp_path):

@@ -64,7 +64,7 @@ def test_missing_file_and_directory(tmp_path):
         load_model(tmp_path)
 
 
-@pytest.mark.parametrize("opset", [7, 30])
+@pytest.mark.parametrize("opset", [6, 30])
 def test_unsupported_opset(tmp_path, opset):
     model = conv_bn_relu_fc(batch=1)
     model.opset_import[0].version = opset

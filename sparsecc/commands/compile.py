@@ -17,8 +17,10 @@ def register(subparsers) -> None:
     parser.add_argument("--disable-pass", action="append", default=[], metavar="NAME",
                         help="do not run this pass (repeatable)")
     parser.add_argument("--dump-dir", metavar="DIR", help="write the graph after each pass into DIR")
-    parser.add_argument("--atol", type=float, help="absolute tolerance of the numerical checks")
-    parser.add_argument("--rtol", type=float, help="tolerance relative to max |output| of the numerical checks")
+    parser.add_argument("--atol", type=float, help="absolute tolerance of the numerical checks "
+                                                   "(default: by the model's float type, 1e-5 for FP32)")
+    parser.add_argument("--rtol", type=float, help="tolerance relative to max |output| of the numerical checks "
+                                                   "(default: by the model's float type, 1e-4 for FP32)")
     parser.add_argument("--cost-model", choices=["measured", "analytic"],
                         help="how passes that choose a lowering compare candidates: timed on ONNX Runtime "
                              "(through the timing cache) or estimated (deterministic). Default: each pass's option")
