@@ -34,7 +34,7 @@ from sparsecc.plugins.references import DOMAIN, OpSignature
 
 __all__ = ["NAMESPACE", "DW_GROUP", "GROUPWISE_CONV", "GROUPWISE_LINEAR", "DEPTHWISE_SUBGEMM", "PLUGIN_OPS",
            "SIGNATURES", "PARSER_ATTRS", "op_attributes", "PluginAttributeError", "ConvGeometry", "as_int", "as_ints", "conv_geometry",
-           "plugin_node_attributes", "check_plugin_node"]
+           "plugin_node_attributes", "check_plugin_node", "find_plugin_nodes"]
 
 NAMESPACE = DOMAIN          # the QDP namespace and the ONNX domain: "sparsecc"
 DW_GROUP = 32               # DEPrune's sub-GEMM height (one GPU tile)
@@ -223,3 +223,37 @@ def check_plugin_node(node, value_types: dict[str, int] | None = None) -> list[s
         if len(set(types)) > 1:
             problems.append("data inputs and outputs mix float16 and float32 (one type per node)")
     return problems
+
+
+def find_plugin_nodes(model) -> list[tuple[str, str, str]]:
+    """(node name, op_type, data type "float16"/"float32"/"?") of every sparsecc plugin node in an ONNX ModelProto.
+
+    A node counts when its domain or its ``plugin_namespace`` attribute is "sparsecc" (functions and
+    subgraphs included). The data type is read from the node's weight initializer.
+    """
+    from onnx import TensorProto
+
+    found = []
+    names = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
+
+    def visit(graph):
+        init_types = {t.name: t.data_type for t in graph.initializer}
+        for node in graph.node:
+            namespace = next((a.s.decode() for a in node.attribute if a.name == "plugin_namespace"), None)
+            if node.domain == NAMESPACE or namespace == NAMESPACE:
+                weight = node.input[2] if node.op_type == GROUPWISE_LINEAR and len(node.input) > 2 else \
+                    (node.input[1] if len(node.input) > 1 else "")
+                found.append((node.name or f"<unnamed {node.op_type}>", node.op_type,
+                              names.get(init_types.get(weight), "?")))
+            for attr in node.attribute:
+                if attr.g.node:
+                    visit(attr.g)
+                for sub in attr.graphs:
+                    visit(sub)
+
+    visit(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            if node.domain == NAMESPACE:
+                found.append((node.name or f"<unnamed {node.op_type}>", node.op_type, "?"))
+    return found
