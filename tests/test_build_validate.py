@@ -28,13 +28,15 @@ class _Net(torch.nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
-def _export(path, scale=1.0):
+def _export(path, scale=1.0, dynamo=False, half=False):
     torch.manual_seed(0)
     net = _Net().eval()
     with torch.no_grad():
         net.fc.weight.mul_(scale)
-    torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), str(path), dynamo=False, input_names=["x"],
-                      output_names=["logits"])
+    x = torch.randn(1, 3, 8, 8)
+    if half:
+        net, x = net.half(), x.half()
+    torch.onnx.export(net, (x,), str(path), dynamo=dynamo, input_names=["x"], output_names=["logits"])
     return path
 
 
@@ -66,6 +68,20 @@ def test_validate_onnx_against_onnx_on_onnxruntime(cli, tmp_path):
     assert '"rtol": 0.05' in loose.stdout
     unknown = cli("validate", same, "--against", original, "--atol", "nope:1")
     assert unknown.returncode == 2 and "['nope']" in unknown.stderr
+
+
+@pytest.mark.parametrize("dynamo,half", [(True, False), (False, True)])
+def test_validate_other_exporters_and_fp16(tmp_path, dynamo, half):
+    from sparsecc.validate import parse_tolerances, validate
+
+    original = _export(tmp_path / "a.onnx", dynamo=dynamo, half=half)
+    same = _export(tmp_path / "b.onnx", dynamo=dynamo, half=half)
+    off = _export(tmp_path / "c.onnx", scale=1.05, dynamo=dynamo, half=half)
+    tol = parse_tolerances(["1e-3"], ["1e-2"]) if half else None
+    assert validate(same, original, tolerances=tol)["passed"]
+    result = validate(off, original, tolerances=tol)
+    assert not result["passed"] and result["outputs"][0]["name"] == "logits"
+    assert result["outputs"][0]["max_abs_error"] > 0
 
 
 def test_plugin_nodes_on_onnxruntime_are_a_clear_error(cli, tmp_path):
