@@ -26,6 +26,31 @@ def numpy_dtype_of_input(node_arg) -> np.dtype:
     return np.dtype(_ORT_TYPES.get(node_arg.type, np.float32))
 
 
+def _refuse_plugin_nodes(model, err: Exception) -> None:
+    """Raise a clear error when ONNX Runtime failed because the model has sparsecc (TensorRT plugin) nodes."""
+    if "sparsecc" not in str(err):
+        return
+    import onnx
+
+    from sparsecc.errors import UnsupportedModelError
+    from sparsecc.plugins.ops import find_plugin_nodes
+
+    if isinstance(model, (str, Path)):
+        proto = onnx.load(str(model), load_external_data=False)
+    elif isinstance(model, (bytes, bytearray)):
+        proto = onnx.load_from_string(bytes(model))
+    else:
+        proto = model
+    nodes = find_plugin_nodes(proto)
+    if nodes:
+        listed = ", ".join(f"'{name}' ({op})" for name, op, _ in nodes[:3]) + (" ..." if len(nodes) > 3 else "")
+        raise UnsupportedModelError(
+            f"the model has {len(nodes)} sparsecc TensorRT plugin node(s), which ONNX Runtime cannot run: {listed}",
+            where=str(model) if isinstance(model, (str, Path)) else "<ONNX bytes>",
+            fix="run it with --backend tensorrt (sparsecc build / validate), or use the portable model from before "
+                "the lower-tensorrt pass on ONNX Runtime") from err
+
+
 class OrtSession(Session):
     def __init__(self, session, settings: dict):
         self._session = session
@@ -80,7 +105,11 @@ class OrtBackend(Backend):
         if self.optimization == "none":
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         source = str(model) if isinstance(model, (str, Path)) else model
-        session = ort.InferenceSession(source, options, providers=self.providers)
+        try:
+            session = ort.InferenceSession(source, options, providers=self.providers)
+        except Exception as err:  # noqa: BLE001 - re-raised unless it is the plugin case
+            _refuse_plugin_nodes(model, err)
+            raise
         return OrtSession(session, self.describe())
 
     def describe(self) -> dict:

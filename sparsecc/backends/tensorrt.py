@@ -331,6 +331,85 @@ def _errors(records: list[tuple[int, str]]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
+# sparsecc plugins and serialized engines
+# --------------------------------------------------------------------------------------------------
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+_COMPUTE_RE = re.compile(r"expecting compute (?P<want>[\d.]+) got compute (?P<got>[\d.]+)", re.IGNORECASE)
+_INCOMPATIBLE_RE = re.compile(r"incompatible device|Platform specific tag mismatch|"
+                              r"Serialization assertion .*(?:magicTag|version)|Version tag does not match", re.IGNORECASE)
+
+
+def engine_load_failure(where: str, messages: list[str], cause: str = "") -> SparseccError:
+    """The error for a serialized engine TensorRT would not deserialize, saying why when the log does.
+
+    An engine is specific to the GPU model (compute capability) and the TensorRT version it was built with.
+    """
+    for msg in messages:
+        m = _COMPUTE_RE.search(msg)
+        if m:
+            return ModelLoadError(f"the engine was built for another GPU (compute {m.group('want')}); this GPU is "
+                                  f"compute {m.group('got')}", where=where,
+                                  fix="rebuild the engine on this GPU: sparsecc build MODEL.onnx -o ENGINE")
+    for msg in messages:
+        if _INCOMPATIBLE_RE.search(msg):
+            return ModelLoadError(f"the engine was built with another TensorRT version or platform ({msg.strip()})",
+                                  where=where, fix="rebuild the engine with this TensorRT: sparsecc build MODEL.onnx -o ENGINE")
+    detail = "; ".join(m.strip() for m in messages[-4:]) or cause or "no message"
+    return ModelLoadError(f"TensorRT could not deserialize the engine ({detail})", where=where,
+                          fix="check that the file is a TensorRT engine from sparsecc build (or trtexec) on this "
+                              "GPU with this TensorRT version")
+
+
+def load_sparsecc_plugins(plugin_nodes: list[tuple[str, str, str]], where: str) -> dict:
+    """Register the sparsecc QDP plugins, and compile the AOT kernels the model needs so problems surface here.
+
+    Args:
+        plugin_nodes: (node, op_type, dtype) from :func:`sparsecc.plugins.ops.find_plugin_nodes`.
+        where: The model, for messages.
+
+    Raises:
+        BackendUnavailableError: triton (needed for the plugins' kernels) is not installed.
+        UnsupportedModelError: A node's op is not a sparsecc plugin.
+        HiddenParameterError: The installed Triton's kernels need arguments TensorRT does not pass.
+    """
+    from sparsecc.plugins import ops
+
+    unknown = [(n, op) for n, op, _ in plugin_nodes if op not in ops.PLUGIN_OPS]
+    if unknown:
+        raise UnsupportedModelError(f"node '{unknown[0][0]}' has op '{unknown[0][1]}' in the sparsecc domain, "
+                                    "which is no sparsecc plugin", where=where,
+                                    fix=f"sparsecc plugins are {list(ops.PLUGIN_OPS)}")
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        raise BackendUnavailableError(f"the model has sparsecc plugin nodes ({plugin_nodes[0][0]}, ...) whose kernels "
+                                      f"need triton, which is not installed ({err})", where=where,
+                                      fix="pip install 'sparsecc[tensorrt]' (installs triton)") from err
+    from sparsecc.plugins.ptx import plugin_kernel_ptx
+    from sparsecc.plugins.qdp import register_plugins
+
+    settings = register_plugins()
+    for op in sorted({(op, dtype) for _, op, dtype in plugin_nodes}):
+        plugin_kernel_ptx(op[0], op[1] if op[1] != "?" else "float32", settings["arch"], settings["max_ptx_version"],
+                          settings["hidden"])
+    return settings
+
+
+def _model_proto(source, is_path: bool):
+    import onnx
+
+    return onnx.load(source, load_external_data=False) if is_path else onnx.load_from_string(source)
+
+
+def _plugin_layers(network) -> list[str]:
+    import tensorrt as trt
+
+    kinds = {getattr(trt.LayerType, name) for name in ("PLUGIN_V3", "PLUGIN_V2", "PLUGIN") if hasattr(trt.LayerType, name)}
+    return [network.get_layer(i).name for i in range(network.num_layers) if network.get_layer(i).type in kinds]
+
+
+# --------------------------------------------------------------------------------------------------
 # Device timing
 # --------------------------------------------------------------------------------------------------
 
@@ -608,6 +687,12 @@ class TensorRTBackend(Backend):
             raise BackendUnavailableError(f"the tensorrt backend cannot run here: {reason}",
                                           fix="use --backend ort (ONNX Runtime on the CPU), or install what is missing")
         source, where, is_path = _model_source(model)
+        if is_path and Path(source).suffix.lower() in ENGINE_SUFFIXES:
+            return self.load_engine(source)
+        from sparsecc.plugins.ops import find_plugin_nodes
+
+        plugin_nodes = find_plugin_nodes(_model_proto(source, is_path))
+        plugin_settings = load_sparsecc_plugins(plugin_nodes, where) if plugin_nodes else None
         if self.engine_path and not Path(self.engine_path).resolve().parent.is_dir():
             raise OutputError(f"the folder for the engine does not exist: {Path(self.engine_path).parent}",
                               where=self.engine_path, fix="create the folder or choose another engine_path")
@@ -632,6 +717,7 @@ class TensorRTBackend(Backend):
             except PolygraphyException as err:
                 raise parser_failure(where, _errors(records), str(err)) from err
 
+            plugin_layers = _plugin_layers(network)
             network_inputs, specs = {}, []
             for i in range(network.num_inputs):
                 tensor = network.get_input(i)
@@ -686,5 +772,58 @@ class TensorRTBackend(Backend):
         settings = self.describe()
         settings.update({"tensorrt": trt.__version__, "model": where, "engine_bytes": len(engine_bytes),
                          "build_time_s": round(build_s, 3), "sparsity": report.to_dict(),
+                         "plugin_layers": plugin_layers, "plugins": plugin_settings,
                          "device_time": "CUDA events around one execution on the runner's stream"})
+        return TensorRTSession(runner, inputs, settings)
+
+    def load_engine(self, path: str | Path) -> TensorRTSession:
+        """Deserialize a saved engine (from ``sparsecc build`` or trtexec) and activate it.
+
+        The sparsecc plugins are registered first, so engines whose plugin nodes use the JIT
+        implementation find their Python definitions (AOT plugins carry their kernels in the engine).
+
+        Raises:
+            BackendUnavailableError: TensorRT or a GPU is missing.
+            ModelLoadError: The file is missing, or was built for another GPU or TensorRT version.
+        """
+        reason = self.unavailable_reason()
+        if reason:
+            raise BackendUnavailableError(f"the tensorrt backend cannot run here: {reason}",
+                                          fix="load the engine on a machine with TensorRT and the GPU it was built for")
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"no such engine file: {path}", where=str(path),
+                                 fix="build one with: sparsecc build MODEL.onnx -o ENGINE")
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+        from polygraphy.exception import PolygraphyException
+        from polygraphy.logger import G_LOGGER
+
+        plugin_settings = None
+        try:
+            from sparsecc.plugins.qdp import register_plugins
+
+            plugin_settings = register_plugins()
+        except ImportError:
+            pass  # an engine with AOT plugins (or none) needs no Python plugin definitions
+        recorder = _recording_logger()
+        with recorder.capture() as records, G_LOGGER.verbosity(G_LOGGER.WARNING):
+            runner = TrtRunner(EngineFromBytes(BytesFromPath(str(path))), name="sparsecc-tensorrt")
+            try:
+                runner.activate()
+            except (PolygraphyException, RuntimeError) as err:
+                raise engine_load_failure(str(path), _errors(records), str(err)) from err
+        engine = runner.engine
+        import tensorrt as trt
+
+        inputs = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+                inputs.append(TensorSpec(name, tuple(None if d < 0 else d for d in shape),
+                                         _numpy_dtype(engine.get_tensor_dtype(name), name, str(path))))
+        settings = self.describe()
+        settings.update({"tensorrt": trt.__version__, "model": str(path), "engine_bytes": path.stat().st_size,
+                         "plugins": plugin_settings, "device_time": "CUDA events around one execution on the runner's stream"})
         return TensorRTSession(runner, inputs, settings)

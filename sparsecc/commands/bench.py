@@ -9,7 +9,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="time a model, or a baseline and a candidate interleaved",
                                    description=__doc__)
     parser.add_argument("models", nargs="+", metavar="MODEL", help="one .onnx, or baseline and candidate")
-    parser.add_argument("--backend", default="ort", help="ort (default) or tensorrt")
+    parser.add_argument("--backend", default="ort", choices=["ort", "tensorrt"],
+                        help="ort (default) or tensorrt (device time from CUDA events beside host time)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (ort). Default: 2")
     parser.add_argument("--runs", type=int, default=20, help="timed rounds. Default: 20")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first. Default: 5")

@@ -1,0 +1,149 @@
+"""Validate a built engine or a compiled model against the original ONNX model, output by output.
+
+Two paths:
+
+* both files ONNX and no TensorRT asked for: both run on ONNX Runtime (CPU) through Polygraphy's
+  runners and comparator (:func:`sparsecc.verify.compare_models`), so validation works on any machine;
+* an engine (``.engine``/``.plan``/``.trt``) or ``backend="tensorrt"``: the candidate runs on TensorRT
+  and the original on ONNX Runtime, on the same seeded inputs.
+
+Each output passes when ``max |candidate - original| <= atol + rtol * max |original|``, with a
+tolerance per output where one is given (FP16 engines need looser ones than FP32 graphs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sparsecc.errors import OptionError, UnsupportedModelError
+
+__all__ = ["Tolerances", "parse_tolerances", "validate"]
+
+
+@dataclass
+class Tolerances:
+    """atol / rtol, defaults plus overrides per output name."""
+
+    atol: float = 1e-5
+    rtol: float = 1e-4
+    per_output: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+    def of(self, name: str) -> tuple[float, float]:
+        atol, rtol = self.per_output.get(name, (None, None))
+        return (self.atol if atol is None else atol), (self.rtol if rtol is None else rtol)
+
+
+def parse_tolerances(atol: list[str] | None, rtol: list[str] | None, default_atol: float = 1e-5,
+                     default_rtol: float = 1e-4) -> Tolerances:
+    """``--atol 1e-3 --atol logits:5e-2``: a bare number sets the default, ``NAME:VALUE`` one output's."""
+    tol = Tolerances(default_atol, default_rtol)
+    for kind, specs in (("atol", atol or []), ("rtol", rtol or [])):
+        for spec in specs:
+            name, _, value = spec.rpartition(":")
+            try:
+                number = float(value)
+            except ValueError:
+                raise OptionError(f"--{kind} {spec!r} is not a number or NAME:NUMBER",
+                                  fix=f"e.g. --{kind} 1e-3 or --{kind} output_0:1e-2") from None
+            if not np.isfinite(number) or number < 0:
+                raise OptionError(f"--{kind} {spec!r} must be a non-negative number", fix=f"e.g. --{kind} 1e-3")
+            if not name:
+                setattr(tol, kind, number)
+            else:
+                a, r = tol.per_output.get(name, (None, None))
+                tol.per_output[name] = (number, r) if kind == "atol" else (a, number)
+    return tol
+
+
+def _refuse_plugin_model(path: Path) -> None:
+    import onnx
+
+    from sparsecc.plugins.ops import find_plugin_nodes
+
+    nodes = find_plugin_nodes(onnx.load(str(path), load_external_data=False))
+    if nodes:
+        listed = ", ".join(f"'{n}' ({op})" for n, op, _ in nodes[:3])
+        raise UnsupportedModelError(f"the model has sparsecc TensorRT plugin nodes ({listed}), which ONNX Runtime "
+                                    "cannot run", where=str(path),
+                                    fix="validate it with --backend tensorrt on a machine with TensorRT and a GPU, "
+                                        "or validate the portable model from before lower-tensorrt")
+
+
+def validate(candidate: str | Path, against: str | Path, backend: str | None = None, tolerances: Tolerances | None = None,
+             shapes: dict[str, tuple[int, ...]] | None = None, seed: int = 0, iterations: int = 1) -> dict:
+    """Compare ``candidate`` (an engine or ONNX model) with the original ONNX model ``against``.
+
+    Args:
+        candidate: The engine or compiled model under test.
+        against: The original ONNX model (taken as correct; runs on ONNX Runtime).
+        backend: "ort" or "tensorrt" for an ONNX candidate. Defaults to "tensorrt" for an engine file,
+            "ort" otherwise.
+        tolerances: Per-output atol / rtol. Defaults to Tolerances().
+        shapes: Concrete shapes of dynamic inputs. Defaults to none.
+        seed: Seed of the random inputs. Defaults to 0.
+        iterations: Random input sets. Defaults to 1.
+
+    Returns:
+        {"passed", "backend", "outputs": [{name, max_abs_error, max_abs_reference, atol, rtol, passed}]}.
+    """
+    from sparsecc.backends.tensorrt import ENGINE_SUFFIXES
+    from sparsecc.model import load_model
+    from sparsecc.verify import VerifyConfig, _agreement, compare_models, input_specs, random_feeds
+
+    candidate, against = Path(candidate), Path(against)
+    tolerances = tolerances or Tolerances()
+    is_engine = candidate.suffix.lower() in ENGINE_SUFFIXES
+    backend = backend or ("tensorrt" if is_engine else "ort")
+    if backend not in ("ort", "tensorrt"):
+        raise OptionError(f"unknown backend '{backend}'", fix="choose ort or tensorrt")
+    if is_engine and backend != "tensorrt":
+        raise OptionError(f"{candidate} is a TensorRT engine; it runs only with --backend tensorrt",
+                          fix="drop --backend ort, or validate the ONNX model instead")
+    if not candidate.is_file():
+        from sparsecc.errors import ModelLoadError
+
+        raise ModelLoadError(f"no such file: {candidate}", where=str(candidate), fix="check the path")
+    original = load_model(against, shapes)
+    specs = input_specs(original)
+    config = VerifyConfig(atol=tolerances.atol, rtol=tolerances.rtol, seed=seed, iterations=iterations)
+
+    if backend == "ort":
+        _refuse_plugin_model(candidate)
+        result = compare_models(original, load_model(candidate, shapes), specs, config)
+        agreements = result.outputs
+        runtime = {"candidate": "onnxruntime (CPU)", "original": "onnxruntime (CPU)",
+                   "comparator": "Polygraphy Comparator.run / compare_accuracy"}
+    else:
+        from sparsecc.backends import get_backend
+
+        trt_session = get_backend("tensorrt", shapes=shapes).load(candidate)
+        ort_session = get_backend("ort").load(against)
+        try:
+            worst = {}
+            for feed in random_feeds(specs, seed, iterations):
+                expected, actual = ort_session.run(feed), trt_session.run(feed)
+                for name, ref in expected.items():
+                    got = actual.get(name)
+                    agreement = _agreement(name, np.asarray(ref), np.asarray(got if got is not None else np.empty(0)),
+                                           config)
+                    if name not in worst or agreement.relative_error > worst[name].relative_error:
+                        worst[name] = agreement
+            agreements = list(worst.values())
+            runtime = {"candidate": "tensorrt", "original": "onnxruntime (CPU)", "engine": trt_session.describe()}
+        finally:
+            trt_session.close()
+    outputs = []
+    for a in agreements:
+        atol, rtol = tolerances.of(a.name)
+        passed = bool(np.isfinite(a.max_abs_error) and a.max_abs_error <= atol + rtol * a.max_abs_reference)
+        outputs.append({"name": a.name, "max_abs_error": a.max_abs_error, "max_abs_reference": a.max_abs_reference,
+                        "atol": atol, "rtol": rtol, "passed": passed})
+    unknown = sorted(set(tolerances.per_output) - {o["name"] for o in outputs})
+    if unknown:
+        raise OptionError(f"tolerances name output(s) {unknown} that the model does not have",
+                          fix=f"use output names: {[o['name'] for o in outputs]}")
+    return {"passed": all(o["passed"] for o in outputs), "backend": backend, "candidate": str(candidate),
+            "against": str(against), "seed": seed, "iterations": iterations, "runtime": runtime, "outputs": outputs}
