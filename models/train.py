@@ -40,23 +40,13 @@ SETTINGS = {"epochs": 10, "batch_size": 64, "optimizer": "AdamW", "lr": 3e-3,
 def load_digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Returns ``(x_train, y_train, x_val, y_val)``: float32 (N, 1, 32, 32), int64 labels.
 
-    The split is stratified by class with seed 0; normalisation uses the
-    training split's statistics only.
+    The split is :func:`sparsecc.data.load_dataset`'s ``digits`` (stratified, seed 0,
+    normalised with the training split's statistics).
     """
-    import torch
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sparsecc.data import load_dataset
 
-    digits = load_digits()
-    images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
-    images = torch.nn.functional.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
-                                             align_corners=False).numpy()
-    labels = digits.target.astype(np.int64)
-    x_train, x_val, y_train, y_val = train_test_split(images, labels, test_size=VAL_FRACTION,
-                                                      stratify=labels, random_state=SEED)
-    mean, std = x_train.mean(), x_train.std()
-    return (((x_train - mean) / std).astype(np.float32), y_train,
-            ((x_val - mean) / std).astype(np.float32), y_val)
+    split = load_dataset("digits")
+    return split.x_train, split.y_train, split.x_test, split.y_test
 
 
 def _shift(batch, generator, torch, pad: int = 2):
