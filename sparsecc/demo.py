@@ -18,24 +18,10 @@ from typing import Any
 import numpy as np
 
 from sparsecc.errors import SparseccError
+from sparsecc.evaluate import accuracy  # noqa: F401 - re-exported: the demo scores with it
 from sparsecc.log import progress
 
 DEFAULT_MODEL = "resnet18-digits"
-
-
-def accuracy(session, inputs: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy of a session on (inputs, labels), in batches the model accepts."""
-    spec = session.inputs[0]
-    batch = spec.shape[0] if isinstance(spec.shape[0], int) and spec.shape[0] > 0 else 64
-    correct = 0
-    for start in range(0, len(inputs), batch):
-        chunk = inputs[start:start + batch]
-        if len(chunk) < batch and isinstance(spec.shape[0], int) and spec.shape[0] > 0:
-            chunk = np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-        logits = next(iter(session.run({spec.name: chunk}).values()))
-        predicted = np.argmax(logits[: len(inputs[start:start + batch])], axis=-1)
-        correct += int(np.sum(predicted == labels[start:start + batch]))
-    return correct / len(inputs)
 
 
 def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = None,

@@ -53,7 +53,8 @@ except ImportError:  # pragma: no cover - exercised only where torch is absent
                       fix=install_hint("torch", "PyTorch")) from None
 
 __all__ = ["plan_for_module", "masks_for_module", "MaskKeeper", "check_masks", "export_onnx", "finetune",
-           "FinetuneResult", "planning_passes", "evaluate", "recalibrate_batchnorm", "gradual_fractions"]
+           "FinetuneResult", "planning_passes", "evaluate", "recalibrate_batchnorm", "gradual_fractions",
+           "load_onnx_weights"]
 
 _PLAN_PASSES = ("plan-groupwise", "plan-filters", "plan-24")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
@@ -340,6 +341,41 @@ def export_onnx(module, path, example=None, *, masks: dict | None = None, dynamo
     return path
 
 
+def load_onnx_weights(module, path) -> int:
+    """Loads a model's parameters and buffers from the initializers of an ONNX file, by name.
+
+    The file must be an export of the same architecture that names initializers after the
+    state-dict keys (the zoo checkpoints, this module's exporter, the TorchScript exporter in
+    PRESERVE mode). Returns the number of tensors loaded.
+
+    Raises:
+        ModelLoadError: A tensor of the model is missing from the file or has another shape.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from sparsecc.errors import ModelLoadError
+
+    weights = {t.name: t for t in onnx.load(str(path)).graph.initializer}
+    state = _unwrapped(module).state_dict()
+    wanted = [key for key in state if not key.endswith("num_batches_tracked")]
+    missing = [key for key in wanted if key not in weights]
+    if missing:
+        raise ModelLoadError(f"the ONNX file lacks {len(missing)} tensor(s) of the model, e.g. {missing[:3]}",
+                             where=str(path), fix="give an export of this architecture (--arch) whose "
+                                                  "initializers are named after its parameters")
+    loaded = {}
+    for key in wanted:
+        value = torch.from_numpy(numpy_helper.to_array(weights[key]).copy())
+        if tuple(value.shape) != tuple(state[key].shape):
+            raise ModelLoadError(f"tensor '{key}' has shape {list(value.shape)} in the file but "
+                                 f"{list(state[key].shape)} in the model", where=str(path),
+                                 fix="give an export of this architecture and width (--arch)")
+        loaded[key] = value
+    _unwrapped(module).load_state_dict(loaded, strict=False)
+    return len(loaded)
+
+
 # ---------------------------------------------------------------------------------------------
 # Fine-tuning
 # ---------------------------------------------------------------------------------------------
@@ -357,6 +393,8 @@ class FinetuneResult:
         top1: Test accuracy after fine-tuning (torch, eval mode).
         n: Number of test images.
         rank, world_size: This process in a distributed run (0 and 1 otherwise).
+        mask_digest: SHA-256 of the final masks (names and bits), to compare runs.
+        rank_mask_digests: Every rank's digest, gathered (one entry when not distributed).
     """
 
     module: Any
@@ -368,6 +406,8 @@ class FinetuneResult:
     n: int = 0
     rank: int = 0
     world_size: int = 1
+    mask_digest: str = ""
+    rank_mask_digests: list[str] = field(default_factory=list)
 
 
 def evaluate(module, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
@@ -421,6 +461,28 @@ def recalibrate_batchnorm(module, x: np.ndarray, batch: int = 256) -> int:
         m.momentum = momentum
     inner.train(was_training)
     return len(norms)
+
+
+def mask_digest(masks: dict[str, "torch.Tensor"]) -> str:
+    """SHA-256 over the masks' names, shapes and bits (equal masks, equal digest)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(masks):
+        mask = masks[name].detach().cpu().numpy()
+        digest.update(f"{name}{list(mask.shape)}".encode())
+        digest.update(np.packbits(mask.reshape(-1)).tobytes())
+    return digest.hexdigest()
+
+
+def _gather_digests(digest: str, world: int) -> list[str]:
+    if world == 1:
+        return [digest]
+    import torch.distributed as dist
+
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, digest)
+    return gathered
 
 
 def gradual_fractions(epochs: int, ramp: int | None = None) -> list[float]:
@@ -547,6 +609,11 @@ def finetune(module, split, recipe=None, *, plan=None, epochs: int = 3, schedule
             f"{time.perf_counter() - started:.1f} s")
     keeper.remove()
     check_masks(inner, result.masks)
+    result.mask_digest = mask_digest(result.masks)
+    result.rank_mask_digests = _gather_digests(result.mask_digest, world)
+    if len(set(result.rank_mask_digests)) > 1:
+        raise PlanError(f"the ranks of this distributed run hold different masks ({result.rank_mask_digests})",
+                        where=f"rank {rank}", fix="start every rank from the same weights and data (same seed)")
     if epochs:
         recalibrate_batchnorm(inner, x_train)
     result.top1 = evaluate(inner, split.x_test, split.y_test)
