@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["accuracy", "evaluate_onnx"]
+__all__ = ["accuracy", "evaluate_onnx", "output_fidelity"]
 
 
 def accuracy(session, inputs: np.ndarray, labels: np.ndarray,
@@ -60,3 +60,40 @@ def evaluate_onnx(model_path: str | os.PathLike, data: str, threads: int = 2,
     top1 = accuracy(session, split.x_test, split.y_test, report)
     n = int(len(split.y_test))
     return {"top1": top1, "n": n, "correct": int(round(top1 * n)), "data": data, "model": str(model_path)}
+
+
+def output_fidelity(reference, candidate, inputs: np.ndarray) -> dict[str, Any]:
+    """How closely ``candidate`` reproduces ``reference`` on real inputs (e.g. photographs).
+
+    Both are sessions (:class:`~sparsecc.backends.base.Session`) with one input; every
+    image runs alone (batch 1, the shape compiled models are fixed at). Top-1 agreement is
+    over the last axis of the first output: per image for a classifier [1, classes], per
+    position for a sequence [1, T, classes]; a dense map with one channel (a detector's
+    probability map) agrees where both sides are on the same side of 0.5.
+
+    Returns:
+        ``{"n", "top1_agreement", "positions", "max_abs_error", "max_rel_error",
+        "mean_abs_error"}``; the relative error is max |diff| / max |reference|.
+    """
+    name_ref, name_cand = reference.inputs[0].name, candidate.inputs[0].name
+    agree = positions = 0
+    worst = scale = total = 0.0
+    count = 0
+    for image in inputs:
+        batch = image[None].astype(np.float32)
+        expected = next(iter(reference.run({name_ref: batch}).values()))
+        got = next(iter(candidate.run({name_cand: batch}).values()))
+        if expected.ndim == 4 and expected.shape[1] == 1:  # probability map
+            same = (expected > 0.5) == (got > 0.5)
+        else:
+            same = np.argmax(expected, axis=-1) == np.argmax(got, axis=-1)
+        agree += int(same.sum())
+        positions += int(same.size)
+        diff = np.abs(got.astype(np.float64) - expected)
+        worst = max(worst, float(diff.max()))
+        scale = max(scale, float(np.abs(expected).max()))
+        total += float(diff.sum())
+        count += diff.size
+    return {"n": int(len(inputs)), "top1_agreement": agree / positions if positions else None,
+            "positions": positions, "max_abs_error": worst, "max_rel_error": worst / scale if scale else worst,
+            "mean_abs_error": total / count if count else 0.0}

@@ -389,7 +389,9 @@ class FinetuneResult:
         plan: The final plan, keyed by ONNX initializer (= parameter) names.
         masks: ``{parameter: bool mask}``.
         history: Per epoch: epoch, pruned share of the masked weights, train loss, seconds.
-        top1_before_finetune: Test accuracy right after the (final) pruning, before training on.
+        top1_before_finetune: Test accuracy right after the first pruning, before training.
+        top1_one_shot_bn: The same after re-estimating BatchNorm statistics (no training; None
+            when ``epochs`` is 0).
         top1: Test accuracy after fine-tuning (torch, eval mode).
         n: Number of test images.
         rank, world_size: This process in a distributed run (0 and 1 otherwise).
@@ -402,6 +404,7 @@ class FinetuneResult:
     masks: dict
     history: list[dict] = field(default_factory=list)
     top1_before_finetune: float | None = None
+    top1_one_shot_bn: float | None = None
     top1: float | None = None
     n: int = 0
     rank: int = 0
@@ -576,8 +579,12 @@ def finetune(module, split, recipe=None, *, plan=None, epochs: int = 3, schedule
     keeper = MaskKeeper(inner, masks, optimizer)
     result = FinetuneResult(inner, current, keeper.masks, n=int(len(split.y_test)), rank=rank, world_size=world)
     result.top1_before_finetune = evaluate(inner, split.x_test, split.y_test)
+    if epochs:  # what one-shot pruning gives once BatchNorm has seen the pruned weights (no training)
+        recalibrate_batchnorm(inner, x_train)
+        result.top1_one_shot_bn = evaluate(inner, split.x_test, split.y_test)
     say(f"pruned {keeper.sparsity():.1%} of the planned weights; top-1 before fine-tuning "
-        f"{result.top1_before_finetune:.4f} on {result.n} test images")
+        f"{result.top1_before_finetune:.4f} (BatchNorm re-estimated: {result.top1_one_shot_bn}) "
+        f"on {result.n} test images")
 
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
     schedule_lr = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs * steps_per_epoch))

@@ -27,7 +27,7 @@ from sparsecc import models as _models
 from sparsecc.models import ZOO, ZooEntry
 
 __all__ = ["list_models", "get_entry", "build_model", "export_onnx", "export_module",
-           "checkpoint_path", "load_eval_data"]
+           "checkpoint_path", "load_eval_data", "finetuned_checkpoints"]
 
 _OUTPUT_NAME = "logits"
 _RTOL_OF_MAX = 1e-4  # ORT vs torch: max |diff| allowed, as a fraction of max |output|
@@ -246,6 +246,24 @@ def load_eval_data(name: str) -> tuple[np.ndarray, np.ndarray]:
                           fix="use a model that has a trained checkpoint (see `sparsecc zoo list`)")
     with np.load(_bundled(entry.eval_data)) as data:
         return data["x"], data["y"]
+
+
+def finetuned_checkpoints(name: str) -> list[dict]:
+    """The bundled checkpoints pruned and fine-tuned by ``sparsecc finetune`` from zoo model ``name``.
+
+    Returns:
+        Their manifest entries (recipe, schedule, epochs, data, top1, dense_top1, n, ...), each
+        with ``path`` and ``plan_path`` resolved; empty when there are none. No torch needed.
+    """
+    import json
+
+    manifest = json.loads(_bundled("manifest.json").read_text())
+    found = []
+    for key, entry in sorted(manifest.items()):
+        if entry.get("finetuned_from") == name:
+            found.append({**entry, "name": key, "path": _bundled(entry["file"]),
+                          "plan_path": _bundled(entry["plan"]) if entry.get("plan") else None})
+    return found
 
 
 def _bundled(file_name: str) -> Path:

@@ -121,7 +121,8 @@ def finetune_model(args) -> dict | None:
                "train_images": int(min(len(split.y_train), args.train_limit or len(split.y_train))),
                "seed": args.seed, "world_size": result.world_size, "mask_digest": result.mask_digest,
                "rank_mask_digests": result.rank_mask_digests, "n": result.n, "dense_top1": dense,
-               "top1_before_finetune": result.top1_before_finetune, "top1": result.top1, "onnx_top1": onnx_top1,
+               "top1_before_finetune": result.top1_before_finetune,
+               "top1_one_shot_bn": result.top1_one_shot_bn, "top1": result.top1, "onnx_top1": onnx_top1,
                "pruned_share_of_planned_weights": round(sum(int((~m).sum()) for m in result.masks.values())
                                                         / max(1, sum(m.numel() for m in result.masks.values())), 4),
                "history": result.history, "exporter": "dynamo" if args.dynamo else "torchscript",
