@@ -31,7 +31,6 @@ from sparsecc.models import ZOO
 
 SEED = 0
 VAL_FRACTION = 0.2
-IMAGE_SIZE = 32
 SETTINGS = {"epochs": 10, "batch_size": 64, "optimizer": "AdamW", "lr": 3e-3,
             "weight_decay": 5e-4, "schedule": "cosine to 0 over all steps",
             "augmentation": "random shift of up to 2 pixels (background-value padding)", "seed": SEED}
@@ -49,20 +48,11 @@ def load_digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     return split.x_train, split.y_train, split.x_test, split.y_test
 
 
-def _shift(batch, generator, torch, pad: int = 2):
-    """Randomly translates each image by up to ``pad`` pixels (zero background after normalising)."""
-    padded = torch.nn.functional.pad(batch, (pad,) * 4, value=float(batch.min()))
-    out = torch.empty_like(batch)
-    offsets = torch.randint(0, 2 * pad + 1, (len(batch), 2), generator=generator)
-    for i, (dy, dx) in enumerate(offsets.tolist()):
-        out[i] = padded[i, :, dy:dy + IMAGE_SIZE, dx:dx + IMAGE_SIZE]
-    return out
-
-
 def train(name: str, x_train: np.ndarray, y_train: np.ndarray, epochs: int):
     """Trains zoo model ``name`` from its seeded random initialisation; returns the model."""
     import torch
 
+    from sparsecc.torch import random_shift
     from sparsecc.zoo import build_model
 
     torch.manual_seed(SEED)
@@ -78,7 +68,7 @@ def train(name: str, x_train: np.ndarray, y_train: np.ndarray, epochs: int):
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), SETTINGS["batch_size"]):
             index = order[start:start + SETTINGS["batch_size"]]
-            loss = torch.nn.functional.cross_entropy(model(_shift(x[index], generator, torch)), y[index])
+            loss = torch.nn.functional.cross_entropy(model(random_shift(x[index], generator)), y[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

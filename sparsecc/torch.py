@@ -54,7 +54,7 @@ except ImportError:  # pragma: no cover - exercised only where torch is absent
 
 __all__ = ["plan_for_module", "masks_for_module", "MaskKeeper", "check_masks", "export_onnx", "finetune",
            "FinetuneResult", "planning_passes", "evaluate", "recalibrate_batchnorm", "gradual_fractions",
-           "load_onnx_weights"]
+           "load_onnx_weights", "random_shift"]
 
 _PLAN_PASSES = ("plan-groupwise", "plan-filters", "plan-24")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
@@ -499,7 +499,7 @@ def gradual_fractions(epochs: int, ramp: int | None = None) -> list[float]:
     return [1.0 - (1.0 - min(t + 1, ramp) / ramp) ** 3 for t in range(epochs)]
 
 
-def _shift(batch, generator, pad: int = 2):
+def random_shift(batch, generator, pad: int = 2):
     """Random translation by up to ``pad`` pixels (the zoo checkpoints' training augmentation)."""
     padded = torch.nn.functional.pad(batch, (pad,) * 4, value=float(batch.min()))
     height, width = batch.shape[-2:]
@@ -601,7 +601,7 @@ def finetune(module, split, recipe=None, *, plan=None, epochs: int = 3, schedule
         total, count = 0.0, 0
         for step, start in enumerate(range(0, len(order), batch_size)):
             index = order[start:start + batch_size]
-            batch = _shift(x_all[index], generator) if augment else x_all[index]
+            batch = random_shift(x_all[index], generator) if augment else x_all[index]
             local = slice(rank * len(index) // world, (rank + 1) * len(index) // world)
             loss = torch.nn.functional.cross_entropy(training(batch[local]), y_all[index][local])
             optimizer.zero_grad()

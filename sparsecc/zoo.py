@@ -85,20 +85,9 @@ def build_model(name: str, *, pretrained: bool = False):
 
 
 def _load_checkpoint_weights(model, entry: ZooEntry, torch) -> None:
-    import onnx
-    from onnx import numpy_helper
+    from sparsecc.torch import load_onnx_weights
 
-    path = checkpoint_path(entry.name)
-    weights = {t.name: t for t in onnx.load(path).graph.initializer}
-    state = model.state_dict()
-    wanted = [key for key in state if not key.endswith("num_batches_tracked")]
-    missing = [key for key in wanted if key not in weights]
-    if missing:
-        raise ModelLoadError(f"checkpoint lacks {len(missing)} weight(s) of {entry.name}, "
-                             f"e.g. {missing[:3]}", where=str(path),
-                             fix="re-create it with `python -m sparsecc.models.train`")
-    loaded = {key: torch.from_numpy(numpy_helper.to_array(weights[key]).copy()) for key in wanted}
-    model.load_state_dict(loaded, strict=False)
+    load_onnx_weights(model, checkpoint_path(entry.name))
 
 
 def _example_inputs(entry: ZooEntry, batch: int, torch) -> tuple:

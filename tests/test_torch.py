@@ -242,3 +242,16 @@ def test_finetune_runs_unchanged_under_torchrun_with_ddp(tmp_path):
     # the global batch is the same, split over two ranks: the runs differ only by float rounding
     assert abs(ranks[0]["top1"] - single["top1"]) <= 2 / single["n"]
     assert ranks[0]["top1"] == ranks[1]["top1"]
+
+
+def test_weights_load_from_an_onnx_export_by_name_and_a_mismatch_is_a_clear_error(tmp_path):
+    from sparsecc.errors import ModelLoadError
+
+    source = _model(seed=1)
+    path = st.export_onnx(source, tmp_path / "m.onnx", EXAMPLE)
+    target = _model(seed=2)
+    assert st.load_onnx_weights(target, path) == len([k for k in target.state_dict() if "num_batches" not in k])
+    for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ModelLoadError, match=r"tensor 'stem.0.weight' has shape \[16, 1, 3, 3\] in the file"):
+        st.load_onnx_weights(Tiny(width=8, classes=4), path)
