@@ -25,6 +25,7 @@ from sparsecc.log import progress
 
 DEFAULT_MODEL = "resnet18-digits"
 DETECT_RECIPE = "zeros"  # zero-detect mode (also known as `detect`)
+_DETECT_NAMES = ("zeros", "detect")  # recipes that prune nothing: they exploit zeros already there
 CHANCE_MARGIN = 0.05  # within 5 points of 1/classes counts as chance
 
 
@@ -47,7 +48,8 @@ def _variants(model_name: str, recipes: list[str], checkpoint: Path) -> list[dic
     """What to compile: fine-tuned checkpoints in detect mode first, then each recipe one-shot."""
     from sparsecc import zoo
 
-    variants = []
+    variants = [{"variant": "none", "recipe": "none", "kind": "dense", "compile_recipe": "none",
+                 "checkpoint": checkpoint, "folder": "none"}] if "none" in recipes else []
     for entry in zoo.finetuned_checkpoints(model_name):
         facts = {k: entry[k] for k in ("schedule", "epochs", "data", "command") if k in entry}
         variants.append({"variant": f"{entry['recipe']} + fine-tune", "recipe": entry["recipe"],
@@ -60,8 +62,10 @@ def _variants(model_name: str, recipes: list[str], checkpoint: Path) -> list[dic
                              "checkpoint": entry["path"], "folder": f"finetuned-{entry['recipe']}-plan",
                              "finetune": facts})
     for name in recipes:
-        variants.append({"variant": name, "recipe": name, "kind": "dense" if name == "none" else "one-shot",
-                         "compile_recipe": name, "checkpoint": checkpoint, "folder": name})
+        if name != "none":
+            kind = "detect" if name in _DETECT_NAMES else "one-shot"
+            variants.append({"variant": name, "recipe": name, "kind": kind, "compile_recipe": name,
+                             "checkpoint": checkpoint, "folder": name})
     return variants
 
 
@@ -184,7 +188,8 @@ def _plot(summary: dict[str, Any], path: Path) -> dict[str, Any]:
         return {"file": None, "note": "matplotlib is not installed: no tradeoff.png "
                                       "(pip install 'sparsecc[plots]')"}
     rows = [r for r in summary["rows"] if r["status"] == "ok" and "median_ms" in r]
-    styles = {"dense": ("black", "s"), "fine-tuned": ("tab:green", "o"), "one-shot": ("tab:gray", "x")}
+    styles = {"dense": ("black", "s"), "fine-tuned": ("tab:green", "o"), "one-shot": ("tab:gray", "x"),
+              "detect": ("tab:blue", "+")}
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for kind, (color, marker) in styles.items():
         chosen = [r for r in rows if r["kind"] == kind]
@@ -212,7 +217,8 @@ LEGEND = [
                 "fine-tuned by `sparsecc finetune`, compiled in zero-detect mode (recipe `zeros`); "
                 "`, plan` compiles it with the bundled plan instead, removing the filters physically; a bare "
                 "recipe name is that recipe applied one-shot to the trained dense model"),
-    ("kind", "dense, fine-tuned, or one-shot (pruned with no training after: what pruning alone costs)"),
+    ("kind", "dense; fine-tuned; one-shot (pruned with no training after: what pruning alone costs); detect "
+             "(zero-detect mode on the dense model: nothing to find, nothing pruned)"),
     ("top-1", "accuracy on the held-out split (correct/images); **at chance** = within 5 points of 1/classes"),
     ("vs dense", "top-1 minus the dense model's, in points"),
     ("MACs", "multiply-accumulates of the compiled model at batch 1"),
@@ -253,7 +259,8 @@ def render_demo_markdown(summary: dict[str, Any]) -> str:
         f"# sparsecc demo: `{summary['model']}`", "",
         f"Trained checkpoint `{summary['checkpoint']}`, scored on {n} held-out images "
         f"({summary['classes']} classes: chance is {100 * summary['chance_top1']:.0f}%).", "",
-        *(["Pruned and fine-tuned by sparsecc, compiled in zero-detect mode:", "", *headline, ""] if headline else
+        *(["Pruned and fine-tuned by sparsecc, compiled in zero-detect mode (`, plan`: with the plan made while "
+           "fine-tuning, which removes the filters physically):", "", *headline, ""] if headline else
           ["No fine-tuned checkpoint is bundled for this model: only one-shot rows below.", ""]),
         "One-shot rows prune the trained model with no training after; their accuracy is what pruning alone "
         "costs, and it often falls to chance on a model this small. Fine-tuning is what brings it back.", "",

@@ -39,6 +39,8 @@ def test_demo_shows_fine_tuned_accuracy_next_to_dense_and_marks_one_shot_chance(
         assert {"recipe", "top1", "dense_top1", "speedup", "ideal", "kind"} <= set(row), row
         assert row["dense_top1"] == rows["none"]["top1"]
     assert rows["none"]["kind"] == "dense" and rows["groupwise-50"]["kind"] == "one-shot"
+    kinds = [r["kind"] for r in report["rows"]]
+    assert kinds == sorted(kinds, key=["dense", "fine-tuned", "one-shot"].index)  # dense, fine-tuned, one-shot
     tuned = rows["groupwise-50 + fine-tune"]
     assert tuned["kind"] == "fine-tuned" and tuned["compile_recipe"] == "zeros"
     assert tuned["top1"] >= tuned["dense_top1"] - 0.01  # within 1 point of dense (360 images)
@@ -64,4 +66,4 @@ def test_demo_without_matplotlib_skips_the_plot_with_a_note(tmp_path):
     assert report["plot"]["file"] is None and "matplotlib is not installed" in report["plot"]["note"]
     assert not (tmp_path / "demo" / "tradeoff.png").exists()
     assert "matplotlib is not installed" in (tmp_path / "demo" / "report.md").read_text()
-    assert [r["kind"] for r in report["rows"]] == ["dense", "one-shot"]
+    assert [(r["variant"], r["kind"]) for r in report["rows"]] == [("none", "dense"), ("groupwise-50", "one-shot")]

@@ -58,6 +58,36 @@ def variants(filter_ratios: list[float]) -> list[dict]:
     return found
 
 
+def torch_pruning_at(dense, example, target_ideal: float, tolerance: float = 0.03):
+    """Torch-Pruning's global L1 channel pruning of ``dense`` at the MAC reduction ``target_ideal``.
+
+    Bisects Torch-Pruning's pruning ratio until its own MAC count is within ``tolerance`` of
+    the target (kept channels multiples of 8, the classifier left whole, as sparsecc does).
+    Returns (pruned copy, ratio). Needs ``pip install torch-pruning``.
+    """
+    import torch
+    import torch_pruning as tp
+
+    base, _ = tp.utils.count_ops_and_params(dense, example)
+    low, high, best = 0.0, 0.95, None
+    for _ in range(12):
+        ratio = (low + high) / 2
+        model = copy.deepcopy(dense)
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
+                                           pruning_ratio=ratio, ignored_layers=[last], global_pruning=True,
+                                           round_to=8)
+        pruner.step()
+        macs, _ = tp.utils.count_ops_and_params(model, example)
+        ideal = base / macs
+        if best is None or abs(ideal - target_ideal) < abs(best[2] - target_ideal):
+            best = (model, ratio, ideal)
+        if abs(ideal - target_ideal) <= tolerance * target_ideal:
+            break
+        low, high = (ratio, high) if ideal < target_ideal else (low, ratio)
+    return best[0], best[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -77,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per variant")
     parser.add_argument("--dense-epochs", type=int, default=3, help="epochs to adapt the dense model to --data")
     parser.add_argument("--filter-ratios", type=float, nargs="+", default=[0.4, 0.55, 0.7])
-    parser.add_argument("--only", nargs="*", help="families to run (group-wise, filters, 2:4)")
+    parser.add_argument("--only", nargs="*", help="families to run (group-wise, filters, 2:4, torch-pruning)")
+    parser.add_argument("--tp-match", nargs="*", default=["filter-hybrid2-40", "filter-hybrid2-70"],
+                        help="sparsecc variants whose MAC reduction Torch-Pruning's baseline is matched to")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("docs/accuracy"))
@@ -149,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         say(f"{label}: one-shot {row['top1_one_shot']}, fine-tuned {row['top1']}, MACs {row['macs']}")
 
+    if not args.only or "torch-pruning" in args.only:
+        rows += torch_pruning_rows(args, dense, split, example, shapes, work, rows, sessions, feeds, backend, say)
+
     say(f"timing {len(sessions)} models interleaved, {args.runs} rounds")
     timings = time_interleaved(sessions, feeds, warmup=5, runs=args.runs)
     base = timings["dense"].median_ms
@@ -173,6 +208,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def torch_pruning_rows(args, dense, split, example, shapes, work, rows, sessions, feeds, backend, say) -> list:
+    """The baseline a user would pick instead: Torch-Pruning at the MACs of sparsecc's variants."""
+    import sparsecc.torch as st
+    from sparsecc.compiler import compile_model
+    from sparsecc.evaluate import accuracy
+    from sparsecc.plan import SparsityPlan
+    from sparsecc.verify import input_specs, random_feeds
+
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError:
+        say("torch-pruning is not installed (pip install torch-pruning): no baseline rows")
+        return []
+    out = []
+    dense_macs = rows[0]["macs"]
+    for label in args.tp_match:
+        target = next((r for r in rows if r["label"] == label and "macs" in r), None)
+        if target is None:
+            continue
+        name = f"torch-pruning @ {label}"
+        model, ratio = torch_pruning_at(dense, example, dense_macs / target["macs"])
+        row = {"family": "torch-pruning", "label": name, "setting": f"global L1, ratio {ratio:.3f}, "
+               f"MACs matched to {label}", "top1_one_shot": st.evaluate(model, split.x_test, split.y_test)}
+        say(f"{name}: fine-tuning {args.epochs} epochs")
+        tuned = st.finetune(model, split, plan=SparsityPlan(), epochs=args.epochs, log=say)
+        path = st.export_onnx(tuned.module, work / f"tp-{label}.onnx", example)
+        result = compile_model(path, "none", work / f"tp-{label}", shapes=shapes)
+        session = backend.load(result.model_path)
+        row.update(top1=accuracy(session, split.x_test, split.y_test), top1_one_shot_bn=tuned.top1_one_shot_bn,
+                   macs=result.report["summary"]["macs_after"])
+        sessions[name] = session
+        feeds[name] = random_feeds(input_specs(result.model), seed=0)[0]
+        out.append(row)
+        say(f"{name}: one-shot {row['top1_one_shot']}, fine-tuned {row['top1']}, MACs {row['macs']}")
+    return out
+
+
 def _pct(value) -> str:
     return "" if value is None else f"{100 * value:.1f}"
 
@@ -186,7 +258,7 @@ def render(study: dict) -> str:
              f"{study['runs']} interleaved rounds, median [q25-q75]; load average {study['load_average']}.", ""]
     dense = study["rows"][0]
     lines += [f"Dense: top-1 {_pct(dense['top1'])}%, {dense['macs']:,} MACs, {dense.get('median_ms')} ms.", ""]
-    for family in ("group-wise", "filters", "2:4"):
+    for family in ("group-wise", "filters", "2:4", "torch-pruning"):
         rows = [r for r in study["rows"] if r["family"] == family]
         if not rows:
             continue
@@ -229,6 +301,18 @@ def _orderings(study: dict) -> list[str]:
             out.append(f"- {int(ratio * 100)}% filters removed: {hybrid} {100 * at[hybrid]:.1f}% vs best of input/"
                        f"output L1 {100 * best_l1:.1f}%: {'holds' if diff >= 0 else 'does NOT hold'} "
                        f"({diff:+d} images of {n})")
+    close = [r for r in rows.values() if r["family"] not in ("dense", "torch-pruning") and r.get("top1") is not None
+             and dense - r["top1"] <= 0.01 and "speedup" in r]
+    baseline = [r for r in rows.values() if r["family"] == "torch-pruning" and dense - r["top1"] <= 0.01
+                and "speedup" in r]
+    if close or baseline:
+        ours = max(close, key=lambda r: r["speedup"], default=None)
+        theirs = max(baseline, key=lambda r: r["speedup"], default=None)
+        out.append(f"- within 1 point of dense: fastest sparsecc variant "
+                   f"{ours['label'] + ' ' + str(ours['speedup']) + 'x' if ours else 'none'}; fastest Torch-Pruning "
+                   f"{theirs['label'] + ' ' + str(theirs['speedup']) + 'x' if theirs else 'none'}")
+    else:
+        out.append("- within 1 point of dense: no pruned variant of either tool (after this much fine-tuning)")
     return out + [""]
 
 
@@ -242,7 +326,7 @@ def plots(study: dict, out: Path) -> None:
         print("matplotlib is not installed: no plots", file=sys.stderr)
         return
     dense = study["rows"][0]
-    for family in ("group-wise", "filters", "2:4"):
+    for family in ("group-wise", "filters", "2:4", "torch-pruning"):
         rows = [r for r in study["rows"] if r["family"] == family and "error" not in r and "median_ms" in r]
         if not rows:
             continue
