@@ -73,10 +73,13 @@ def output_fidelity(reference, candidate, inputs: np.ndarray) -> dict[str, Any]:
 
     Returns:
         ``{"n", "top1_agreement", "positions", "max_abs_error", "max_rel_error",
-        "mean_abs_error"}``; the relative error is max |diff| / max |reference|.
+        "mean_abs_error", "positive_iou"}``; the relative error is max |diff| / max |reference|.
+        ``positive_iou`` (probability maps only, else None) is |both above 0.5| / |either above
+        0.5| over all images: agreement alone is dominated by the background a map mostly is.
     """
     name_ref, name_cand = reference.inputs[0].name, candidate.inputs[0].name
-    agree = positions = 0
+    agree = positions = both = either = 0
+    is_map = False
     worst = scale = total = 0.0
     count = 0
     for image in inputs:
@@ -84,7 +87,10 @@ def output_fidelity(reference, candidate, inputs: np.ndarray) -> dict[str, Any]:
         expected = next(iter(reference.run({name_ref: batch}).values()))
         got = next(iter(candidate.run({name_cand: batch}).values()))
         if expected.ndim == 4 and expected.shape[1] == 1:  # probability map
+            is_map = True
             same = (expected > 0.5) == (got > 0.5)
+            both += int(((expected > 0.5) & (got > 0.5)).sum())
+            either += int(((expected > 0.5) | (got > 0.5)).sum())
         else:
             same = np.argmax(expected, axis=-1) == np.argmax(got, axis=-1)
         agree += int(same.sum())
@@ -96,4 +102,5 @@ def output_fidelity(reference, candidate, inputs: np.ndarray) -> dict[str, Any]:
         count += diff.size
     return {"n": int(len(inputs)), "top1_agreement": agree / positions if positions else None,
             "positions": positions, "max_abs_error": worst, "max_rel_error": worst / scale if scale else worst,
-            "mean_abs_error": total / count if count else 0.0}
+            "mean_abs_error": total / count if count else 0.0,
+            "positive_iou": (both / either if either else 1.0) if is_map else None}

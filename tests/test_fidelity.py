@@ -51,3 +51,21 @@ def test_compiled_real_model_agrees_with_dense_on_photographs(real_models, tmp_p
     result = output_fidelity(original, backend.load(canonical.model_path), (photos - 0.5) / 0.5)
     assert result["n"] == len(photos) >= 10
     assert result["top1_agreement"] == 1.0 and result["max_rel_error"] < 1e-4
+
+
+def test_fidelity_of_a_probability_map_reports_the_iou_of_its_positive_pixels(tmp_path):
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="c"), helper.make_node("Sigmoid", ["c"], ["y"])]
+
+    def detector(name, weight):
+        return save(make_model(nodes, [("x", [1, 3, 16, 16])], [("y", [1, 1, 16, 16])], [init("W", weight)]),
+                    tmp_path / f"{name}.onnx")
+
+    _, photos = load_photographs((16, 16), names=("astronaut", "coffee"))
+    weight = np.full((1, 3, 1, 1), 4.0, np.float32)
+    backend = OrtBackend(threads=1)
+    dense = backend.load(detector("dense", weight))
+    off = backend.load(detector("off", weight * 0.0))  # sigmoid(0) = 0.5: never above 0.5
+    result = output_fidelity(dense, off, (photos - 0.5) / 0.25)
+    positives = float(np.mean(4.0 * ((photos - 0.5) / 0.25).sum(axis=1) > 0))
+    assert result["top1_agreement"] == pytest.approx(1 - positives) and result["positive_iou"] == 0.0
+    assert output_fidelity(dense, dense, photos)["positive_iou"] == 1.0

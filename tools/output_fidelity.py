@@ -41,9 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, default=REPO / ".real_models")
     parser.add_argument("--recipes", nargs="+", default=["zeros", "groupwise-75", "groupwise-50", "filter-l1",
                                                          "24-only"])
+    parser.add_argument("--only", nargs="*", help="model file stems to run (default: all)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "accuracy" / "fidelity.md")
     args = parser.parse_args(argv)
-    files = sorted(args.models.glob("**/*.onnx"))
+    files = [f for f in sorted(args.models.glob("**/*.onnx")) if not args.only or f.stem in args.only]
     if not files:
         print(f"no real models in {args.models}: run python tools/fetch_real_models.py", file=sys.stderr)
         return 2
@@ -72,14 +73,16 @@ def main(argv: list[str] | None = None) -> int:
              "mean/std; every image at batch 1. Agreement: argmax over the last output axis (per image, or "
              "per sequence position for the recogniser), or the 0.5 threshold of the detector's map. "
              "Pruning recipes are one-shot (no labels, no fine-tuning).", "",
-             "| model | recipe | ideal | top-1 agreement | positions | max abs error | max rel error | mean abs error |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | recipe | ideal | top-1 agreement | positions | map IoU (>0.5) | max abs error | max rel error | "
+             "mean abs error |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['recipe']} | failed: {r['error']} | | | | | |")
+            lines.append(f"| {r['model']} | {r['recipe']} | failed: {r['error']} | | | | | | |")
         else:
+            iou = "" if r["positive_iou"] is None else f"{100 * r['positive_iou']:.1f}%"
             lines.append(f"| {r['model']} | {r['recipe']} | {r['ideal']}x | {100 * r['top1_agreement']:.1f}% | "
-                         f"{r['positions']} | {r['max_abs_error']:.3g} | {r['max_rel_error']:.3g} | "
+                         f"{r['positions']} | {iou} | "
+                         f"{r['max_abs_error']:.3g} | {r['max_rel_error']:.3g} | "
                          f"{r['mean_abs_error']:.3g} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
