@@ -255,3 +255,15 @@ def test_weights_load_from_an_onnx_export_by_name_and_a_mismatch_is_a_clear_erro
         assert torch.equal(a, b), name
     with pytest.raises(ModelLoadError, match=r"tensor 'stem.0.weight' has shape \[16, 1, 3, 3\] in the file"):
         st.load_onnx_weights(Tiny(width=8, classes=4), path)
+
+
+def test_a_plan_made_elsewhere_and_saved_is_applied_as_is(tmp_path):
+    plan = st.plan_for_module(_model(), _recipe("plan-filters: {ratio: 0.5, round_to: 4}"), EXAMPLE)
+    plan.save(tmp_path / "plan.json")
+    loaded = SparsityPlan.load(tmp_path / "plan.json")
+    result = st.finetune(_model(), _split(n_train=64), plan=loaded, epochs=1, batch_size=32, log=lambda m: None)
+    assert set(result.masks) == set(plan.entries)
+    for name, mask in result.masks.items():
+        np.testing.assert_array_equal(mask.numpy(), plan.entries[name].mask)
+    with pytest.raises(OptionError, match="gradual schedule re-plans"):
+        st.finetune(_model(), _split(), plan=loaded, epochs=1, schedule="gradual")
