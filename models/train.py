@@ -31,7 +31,6 @@ from sparsecc.models import ZOO
 
 SEED = 0
 VAL_FRACTION = 0.2
-IMAGE_SIZE = 32
 SETTINGS = {"epochs": 10, "batch_size": 64, "optimizer": "AdamW", "lr": 3e-3,
             "weight_decay": 5e-4, "schedule": "cosine to 0 over all steps",
             "augmentation": "random shift of up to 2 pixels (background-value padding)", "seed": SEED}
@@ -40,39 +39,20 @@ SETTINGS = {"epochs": 10, "batch_size": 64, "optimizer": "AdamW", "lr": 3e-3,
 def load_digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Returns ``(x_train, y_train, x_val, y_val)``: float32 (N, 1, 32, 32), int64 labels.
 
-    The split is stratified by class with seed 0; normalisation uses the
-    training split's statistics only.
+    The split is :func:`sparsecc.data.load_dataset`'s ``digits`` (stratified, seed 0,
+    normalised with the training split's statistics).
     """
-    import torch
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sparsecc.data import load_dataset
 
-    digits = load_digits()
-    images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
-    images = torch.nn.functional.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
-                                             align_corners=False).numpy()
-    labels = digits.target.astype(np.int64)
-    x_train, x_val, y_train, y_val = train_test_split(images, labels, test_size=VAL_FRACTION,
-                                                      stratify=labels, random_state=SEED)
-    mean, std = x_train.mean(), x_train.std()
-    return (((x_train - mean) / std).astype(np.float32), y_train,
-            ((x_val - mean) / std).astype(np.float32), y_val)
-
-
-def _shift(batch, generator, torch, pad: int = 2):
-    """Randomly translates each image by up to ``pad`` pixels (zero background after normalising)."""
-    padded = torch.nn.functional.pad(batch, (pad,) * 4, value=float(batch.min()))
-    out = torch.empty_like(batch)
-    offsets = torch.randint(0, 2 * pad + 1, (len(batch), 2), generator=generator)
-    for i, (dy, dx) in enumerate(offsets.tolist()):
-        out[i] = padded[i, :, dy:dy + IMAGE_SIZE, dx:dx + IMAGE_SIZE]
-    return out
+    split = load_dataset("digits")
+    return split.x_train, split.y_train, split.x_test, split.y_test
 
 
 def train(name: str, x_train: np.ndarray, y_train: np.ndarray, epochs: int):
     """Trains zoo model ``name`` from its seeded random initialisation; returns the model."""
     import torch
 
+    from sparsecc.torch import random_shift
     from sparsecc.zoo import build_model
 
     torch.manual_seed(SEED)
@@ -88,7 +68,7 @@ def train(name: str, x_train: np.ndarray, y_train: np.ndarray, epochs: int):
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), SETTINGS["batch_size"]):
             index = order[start:start + SETTINGS["batch_size"]]
-            loss = torch.nn.functional.cross_entropy(model(_shift(x[index], generator, torch)), y[index])
+            loss = torch.nn.functional.cross_entropy(model(random_shift(x[index], generator)), y[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

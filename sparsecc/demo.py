@@ -1,12 +1,14 @@
 """``sparsecc demo``: the main job on the embedded default (ONNX Runtime, CPU).
 
-Takes a bundled trained model, compiles it with every built-in recipe,
-verifies each result, measures accuracy on the bundled validation split,
-times every variant interleaved in one process against the canonical model,
-and writes ``report.json`` and ``report.md``. Needs no torch and no GPU.
-
-Pruning recipes are one-shot here (no fine-tuning), so their accuracy drop is
-what pruning alone costs; the report says so.
+Takes a bundled trained model and shows what a user wants to see: the model pruned and
+fine-tuned by sparsecc (the bundled ``*.ft.onnx`` checkpoints, made by ``sparsecc finetune``),
+compiled in zero-detect mode, with its accuracy next to the dense model's and the speedup;
+then every built-in recipe applied one-shot (no fine-tuning), labelled as such, with chance
+level marked. Every variant is verified, scored on the bundled held-out split, and timed
+interleaved in one process against the canonical dense model. Writes ``report.json``,
+``report.md`` (column legend, links to each variant's compile report, the spread of every
+timing) and ``tradeoff.png`` (accuracy vs latency; needs matplotlib, else skipped with a note).
+Needs no torch and no GPU.
 """
 
 from __future__ import annotations
@@ -18,43 +20,75 @@ from typing import Any
 import numpy as np
 
 from sparsecc.errors import SparseccError
+from sparsecc.evaluate import accuracy  # noqa: F401 - re-exported: the demo scores with it
 from sparsecc.log import progress
 
 DEFAULT_MODEL = "resnet18-digits"
+DETECT_RECIPE = "zeros"  # zero-detect mode (also known as `detect`)
+_DETECT_NAMES = ("zeros", "detect")  # recipes that prune nothing: they exploit zeros already there
+CHANCE_MARGIN = 0.05  # within 5 points of 1/classes counts as chance
 
 
-def accuracy(session, inputs: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy of a session on (inputs, labels), in batches the model accepts."""
-    spec = session.inputs[0]
-    batch = spec.shape[0] if isinstance(spec.shape[0], int) and spec.shape[0] > 0 else 64
-    correct = 0
-    for start in range(0, len(inputs), batch):
-        chunk = inputs[start:start + batch]
-        if len(chunk) < batch and isinstance(spec.shape[0], int) and spec.shape[0] > 0:
-            chunk = np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-        logits = next(iter(session.run({spec.name: chunk}).values()))
-        predicted = np.argmax(logits[: len(inputs[start:start + batch])], axis=-1)
-        correct += int(np.sum(predicted == labels[start:start + batch]))
-    return correct / len(inputs)
+def _compile(checkpoint: Path, recipe, out_dir: Path, shapes: dict, plan: Path | None = None):
+    """The demo's one compile call (every variant goes through here)."""
+    from sparsecc.compiler import compile_model
+
+    return compile_model(checkpoint, recipe, out_dir, shapes=shapes, plan=plan)
+
+
+def _replay_filters():
+    """Removes the filters a bundled plan names, physically (the plan made while fine-tuning)."""
+    from sparsecc.recipe import parse_recipe
+
+    return parse_recipe('{"name": "replay-filters", "description": "apply the bundled plan, remove its filters", '
+                        '"passes": ["apply-plan", "remove-filters"]}', "replay-filters.json")
+
+
+def _variants(model_name: str, recipes: list[str], checkpoint: Path) -> list[dict[str, Any]]:
+    """What to compile: fine-tuned checkpoints in detect mode first, then each recipe one-shot."""
+    from sparsecc import zoo
+
+    variants = [{"variant": "none", "recipe": "none", "kind": "dense", "compile_recipe": "none",
+                 "checkpoint": checkpoint, "folder": "none"}] if "none" in recipes else []
+    for entry in zoo.finetuned_checkpoints(model_name):
+        facts = {k: entry[k] for k in ("schedule", "epochs", "data", "command") if k in entry}
+        variants.append({"variant": f"{entry['recipe']} + fine-tune", "recipe": entry["recipe"],
+                         "kind": "fine-tuned", "compile_recipe": DETECT_RECIPE, "checkpoint": entry["path"],
+                         "folder": f"finetuned-{entry['recipe']}", "finetune": facts})
+        if entry["recipe"].startswith("filter") and entry.get("plan_path"):
+            # zero-detect mode skips the inputs of the zeroed filters; the plan removes the filters too
+            variants.append({"variant": f"{entry['recipe']} + fine-tune, plan", "recipe": entry["recipe"],
+                             "kind": "fine-tuned", "compile_recipe": _replay_filters(), "plan": entry["plan_path"],
+                             "checkpoint": entry["path"], "folder": f"finetuned-{entry['recipe']}-plan",
+                             "finetune": facts})
+    for name in recipes:
+        if name != "none":
+            kind = "detect" if name in _DETECT_NAMES else "one-shot"
+            variants.append({"variant": name, "recipe": name, "kind": kind, "compile_recipe": name,
+                             "checkpoint": checkpoint, "folder": name})
+    return variants
 
 
 def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = None,
-             recipes: list[str] | None = None, runs: int = 20, warmup: int = 5, threads: int = 2) -> dict[str, Any]:
-    """Compile, verify, score and time a bundled trained model with each recipe.
+             recipes: list[str] | None = None, runs: int = 20, warmup: int = 5, threads: int = 2,
+             finetuned: bool = True) -> dict[str, Any]:
+    """Compile, verify, score and time a bundled trained model, fine-tuned and one-shot.
 
     Args:
         out_dir: Where to write. Defaults to "sparsecc-demo".
         model_name: A zoo model with a trained checkpoint. Defaults to "resnet18-digits"
             (or the first trained model if that one is absent).
-        recipes: Recipe names. Defaults to every built-in recipe.
+        recipes: One-shot recipe names. Defaults to every built-in recipe ("none", the dense
+            reference, is always included).
         runs: Timed interleaved rounds. Defaults to 20.
         warmup: Untimed rounds first. Defaults to 5.
         threads: ONNX Runtime intra-op threads. Defaults to 2.
+        finetuned: Include the bundled fine-tuned checkpoints of the model. Defaults to True.
     """
     from sparsecc import zoo
     from sparsecc.backends.ort import OrtBackend
     from sparsecc.bench import time_interleaved
-    from sparsecc.compiler import compile_model, prepare_output_dir
+    from sparsecc.compiler import prepare_output_dir
     from sparsecc.environment import environment
     from sparsecc.recipe import builtin_recipes
     from sparsecc.verify import input_specs, random_feeds
@@ -62,82 +96,180 @@ def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = Non
     trained = [e.name for e in zoo.list_models() if e.checkpoint]
     model_name = model_name or (DEFAULT_MODEL if DEFAULT_MODEL in trained else trained[0])
     checkpoint = zoo.checkpoint_path(model_name)
+    entry = zoo.get_entry(model_name)
     # checkpoints take any batch; compile and verify at the entry's own (batch 1) shape
-    shapes = {spec.name: tuple(spec.shape) for spec in zoo.get_entry(model_name).inputs}
+    shapes = {spec.name: tuple(spec.shape) for spec in entry.inputs}
     inputs, labels = zoo.load_eval_data(model_name)
-    recipe_names = recipes or list(builtin_recipes())
+    classes = int(entry.output_shape[-1])
+    chance = 1.0 / classes
+    recipe_names = list(recipes or builtin_recipes())
+    if "none" not in recipe_names:
+        recipe_names.insert(0, "none")
+    variants = _variants(model_name, recipe_names, checkpoint)
+    if not finetuned:
+        variants = [v for v in variants if v["kind"] != "fine-tuned"]
     out = Path(out_dir)
     prepare_output_dir(out, checkpoint)
 
     rows: list[dict[str, Any]] = []
     backend = OrtBackend(threads=threads, allow_spinning=False)  # many sessions interleaved: no spinning
     sessions, feeds = {}, {}
-    for name in recipe_names:
-        progress(f"compiling {model_name} with recipe '{name}'")
-        row: dict[str, Any] = {"recipe": name}
+    for variant in variants:
+        label = variant["variant"]
+        recipe = variant["compile_recipe"]
+        recipe_name = recipe if isinstance(recipe, str) else recipe.name
+        progress(f"compiling {model_name} ({variant['kind']}: {label}) with recipe '{recipe_name}'")
+        row: dict[str, Any] = {key: value for key, value in variant.items() if key not in ("checkpoint", "plan")}
+        row.update(compile_recipe=recipe_name, input=str(variant["checkpoint"]))
+        if variant.get("plan"):
+            row["plan"] = str(variant["plan"])
         try:
-            result = compile_model(checkpoint, name, out / name, shapes=shapes)
+            result = _compile(variant["checkpoint"], recipe, out / variant["folder"], shapes, variant.get("plan"))
         except SparseccError as err:
             row.update(status="failed", error=err.format())
             rows.append(row)
             continue
         report = result.report
         session = backend.load(result.model_path)
-        row.update(status="ok", model=str(result.model_path), macs=report["summary"]["macs_after"],
-                   params=report["summary"]["params_after"], ideal=report["summary"]["ideal_speedup"],
+        top1 = accuracy(session, inputs, labels)
+        row.update(status="ok", model=str(result.model_path), report=f"{variant['folder']}/report.md",
+                   macs=report["summary"]["macs_after"], params=report["summary"]["params_after"],
                    verified_against=report["verification"]["against"],
                    worst_relative_error=report["verification"]["exact"]["worst_relative_error"],
-                   skipped_layers=len(report["skipped"]),
-                   accuracy=round(accuracy(session, inputs, labels), 4))
-        sessions[name] = session
-        feeds[name] = random_feeds(input_specs(result.model), seed=0)[0]
+                   skipped_layers=len(report["skipped"]), top1=round(top1, 4),
+                   correct=int(round(top1 * len(labels))), at_chance=bool(top1 < chance + CHANCE_MARGIN))
+        sessions[label] = session
+        feeds[label] = random_feeds(input_specs(result.model), seed=0)[0]
         rows.append(row)
 
+    dense = next((r for r in rows if r["kind"] == "dense" and r["status"] == "ok"), None)
+    if dense is not None:
+        for row in rows:
+            if row["status"] == "ok":
+                # ideal speedup against the dense model (a fine-tuned variant's own compile report
+                # compares with its own, already pruned, input)
+                row["ideal"] = round(dense["macs"] / row["macs"], 4) if row["macs"] else None
+                row["dense_top1"] = dense["top1"]
     if sessions:
         progress(f"timing {len(sessions)} variants interleaved ({runs} rounds)")
         timings = time_interleaved(sessions, feeds, warmup, runs)
-        baseline = timings.get("none") or next(iter(timings.values()))
+        baseline = timings[dense["variant"]] if dense is not None else next(iter(timings.values()))
         for row in rows:
-            if row["recipe"] in timings:
-                timing = timings[row["recipe"]]
-                row.update(median_ms=round(timing.median_ms, 4), min_ms=round(timing.min_ms, 4),
-                           speedup=round(baseline.median_ms / timing.median_ms, 3))
-    reference = next((r for r in rows if r["recipe"] == "none" and r["status"] == "ok"), None)
+            if row["variant"] in timings:
+                times = np.asarray(timings[row["variant"]].times_ms)
+                q25, q75 = np.percentile(times, [25, 75])
+                row.update(median_ms=round(float(np.median(times)), 4), min_ms=round(float(times.min()), 4),
+                           q25_ms=round(float(q25), 4), q75_ms=round(float(q75), 4),
+                           speedup=round(baseline.median_ms / float(np.median(times)), 3))
     summary = {
         "model": model_name, "checkpoint": str(checkpoint), "eval_samples": int(len(labels)),
-        "baseline_accuracy": reference["accuracy"] if reference else None,
+        "classes": classes, "chance_top1": round(chance, 4),
+        "baseline_accuracy": dense["top1"] if dense else None,
         "timing": {"backend": backend.describe(), "runs": runs, "warmup": warmup,
                    "clock": "host wall-clock per session.run, all variants interleaved in one process",
-                   "speedup": "median(recipe none) / median(recipe)"},
+                   "speedup": "median(dense, recipe none) / median(variant)",
+                   "spread": "q25-q75 of the timed runs"},
         "rows": rows, "environment": environment(),
     }
+    summary["plot"] = _plot(summary, out / "tradeoff.png")
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "report.md").write_text(render_demo_markdown(summary))
     return summary
+
+
+def _plot(summary: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Accuracy vs median latency, one point per variant; skipped with a note without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {"file": None, "note": "matplotlib is not installed: no tradeoff.png "
+                                      "(pip install 'sparsecc[plots]')"}
+    rows = [r for r in summary["rows"] if r["status"] == "ok" and "median_ms" in r]
+    styles = {"dense": ("black", "s"), "fine-tuned": ("tab:green", "o"), "one-shot": ("tab:gray", "x"),
+              "detect": ("tab:blue", "+")}
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for kind, (color, marker) in styles.items():
+        chosen = [r for r in rows if r["kind"] == kind]
+        if not chosen:
+            continue
+        axes.errorbar([r["median_ms"] for r in chosen], [100 * r["top1"] for r in chosen],
+                      xerr=[[r["median_ms"] - r["q25_ms"] for r in chosen], [r["q75_ms"] - r["median_ms"] for r in chosen]],
+                      fmt=marker, color=color, label=kind, capsize=3)
+        for r in chosen:
+            axes.annotate(r["variant"], (r["median_ms"], 100 * r["top1"]), fontsize=7, xytext=(4, 3),
+                          textcoords="offset points")
+    axes.axhline(100 * summary["chance_top1"], color="tab:red", linestyle=":", label="chance")
+    axes.set_xlabel("median latency, ms (batch 1, ONNX Runtime CPU; bars: q25-q75)")
+    axes.set_ylabel(f"top-1, % ({summary['eval_samples']} held-out images)")
+    axes.set_title(f"sparsecc demo: {summary['model']}, accuracy vs latency")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return {"file": path.name, "note": None}
+
+
+LEGEND = [
+    ("variant", "what was compiled: `RECIPE + fine-tune` is a bundled checkpoint pruned by RECIPE and "
+                "fine-tuned by `sparsecc finetune`, compiled in zero-detect mode (recipe `zeros`); "
+                "`, plan` compiles it with the bundled plan instead, removing the filters physically; a bare "
+                "recipe name is that recipe applied one-shot to the trained dense model"),
+    ("kind", "dense; fine-tuned; one-shot (pruned with no training after: what pruning alone costs); detect "
+             "(zero-detect mode on the dense model: nothing to find, nothing pruned)"),
+    ("top-1", "accuracy on the held-out split (correct/images); **at chance** = within 5 points of 1/classes"),
+    ("vs dense", "top-1 minus the dense model's, in points"),
+    ("MACs", "multiply-accumulates of the compiled model at batch 1"),
+    ("ideal", "MACs of the dense model / MACs of this one (the speedup if time followed MACs)"),
+    ("speedup", "median latency of the dense model / this one's, measured interleaved"),
+    ("median ms [q25-q75]", "median latency per batch-1 run and the spread of the timed runs"),
+    ("verified", "worst relative error of the compiled model against the masked model it must equal"),
+    ("left dense", "layers a pass left as they were (reasons in the linked report)"),
+]
 
 
 def render_demo_markdown(summary: dict[str, Any]) -> str:
     from sparsecc.inspect import human
     from sparsecc.tables import markdown_table
 
+    n = summary["eval_samples"]
     rows = []
     for r in summary["rows"]:
         if r["status"] != "ok":
-            rows.append([r["recipe"], "failed", "", "", "", "", "", r["error"].splitlines()[0]])
+            rows.append([r["variant"], r["kind"], "failed", "", "", "", "", "", r["error"].splitlines()[0], ""])
             continue
-        rows.append([r["recipe"], human(r["macs"]), f"{r['ideal']}x", f"{r.get('speedup', '')}x",
-                     f"{r.get('median_ms', '')}", f"{100 * r['accuracy']:.2f}%",
-                     f"{r['worst_relative_error']:.2g} vs {r['verified_against']}", r["skipped_layers"]])
+        top1 = f"{100 * r['top1']:.2f}% ({r['correct']}/{n})" + (" **at chance**" if r["at_chance"] else "")
+        delta = f"{100 * (r['top1'] - r['dense_top1']):+.2f}" if r.get("dense_top1") is not None else ""
+        timing = f"{r.get('median_ms', '')} [{r.get('q25_ms', '')}-{r.get('q75_ms', '')}]"
+        rows.append([f"[{r['variant']}]({r['report']})", r["kind"], top1, delta, human(r["macs"]),
+                     f"{r.get('ideal', '')}x", f"{r.get('speedup', '')}x", timing,
+                     f"{r['worst_relative_error']:.2g}", r["skipped_layers"]])
     timing = summary["timing"]
     env = summary["environment"]
+    best = [r for r in summary["rows"] if r["status"] == "ok" and r["kind"] == "fine-tuned"]
+    headline = []
+    for r in best:
+        headline.append(f"- **{r['variant']}**: top-1 {100 * r['top1']:.2f}% vs dense "
+                        f"{100 * r['dense_top1']:.2f}% ({n} images), {r.get('speedup', '?')}x measured "
+                        f"speedup ({r.get('ideal', '?')}x ideal).")
+    plot = summary.get("plot") or {}
     return "\n".join([
         f"# sparsecc demo: `{summary['model']}`", "",
-        f"Trained checkpoint `{summary['checkpoint']}`, scored on {summary['eval_samples']} held-out samples.",
-        "Pruning recipes are one-shot (no fine-tuning): their accuracy is what pruning alone costs.", "",
-        markdown_table(rows, ["recipe", "MACs", "ideal", "speedup", "median ms", "accuracy",
-                              "verification (worst rel. error)", "layers left dense"]),
+        f"Trained checkpoint `{summary['checkpoint']}`, scored on {n} held-out images "
+        f"({summary['classes']} classes: chance is {100 * summary['chance_top1']:.0f}%).", "",
+        *(["Pruned and fine-tuned by sparsecc, compiled in zero-detect mode (`, plan`: with the plan made while "
+           "fine-tuning, which removes the filters physically):", "", *headline, ""] if headline else
+          ["No fine-tuned checkpoint is bundled for this model: only one-shot rows below.", ""]),
+        "One-shot rows prune the trained model with no training after; their accuracy is what pruning alone "
+        "costs, and it often falls to chance on a model this small. Fine-tuning is what brings it back.", "",
+        markdown_table(rows, ["variant", "kind", "top-1", "vs dense", "MACs", "ideal", "speedup",
+                              "median ms [q25-q75]", "verified", "left dense"]),
         "",
+        *([f"![accuracy vs latency]({plot['file']})", ""] if plot.get("file") else [f"_{plot.get('note')}_", ""]),
+        "Columns:", "", *[f"- **{name}**: {text}" for name, text in LEGEND], "",
         f"Timing: {timing['clock']}; {timing['runs']} rounds after {timing['warmup']} warm-up; "
-        f"speedup = {timing['speedup']}; ONNX Runtime {timing['backend']['onnxruntime']}, "
-        f"{timing['backend']['intra_op_num_threads']} intra-op threads. Ideal = MAC ratio.",
+        f"speedup = {timing['speedup']}; spread = {timing['spread']}; ONNX Runtime "
+        f"{timing['backend']['onnxruntime']}, {timing['backend']['intra_op_num_threads']} intra-op threads.",
         f"Machine: {env.get('cpu')} ({env.get('cpu_count')} cores).", ""])

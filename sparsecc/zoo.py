@@ -29,7 +29,7 @@ from sparsecc import models as _models
 from sparsecc.models import ZOO, ZooEntry
 
 __all__ = ["list_models", "get_entry", "build_model", "export_onnx", "export_module",
-           "checkpoint_path", "load_eval_data"]
+           "checkpoint_path", "load_eval_data", "finetuned_checkpoints"]
 
 _OUTPUT_NAME = "logits"
 _RTOL_OF_MAX = 1e-4  # ORT vs torch: max |diff| allowed, as a fraction of max |output|
@@ -87,24 +87,9 @@ def build_model(name: str, *, pretrained: bool = False):
 
 
 def _load_checkpoint_weights(model, entry: ZooEntry, torch) -> None:
-    import onnx
-    from onnx import numpy_helper
+    from sparsecc.torch import load_onnx_weights
 
-    path = checkpoint_path(entry.name)
-    graph = onnx.load(path).graph
-    weights = {t.name: t for t in graph.initializer}
-    # the exporter may give equal weights one initializer, reached through Identity nodes
-    weights.update({n.output[0]: weights[n.input[0]] for n in graph.node
-                    if n.op_type == "Identity" and n.input[0] in weights})
-    state = model.state_dict()
-    wanted = [key for key in state if not key.endswith("num_batches_tracked")]
-    missing = [key for key in wanted if key not in weights]
-    if missing:
-        raise ModelLoadError(f"checkpoint lacks {len(missing)} weight(s) of {entry.name}, "
-                             f"e.g. {missing[:3]}", where=str(path),
-                             fix="re-create it with `python -m sparsecc.models.train`")
-    loaded = {key: torch.from_numpy(numpy_helper.to_array(weights[key]).copy()) for key in wanted}
-    model.load_state_dict(loaded, strict=False)
+    load_onnx_weights(model, checkpoint_path(entry.name))
 
 
 def _example_inputs(entry: ZooEntry, batch: int, torch) -> tuple:
@@ -233,6 +218,24 @@ def load_eval_data(name: str) -> tuple[np.ndarray, np.ndarray]:
                           fix="use a model that has a trained checkpoint (see `sparsecc zoo list`)")
     with np.load(_bundled(entry.eval_data)) as data:
         return data["x"], data["y"]
+
+
+def finetuned_checkpoints(name: str) -> list[dict]:
+    """The bundled checkpoints pruned and fine-tuned by ``sparsecc finetune`` from zoo model ``name``.
+
+    Returns:
+        Their manifest entries (recipe, schedule, epochs, data, top1, dense_top1, n, ...), each
+        with ``path`` and ``plan_path`` resolved; empty when there are none. No torch needed.
+    """
+    import json
+
+    manifest = json.loads(_bundled("manifest.json").read_text())
+    found = []
+    for key, entry in sorted(manifest.items()):
+        if entry.get("finetuned_from") == name:
+            found.append({**entry, "name": key, "path": _bundled(entry["file"]),
+                          "plan_path": _bundled(entry["plan"]) if entry.get("plan") else None})
+    return found
 
 
 def _bundled(file_name: str) -> Path:

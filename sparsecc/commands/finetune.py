@@ -1,0 +1,132 @@
+"""sparsecc finetune MODEL --data NAME (--recipe R | --plan P): prune in PyTorch by a sparsecc plan,
+fine-tune with the masks kept, and write the fine-tuned ONNX and its plan.
+
+MODEL is a zoo model with a trained checkpoint (``sparsecc zoo list``), or an .onnx file of a zoo
+architecture named with --arch. The masks come from the recipe's planning passes run on an export
+of the model (the ones ``sparsecc compile`` runs), or from a plan.json made on the model's ONNX
+file; they map to the PyTorch parameters by name. Runs unchanged under torchrun (DistributedDataParallel;
+gloo on CPU, NCCL on GPUs); rank 0 writes. Then compile the result in zero-detect mode:
+``sparsecc compile OUT/model.onnx --recipe zeros --shape input:1x1x32x32 -o OUT2``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    from sparsecc.data import DATASETS
+
+    parser = subparsers.add_parser("finetune", help="prune by a recipe or plan and fine-tune in PyTorch "
+                                                    "(needs the torch extra)", description=__doc__)
+    parser.add_argument("model", metavar="MODEL", help="zoo model with a checkpoint, or an .onnx with --arch")
+    parser.add_argument("--arch", help="zoo architecture of an .onnx MODEL (e.g. resnet18-digits)")
+    parser.add_argument("--data", required=True, metavar="NAME", help="data set: " + ", ".join(DATASETS))
+    parser.add_argument("--recipe", help="recipe whose planning passes make the masks (e.g. groupwise-50)")
+    parser.add_argument("--plan", help="plan.json made on MODEL's ONNX file, applied instead of a recipe")
+    parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs. Default: 3")
+    parser.add_argument("--schedule", choices=["one-shot", "gradual"], default="one-shot",
+                        help="prune once then train, or ramp the pruning up (cubic) over the first "
+                             "two thirds of the epochs. Default: one-shot")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate, cosine to 0. Default: 1e-3")
+    parser.add_argument("--batch-size", type=int, default=64, help="global batch. Default: 64")
+    parser.add_argument("--train-limit", type=int, help="use only the first N training images (quick runs)")
+    parser.add_argument("--seed", type=int, default=0, help="data order and augmentation seed. Default: 0")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads per process (1 keeps runs repeatable). Default: 1")
+    parser.add_argument("--dynamo", action="store_true", help="export with the torch.export-based exporter")
+    parser.add_argument("-o", "--output", required=True, help="output folder (model.onnx, plan.json, finetune.json)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from sparsecc.commands._common import print_json
+    from sparsecc.errors import OptionError, install_hint
+
+    if args.epochs < 0 or args.batch_size < 1 or args.threads < 1:
+        raise OptionError("--epochs must be at least 0, --batch-size and --threads at least 1")
+    if (args.recipe is None) == (args.plan is None):
+        raise OptionError("give either --recipe or --plan", where="finetune",
+                          fix="--recipe groupwise-50 prunes here; --plan plan.json applies a plan made elsewhere")
+    if Path(args.model).suffix == ".onnx" and not args.arch:
+        raise OptionError("an .onnx MODEL needs --arch, the zoo architecture it was exported from",
+                          where=args.model, fix="e.g. --arch resnet18-digits (sparsecc zoo list)")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise OptionError("finetune needs PyTorch, which is not installed",
+                          fix=install_hint("torch", "PyTorch")) from None
+    summary = finetune_model(args)
+    if summary is None:  # a rank other than 0 of a distributed run
+        return 0
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"fine-tuned {summary['model']} on '{summary['data']}' ({summary['recipe'] or summary['plan']}, "
+              f"{summary['schedule']}, {summary['epochs']} epochs): top-1 dense {summary['dense_top1']:.4f}, "
+              f"pruned {summary['top1_before_finetune']:.4f}, fine-tuned {summary['top1']:.4f} "
+              f"on {summary['n']} test images (ONNX Runtime: {summary['onnx_top1']:.4f})")
+        print(f"wrote {args.output}/: model.onnx, plan.json, plan.npz, finetune.json")
+        print(f"next: sparsecc compile {args.output}/model.onnx --recipe zeros --shape input:1x1x32x32 -o OUT")
+    return 0
+
+
+def finetune_model(args) -> dict | None:
+    import json
+
+    import torch
+
+    import sparsecc.torch as st
+    from sparsecc import zoo
+    from sparsecc.compiler import prepare_output_dir
+    from sparsecc.data import load_dataset
+    from sparsecc.errors import OptionError
+    from sparsecc.evaluate import evaluate_onnx
+    from sparsecc.log import progress
+    from sparsecc.model import write_bytes_atomic
+    from sparsecc.plan import SparsityPlan
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    path = Path(args.model)
+    if path.suffix == ".onnx" or path.exists():
+        if not args.arch:
+            raise OptionError("an .onnx MODEL needs --arch, the zoo architecture it was exported from",
+                              where=str(path), fix="e.g. --arch resnet18-digits (sparsecc zoo list)")
+        name, source = args.arch, path
+        module = zoo.build_model(name)
+        st.load_onnx_weights(module, source)
+    else:
+        if args.arch:
+            raise OptionError("--arch is for an .onnx MODEL; a zoo MODEL is its own architecture",
+                              where="--arch", fix="drop --arch, or give the .onnx file")
+        name, source = args.model, zoo.checkpoint_path(args.model)
+        module = zoo.build_model(name, pretrained=True)
+    split = load_dataset(args.data)
+    out = prepare_output_dir(args.output, Path(source))
+    dense = st.evaluate(module, split.x_test, split.y_test)
+    plan = SparsityPlan.load(args.plan) if args.plan else None
+    result = st.finetune(module, split, args.recipe, plan=plan, epochs=args.epochs, schedule=args.schedule,
+                         lr=args.lr, batch_size=args.batch_size, seed=args.seed, train_limit=args.train_limit)
+    if result.rank != 0:
+        return None
+    example = torch.from_numpy(split.x_test[:1].copy())
+    st.export_onnx(result.module, out / "model.onnx", example, masks=result.masks, dynamo=args.dynamo)
+    result.plan.source = f"sparsecc finetune {name} ({args.recipe or args.plan})"
+    result.plan.save(out / "plan.json")
+    onnx_top1 = evaluate_onnx(out / "model.onnx", args.data)["top1"]
+    summary = {"model": name, "source": str(source), "data": args.data, "recipe": args.recipe, "plan": args.plan,
+               "schedule": args.schedule, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+               "train_images": int(min(len(split.y_train), args.train_limit or len(split.y_train))),
+               "seed": args.seed, "world_size": result.world_size, "mask_digest": result.mask_digest,
+               "rank_mask_digests": result.rank_mask_digests, "n": result.n, "dense_top1": dense,
+               "top1_before_finetune": result.top1_before_finetune,
+               "top1_one_shot_bn": result.top1_one_shot_bn, "top1": result.top1, "onnx_top1": onnx_top1,
+               "pruned_share_of_planned_weights": round(sum(int((~m).sum()) for m in result.masks.values())
+                                                        / max(1, sum(m.numel() for m in result.masks.values())), 4),
+               "history": result.history, "exporter": "dynamo" if args.dynamo else "torchscript",
+               "torch_version": torch.__version__}
+    write_bytes_atomic(out / "finetune.json", (json.dumps(summary, indent=2) + "\n").encode())
+    progress(f"wrote {out}")
+    return summary

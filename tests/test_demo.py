@@ -1,0 +1,69 @@
+"""`sparsecc demo`: fine-tuned and one-shot variants side by side, without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sparsecc import zoo
+
+# The demo must run where torch is not installed: the subprocess makes `import torch` fail
+# (a finder that refuses it, so nothing can find a half-imported torch either).
+_NO_TORCH = ("import sys, importlib.abc\n"
+             "class Refuse(importlib.abc.MetaPathFinder):\n"
+             "    blocked = ('torch',)\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name.split('.')[0] in self.blocked: raise ImportError(f'{name} blocked by the test')\n"
+             "sys.meta_path.insert(0, Refuse())\n")
+
+
+def _run_demo(out, *extra: str, block: str = "") -> subprocess.CompletedProcess:
+    code = (_NO_TORCH + block + "from sparsecc.cli import main\n"
+            f"sys.exit(main(['demo', '-o', {str(out)!r}, '--recipe', 'none', '--recipe', 'groupwise-50', "
+            f"'--runs', '3', *{list(extra)!r}]))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_demo_shows_fine_tuned_accuracy_next_to_dense_and_marks_one_shot_chance(tmp_path):
+    finetuned = zoo.finetuned_checkpoints("resnet18-digits")
+    assert {f["recipe"] for f in finetuned} >= {"groupwise-50"}  # bundled and listed in the manifest
+    result = _run_demo(tmp_path / "demo")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+    for row in rows.values():
+        assert {"recipe", "top1", "dense_top1", "speedup", "ideal", "kind"} <= set(row), row
+        assert row["dense_top1"] == rows["none"]["top1"]
+    assert rows["none"]["kind"] == "dense" and rows["groupwise-50"]["kind"] == "one-shot"
+    kinds = [r["kind"] for r in report["rows"]]
+    assert kinds == sorted(kinds, key=["dense", "fine-tuned", "one-shot"].index)  # dense, fine-tuned, one-shot
+    tuned = rows["groupwise-50 + fine-tune"]
+    assert tuned["kind"] == "fine-tuned" and tuned["compile_recipe"] == "zeros"
+    assert tuned["top1"] >= tuned["dense_top1"] - 0.01  # within 1 point of dense (360 images)
+    manifest = next(f for f in finetuned if f["recipe"] == "groupwise-50")
+    assert tuned["top1"] == pytest.approx(manifest["top1"], abs=1e-4)  # what the manifest says
+    # chance is marked where it is reached, and only there
+    assert report["chance_top1"] == 0.1
+    for row in rows.values():
+        assert row["at_chance"] == (row["top1"] < 0.15)
+    markdown = (tmp_path / "demo" / "report.md").read_text()
+    assert "Columns:" in markdown and "**speedup**" in markdown and "chance is 10%" in markdown
+    assert "(finetuned-groupwise-50/report.md)" in markdown and "(groupwise-50/report.md)" in markdown
+    assert (tmp_path / "demo" / "finetuned-groupwise-50" / "report.md").is_file()
+    assert all(r["q25_ms"] <= r["median_ms"] <= r["q75_ms"] for r in rows.values())
+    assert report["plot"]["file"] == "tradeoff.png" and (tmp_path / "demo" / "tradeoff.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_demo_without_matplotlib_skips_the_plot_with_a_note(tmp_path):
+    result = _run_demo(tmp_path / "demo", "--no-finetuned", block="Refuse.blocked = ('torch', 'matplotlib')\n")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["plot"]["file"] is None and "matplotlib is not installed" in report["plot"]["note"]
+    assert not (tmp_path / "demo" / "tradeoff.png").exists()
+    assert "matplotlib is not installed" in (tmp_path / "demo" / "report.md").read_text()
+    assert [(r["variant"], r["kind"]) for r in report["rows"]] == [("none", "dense"), ("groupwise-50", "one-shot")]
