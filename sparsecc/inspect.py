@@ -12,8 +12,12 @@ from sparsecc.model import Model
 from sparsecc.plan import detect_layer
 
 
-def inspect_model(model: Model) -> dict[str, Any]:
+def inspect_model(model: Model, cache: dict | None = None) -> dict[str, Any]:
     """Per weight layer: kind, shapes, MACs, parameters, sparsity, detected pattern; and totals.
+
+    ``cache`` (a dict kept by the caller between calls) spares detecting the pattern of a weight
+    array seen before: the compiler inspects before and after, and most weights are the same
+    arrays (passes replace the arrays they change).
 
     Raises:
         ShapeError: the model has dynamic input dimensions and no concrete shapes were given.
@@ -34,7 +38,7 @@ def inspect_model(model: Model) -> dict[str, Any]:
     rows = []
     for layer in layers:
         values = tensors[layer.weight].values
-        detected = detect_layer(layer, values)
+        detected = _detect(layer, values, cache)
         row = layer.to_dict()
         row.update(sparsity=round(detected.sparsity, 6), pattern=detected.pattern,
                    structures={k: round(v, 4) for k, v in detected.structures.items()})
@@ -90,3 +94,15 @@ def format_inspection(info: dict[str, Any]) -> str:
     for item in info["unsupported"]:
         lines.append(f"not a weight layer: {item['node']} ({item['op']}): {item['reason']}")
     return "\n".join(lines)
+
+
+def _detect(layer, values, cache: dict | None):
+    if cache is None:
+        return detect_layer(layer, values)
+    key = (id(values), layer.node, layer.op, layer.kind)
+    known = cache.get(key)
+    if known is not None and known[0] is values:
+        return known[1]
+    detected = detect_layer(layer, values)
+    cache[key] = (values, detected)  # holds the array, so its id is not reused by another
+    return detected

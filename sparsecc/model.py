@@ -18,6 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from sparsecc.errors import ModelLoadError, OutputError, ShapeError
+from sparsecc.onnx_files import read_onnx, read_weights
 
 # onnx 1.23 writes IR 14 by default and ONNX Runtime 1.31 reads at most 13; IR 10 covers
 # opsets up to 21 and every ONNX Runtime since 1.16, so saved models are capped there.
@@ -138,19 +139,30 @@ def load_model(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | Non
     if not path.is_file():
         raise ModelLoadError("this is not a file", where=where, fix="give the path of an .onnx file")
     try:
-        proto = onnx.load(str(path), load_external_data=True)
+        # the weights stay in their file(s) until read_weights puts each straight into its array
+        proto = read_onnx(path)
     except Exception as exc:  # protobuf raises several types; all mean the same to the user
         raise ModelLoadError(
             f"this is not a readable ONNX file ({type(exc).__name__}: {exc})",
             where=where,
             fix="check that the file is a complete ONNX model (re-export or re-download it if it was truncated)",
         ) from None
-    return model_from_proto(proto, source=where, shapes=shapes)
+    model = model_from_proto(proto, source=where, shapes=shapes, file=path)
+    del proto  # the graph's constants still refer to it until their arrays are read
+    try:
+        read_weights(model.graph, path.parent)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"the model's external data cannot be read ({type(exc).__name__}: {exc})", where=where,
+                             fix="keep the .data file(s) the model names next to the .onnx file") from None
+    return model
 
 
 def model_from_proto(proto: onnx.ModelProto, source: str = "<memory>",
-                     shapes: dict[str, tuple[int, ...]] | None = None) -> Model:
-    """Check and import an in-memory ModelProto (see :func:`load_model`)."""
+                     shapes: dict[str, tuple[int, ...]] | None = None, file: Path | None = None) -> Model:
+    """Check and import an in-memory ModelProto (see :func:`load_model`).
+
+    ``file`` is the file the proto was read from: the checker then reads it itself, which finds
+    external data next to it and spares a serialised copy of the weights."""
     if not proto.HasField("graph") or (len(proto.graph.node) == 0 and len(proto.graph.output) == 0):
         raise ModelLoadError(
             "the file parsed but holds no ONNX graph (it may be truncated or not an ONNX model)",
@@ -164,7 +176,7 @@ def model_from_proto(proto: onnx.ModelProto, source: str = "<memory>",
             fix="convert it first: onnx.version_converter.convert_version(model, 17), "
                 "or re-export from PyTorch with opset_version=17")
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(str(file) if file is not None else proto)
     except Exception as exc:
         raise ModelLoadError(f"the model is not valid ONNX: {exc}".strip(), where=source,
                              fix="re-export the model; `python -m onnx.checker` shows the same error") from None
