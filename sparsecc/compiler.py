@@ -236,9 +236,12 @@ def _build_report(model_path: Path, recipe: Recipe, original: Model, before: dic
                   inspected: dict | None = None) -> dict[str, Any]:
     from sparsecc.environment import environment
 
+    from sparsecc.shape_changes import explain_shape_changes
+
     after = inspect_model(ctx.model, inspected)
     skipped = [{"pass": r.name, **vars(s)} for r in records if r.result for s in r.result.skipped]
     macs_before, macs_after = before["totals"]["macs"], after["totals"]["macs"]
+    warnings = _no_gain_warnings(recipe, records, ctx, macs_before, macs_after, skipped)
     return {
         "sparsecc_report": 1,
         "input": str(model_path),
@@ -253,10 +256,34 @@ def _build_report(model_path: Path, recipe: Recipe, original: Model, before: dic
             "ideal_speedup": round(macs_before / macs_after, 4) if macs_after else None,
             "params_before": before["totals"]["weight_params"], "params_after": after["totals"]["weight_params"],
             "compile_seconds": round(time.perf_counter() - started, 3),
+            "warnings": warnings,
         },
+        "shape_changes": explain_shape_changes(before, after, records, ctx.state.get("applied_plans")),
         "skipped": skipped,
         "environment": environment(),
     }
+
+
+def _no_gain_warnings(recipe: Recipe, records: list[PassRecord], ctx: PassContext, macs_before: int,
+                      macs_after: int, skipped: list[dict]) -> list[str]:
+    """A pruning recipe whose compiled model does no fewer MACs gained nothing: say so, and why."""
+    pruned = [r.name for r in records if not r.exact and r.status == "ran"]
+    if not pruned or macs_after < macs_before:
+        return []
+    why = []
+    patterns = {e.pattern for plan in ctx.state.get("applied_plans") or [] for e in plan.entries.values()}
+    if patterns & {"2:4"}:
+        why.append("2:4 weights keep their MACs: TensorRT's sparse tensor cores exploit them, ONNX Runtime runs "
+                   "them dense")
+    undone = [s["reason"] for s in skipped if s["layer"] == "(whole model)"]
+    if undone:
+        why.append(f"the rewrite was undone: {undone[0]}")
+    elif skipped:
+        why.append(f"{len(skipped)} layer(s) were left as they were (reasons in report.md)")
+    return [f"recipe '{recipe.name}' pruned weights ({', '.join(pruned)}) but the compiled model does "
+            f"{'the same' if macs_after == macs_before else 'more'} MACs (ideal speedup "
+            f"{macs_before / macs_after if macs_after else 0:.2f}x): it gains nothing on this model"
+            + (f" ({'; '.join(why)})" if why else "")]
 
 
 def _write_outputs(out: Path, staging: Path, model_files: list[str], ctx: PassContext,

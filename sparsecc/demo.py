@@ -76,7 +76,7 @@ def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = Non
         progress(f"compiling {model_name} with recipe '{name}'")
         row: dict[str, Any] = {"recipe": name}
         try:
-            result = compile_model(checkpoint, name, out / name, shapes=shapes)
+            result = compile_model(checkpoint, name, out / name, shapes=shapes, force=True)
         except SparseccError as err:
             row.update(status="failed", error=err.format())
             rows.append(row)

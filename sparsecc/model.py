@@ -72,7 +72,8 @@ class Model:
                 f"the model has dynamic input dimensions ({described}) and sparsecc needs concrete "
                 "shapes to count MACs and to verify rewrites",
                 where=self.source,
-                fix=f"give them on the command line, e.g. {example} (or shapes= in the Python API)",
+                fix=f"give them on the command line, e.g. {example} (or shapes= in the Python API); the "
+                    f"example takes {example_explanation()}",
             )
         return dict(self.input_shapes)
 
@@ -83,10 +84,56 @@ def format_shape(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def example_shape(shape) -> str:
+# Sizes proposed for dynamic dimensions, by what the dimension is. A 1x1 image or a one-token
+# sequence compiles, but prunes and times a model nobody runs.
+EXAMPLE_BATCH = 1
+EXAMPLE_IMAGE_SIDE = 224
+EXAMPLE_SEQUENCE = 128
+_DIM_HINTS = ((("batch", "n", "b", "bs", "batch_size", "n_batch"), EXAMPLE_BATCH),
+              (("height", "width", "h", "w", "img_h", "img_w", "y", "x"), EXAMPLE_IMAGE_SIDE),
+              (("seq", "sequence", "seq_len", "sequence_length", "length", "len", "tokens", "time", "t"),
+               EXAMPLE_SEQUENCE))
+
+
+def example_dims(shape) -> list[int | None]:
+    """A realistic concrete shape for a (partly) dynamic one; None for a dimension nothing suggests a size for.
+
+    Known sizes are kept. A named dynamic dimension is sized by its name (batch 1, height/width
+    224, sequence 128); an unnamed one by its place: the first is the batch (1); in a 4-D
+    tensor the last two are an image's height and width (224); in a 3-D tensor the second is a
+    sequence (128).
+    """
     if shape is None:
-        return "1x3x224x224"
-    return "x".join(str(d) if isinstance(d, int) and d > 0 else "1" for d in shape)
+        return [EXAMPLE_BATCH, 3, EXAMPLE_IMAGE_SIDE, EXAMPLE_IMAGE_SIDE]
+    dims = []
+    for axis, dim in enumerate(shape):
+        if isinstance(dim, int) and dim > 0:
+            dims.append(dim)
+            continue
+        name = str(dim).strip().lower() if isinstance(dim, str) else ""
+        size = next((value for names, value in _DIM_HINTS if name in names or
+                     any(name.startswith(n) for n in names if len(n) > 2)), None)
+        if size is None:
+            if axis == 0:
+                size = EXAMPLE_BATCH
+            elif len(shape) == 4 and axis >= 2:
+                size = EXAMPLE_IMAGE_SIDE
+            elif len(shape) == 3 and axis == 1:
+                size = EXAMPLE_SEQUENCE
+        dims.append(size)
+    return dims
+
+
+def example_shape(shape) -> str:
+    dims = example_dims(shape)
+    # a dimension nothing suggests a size for is left for the user to fill in, by its name
+    return "x".join(str(d) if d is not None else f"<{shape[axis] or 'size'}>" for axis, d in enumerate(dims))
+
+
+def example_explanation() -> str:
+    return (f"{EXAMPLE_BATCH} for the batch, {EXAMPLE_IMAGE_SIDE}x{EXAMPLE_IMAGE_SIDE} for an image's height "
+            f"and width, {EXAMPLE_SEQUENCE} for a sequence; use the sizes the model runs at in deployment, "
+            "since pruning decisions and timings are made at these shapes")
 
 
 def default_opset(import_domains, fallback: int | None) -> int:
