@@ -699,12 +699,16 @@ class GroupwiseRewrite(Pass):
         """
         from sparsecc.backends.ort import OrtBackend
         from sparsecc.bench import time_interleaved
+        from sparsecc.onnx_files import SessionFiles
         from sparsecc.verify import input_specs, random_feeds
 
         backend = OrtBackend(threads=self.threads)
-        sessions = {"dense": backend.load(dense.to_bytes()), "rewritten": backend.load(rewritten.to_bytes())}
-        feed = random_feeds(input_specs(rewritten), seed=0)[0]
-        timings = time_interleaved(sessions, {"dense": feed, "rewritten": feed}, warmup=1, runs=self.runs)
+        with SessionFiles() as files:  # loaded by path: no serialised copy of either model's weights
+            sessions = {"dense": backend.load(files.write(dense.graph)),
+                        "rewritten": backend.load(files.write(rewritten.graph))}
+            feed = random_feeds(input_specs(rewritten), seed=0)[0]
+            timings = time_interleaved(sessions, {"dense": feed, "rewritten": feed}, warmup=1, runs=self.runs)
+            del sessions
         dense_ms, rewritten_ms = timings["dense"].median_ms, timings["rewritten"].median_ms
         kept = rewritten_ms < dense_ms
         verdict = "kept" if kept else "not faster, so every layer was left dense"

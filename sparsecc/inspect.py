@@ -10,6 +10,7 @@ from sparsecc.errors import UnsupportedModelError
 from sparsecc.layers import analyse_layers
 from sparsecc.model import Model
 from sparsecc.plan import detect_layer
+from sparsecc.sparsity.detect import ELEMENT_WISE_MIN_SPARSITY
 
 
 def inspect_model(model: Model, cache: dict | None = None) -> dict[str, Any]:
@@ -90,7 +91,9 @@ def format_inspection(info: dict[str, Any]) -> str:
     lines = [f"model: {info['model']}  (opset {info['opset']}, inputs {info['inputs']})", "", table, "",
              f"total: {totals['weight_layers']} weight layers ({kinds}); {human(totals['macs'])} MACs; "
              f"{human(totals['weight_params'])} weight parameters ({human(totals['params'])} in all); "
-             f"{100 * totals['weight_sparsity']:.1f}% of weights are zero"]
+             f"{100 * totals['weight_sparsity']:.1f}% of weights are zero",
+             f"(pattern: the most structured form of a weight's zeros; scattered zeros are 'element-wise' only "
+             f"from {100 * ELEMENT_WISE_MIN_SPARSITY:g}% of the weight on, below that the weight is 'dense')"]
     for item in info["unsupported"]:
         lines.append(f"not a weight layer: {item['node']} ({item['op']}): {item['reason']}")
     return "\n".join(lines)

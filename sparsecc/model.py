@@ -60,7 +60,12 @@ class Model:
         return default_opset(self.graph.import_domains or [], self.graph.opset)
 
     def save(self, path: str | os.PathLike) -> Path:
-        return save_model(self.to_onnx(), path)
+        """Write the model, streaming the weights (external data ``<name>.data`` above 2 GB)."""
+        from sparsecc.onnx_files import write_model
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_model(self.graph, path)
 
     def static_input_shapes(self) -> dict[str, tuple[int, ...]]:
         """The concrete input shapes, or a ShapeError naming what is dynamic."""
