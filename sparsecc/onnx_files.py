@@ -244,12 +244,38 @@ def _read_external(proto: onnx.TensorProto, base_dir: Path) -> np.ndarray:
         return onnx.numpy_helper.to_array(proto)
     location = base_dir / info["location"]
     count = int(np.prod(shape, dtype=np.int64))
+    offset = int(info.get("offset", 0))
     with open(location, "rb") as handle:
-        handle.seek(int(info.get("offset", 0)))
+        handle.seek(offset)
         array = np.fromfile(handle, dtype=dtype.newbyteorder("<"), count=count)
     if array.size != count:
         raise EOFError(f"external data of '{proto.name}' is truncated in {location}")
-    return array.astype(dtype, copy=False).reshape(shape)
+    array = array.astype(dtype, copy=False).reshape(shape)
+    _remember_origin(array, location, offset)
+    return array
+
+
+# Arrays read from a file, and where their bytes lie in it: SessionFiles links that file instead of
+# writing the bytes again (id(array) -> (weak reference, resolved path, offset)).
+_ORIGINS: dict[int, tuple[weakref.ref, Path, int]] = {}
+
+
+def _remember_origin(array: np.ndarray, path: Path, offset: int) -> None:
+    if sys.byteorder != "little" or not array.flags.c_contiguous:
+        return
+    key = id(array)
+    try:
+        ref = weakref.ref(array, lambda _, key=key: _ORIGINS.pop(key, None))
+    except TypeError:
+        return
+    _ORIGINS[key] = (ref, Path(path).resolve(), offset)
+
+
+def _origin(array: np.ndarray) -> tuple[Path, int] | None:
+    known = _ORIGINS.get(id(array))
+    if known is None or known[0]() is not array:
+        return None
+    return known[1], known[2]
 
 
 class SessionFiles:
@@ -258,7 +284,9 @@ class SessionFiles:
     Every file of one SessionFiles shares one data file: an array already written (the same
     numpy object, which passes replace rather than edit, as verification against the graph
     before them requires) is referenced again, not written again, so checking a pass that
-    changed a few weights writes only those. :meth:`write` makes a new .onnx file,
+    changed a few weights writes only those; an array still as it was read from the input file
+    is not written at all (the file is hard-linked into the folder and referenced at its offset).
+    :meth:`write` makes a new .onnx file,
     :meth:`release` deletes one, :meth:`close` (or leaving the ``with`` block) all of them.
     """
 
@@ -269,6 +297,7 @@ class SessionFiles:
         self._size = 0
         self._written: dict[int, tuple[weakref.ref, int]] = {}  # id(array) -> (array, offset)
         self._digests: dict[Path, str] = {}
+        self._links: dict[Path, str] = {}  # input file -> its hard link in the folder ("" if impossible)
         self._outputs: dict[tuple, Any] = {}  # (digest, inputs) -> outputs of that graph on those inputs
 
     def write(self, graph_or_proto, emptied=None) -> Path:
@@ -281,6 +310,10 @@ class SessionFiles:
         path = self._dir / f"model{self._count}.onnx"
         with open(self._data, "ab") as handle:
             for init, array in emptied:
+                linked = self._linked(array)
+                if linked is not None:  # still the bytes of the file it was read from
+                    _set_external(init, linked[0], linked[1], int(array.nbytes))
+                    continue
                 offset = self._offset(array)
                 if offset is None:
                     pad = -self._size % ALIGNMENT
@@ -308,6 +341,27 @@ class SessionFiles:
             self._outputs[(digest, inputs_key)] = outputs
             while len(self._outputs) > KEPT_OUTPUTS:
                 self._outputs.pop(next(iter(self._outputs)))
+
+    def _linked(self, array: np.ndarray) -> tuple[str, int] | None:
+        """(name in the folder, offset) of the input file the array was read from, hard-linked here.
+
+        ONNX Runtime refuses external data outside the model's folder (symbolic links included);
+        a hard link is the same file, so the weights are neither copied nor written again. None
+        when the array was not read from a file, or the link cannot be made (another filesystem).
+        """
+        origin = _origin(array)
+        if origin is None:
+            return None
+        path, offset = origin
+        name = self._links.get(path)
+        if name is None:
+            name = f"input{len(self._links) + 1}.data"
+            try:
+                os.link(path, self._dir / name)
+            except OSError:
+                name = ""
+            self._links[path] = name
+        return (name, offset) if name else None
 
     def _offset(self, array: np.ndarray) -> int | None:
         known = self._written.get(id(array))

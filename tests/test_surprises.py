@@ -294,3 +294,30 @@ def test_verification_reads_the_weights_from_one_shared_file(tmp_path):
         assert files.outputs(second, "k") is None
         files.keep_outputs(first, "k", ["outputs"])
         assert files.outputs(second, "k") == ["outputs"]  # the same graph is not run twice
+
+
+def test_weights_still_as_read_are_linked_not_written(tmp_path):
+    import onnxruntime as ort
+
+    from sparsecc.model import load_model
+    from sparsecc.onnx_files import SessionFiles
+
+    source = tmp_path / "m.onnx"
+    onnx.save(conv_bn_relu_fc(batch=1), str(source), save_as_external_data=True, location="m.data",
+              size_threshold=0)
+    model = load_model(source)
+    weight = model.graph.tensors()["Wfc"]
+    with SessionFiles() as files:
+        first = files.write(model.graph)
+        assert (first.parent / "input1.data").samefile(tmp_path / "m.data")  # linked, not copied
+        linked_size = (first.parent / "weights.data").stat().st_size
+        weight.values = weight.values * 2  # a pass replaces an array: only that one is written
+        second = files.write(model.graph)
+        assert (first.parent / "weights.data").stat().st_size >= linked_size + weight.values.nbytes
+        x = {"x": np.ones((1, 4, 6, 6), np.float32)}
+        one = ort.InferenceSession(str(first), providers=["CPUExecutionProvider"]).run(None, x)[0]
+        two = ort.InferenceSession(str(second), providers=["CPUExecutionProvider"]).run(None, x)[0]
+        want = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, x)[0]
+        np.testing.assert_allclose(one, want, rtol=1e-6)
+        np.testing.assert_allclose(two, 2 * want, rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "m.data").exists() and source.exists()  # the input is never touched
