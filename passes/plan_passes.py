@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from sparsecc.errors import PlanError
+from sparsecc.nothing_planned import DETECTING_PLANNERS, last_planner, nothing_planned_error
 from sparsecc.layers import find_weight_layers
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
 from sparsecc.plan import SparsityPlan, apply_plan, merge_into, plan_from_zeros
@@ -48,9 +48,11 @@ class ApplyPlan(Pass):
     description = "Zero the pruned weights of the plan (the masked original; changes outputs on purpose)"
 
     def requires(self, ctx: PassContext) -> None:
-        if ctx.plan is None:
-            raise PlanError("there is no sparsity plan to apply",
-                            fix="put a planning pass before apply-plan in the recipe, or pass --plan plan.json")
+        # an empty plan from a detecting planner is a dense model compiled as it is; from a pruning
+        # planner it means every candidate was blocked, which the user must hear about
+        planner = last_planner(ctx.state.get("history"))
+        if ctx.plan is None or (not len(ctx.plan) and planner is not None and planner.name not in DETECTING_PLANNERS):
+            raise nothing_planned_error(ctx.state.get("history"), where=ctx.model.source)
 
     def run(self, ctx: PassContext) -> PassResult:
         changed = apply_plan(ctx.model, ctx.plan)

@@ -87,6 +87,10 @@ def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2
     for label, path in zip(labels, paths):
         model = load_model(path, shapes)
         models[label] = model
+    if len(paths) == 2:
+        check_same_interface(models["baseline"], models["candidate"])
+    for label, path in zip(labels, paths):
+        model = models[label]
         info[label] = inspect_model(model)["totals"]
         sessions[label] = engine.load(Path(path))
         feeds[label] = random_feeds(input_specs(model), seed=0)[0]
@@ -121,3 +125,63 @@ def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2
     for session in sessions.values():
         session.close()
     return result
+
+
+def interface(model) -> dict[str, list[tuple[str, tuple | None, str]]]:
+    """Names, shapes (concrete for inputs; None or "?" where unknown) and dtypes of the inputs and outputs."""
+    import numpy as np
+
+    shapes = model.static_input_shapes()
+    inputs = [(t.name, tuple(shapes[t.name]), np.dtype(t.dtype).name) for t in model.graph.inputs]
+    outputs = [(t.name, None if t.shape is None else tuple(d if isinstance(d, int) and d > 0 else "?" for d in t.shape),
+                np.dtype(t.dtype).name if t.dtype is not None else "?") for t in model.graph.outputs]
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def check_same_interface(baseline, candidate) -> None:
+    """Refuse to pair two models that do not take and give the same tensors: their speedup means nothing.
+
+    Dimensions one model leaves dynamic match any size (a compiled model may have fixed them).
+
+    Raises:
+        OptionError: the inputs or outputs differ in name, count, rank, a known size, or dtype.
+    """
+    from sparsecc.errors import OptionError
+
+    a, b = interface(baseline), interface(candidate)
+    for side in ("inputs", "outputs"):
+        differences = _differences(a[side], b[side])
+        if differences:
+            raise OptionError(
+                f"the two models have different {side}, so they do not compute the same thing and a speedup "
+                f"between them means nothing: {differences}", where=f"{baseline.source} vs {candidate.source}",
+                fix="bench a model against its own compiled version: sparsecc bench MODEL.onnx OUT/model.onnx "
+                    "(time unrelated models one at a time: sparsecc bench MODEL.onnx)")
+
+
+def _differences(first: list, second: list) -> str:
+    by_name_a, by_name_b = {t[0]: t for t in first}, {t[0]: t for t in second}
+    notes = []
+    for name in sorted(set(by_name_a) | set(by_name_b)):
+        if name not in by_name_b:
+            notes.append(f"'{name}' only in the first")
+        elif name not in by_name_a:
+            notes.append(f"'{name}' only in the second")
+        else:
+            (_, shape_a, dtype_a), (_, shape_b, dtype_b) = by_name_a[name], by_name_b[name]
+            if not (_same_shape(shape_a, shape_b) and (dtype_a == dtype_b or "?" in (dtype_a, dtype_b))):
+                notes.append(f"'{name}' is {dtype_a} {_shape(shape_a)} in the first, {dtype_b} {_shape(shape_b)} "
+                             "in the second")
+    if not notes and [t[0] for t in first] != [t[0] for t in second]:
+        notes.append("the same tensors in another order")
+    return "; ".join(notes[:4]) + (f"; and {len(notes) - 4} more" if len(notes) > 4 else "")
+
+
+def _same_shape(a, b) -> bool:
+    if a is None or b is None:
+        return True
+    return len(a) == len(b) and all(x == y or "?" in (x, y) for x, y in zip(a, b))
+
+
+def _shape(shape) -> str:
+    return "[unknown]" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"

@@ -13,19 +13,21 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from sparsecc.errors import OptionError, OutputError, VerificationError
 from sparsecc.inspect import inspect_model
 from sparsecc.log import progress
-from sparsecc.model import Model, load_model, write_bytes_atomic
+from sparsecc.model import Model, load_model
+from sparsecc.onnx_files import SessionFiles, external_data_path, write_model
 from sparsecc.passes.canonicalize import CANONICAL_PASSES
 from sparsecc.passmanager import PassContext, PassManager, PassRecord
 from sparsecc.plan import SparsityPlan
 from sparsecc.recipe import Recipe, load_recipe
 from sparsecc.verify import VerifyConfig, compare_models, input_specs, verification_backend
+from sparsecc.verify_options import verify_config
 
 
 @dataclass
@@ -42,6 +44,16 @@ class CompileResult:
 
 def prepare_output_dir(out_dir: str | os.PathLike, model_path: Path) -> Path:
     """Create the output folder (or fail early, before any work) and refuse to overwrite the input."""
+    return _prepare_output_dir(out_dir, model_path)[0]
+
+
+def _prepare_output_dir(out_dir: str | os.PathLike, model_path: Path, force: bool = True
+                        ) -> tuple[Path, Path | None]:
+    """The output folder, and the top-most folder this call created (None if it existed).
+
+    Without ``force`` a folder that holds anything is refused: a compile must not silently
+    replace what is there.
+    """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputError("the output path exists and is not a folder", where=str(out),
@@ -49,21 +61,39 @@ def prepare_output_dir(out_dir: str | os.PathLike, model_path: Path) -> Path:
     if (out / "model.onnx").resolve() == model_path.resolve():
         raise OutputError("the output would overwrite the input model", where=str(out),
                           fix="choose another output folder")
+    if not force and out.is_dir() and any(out.iterdir()):
+        shown = sorted(p.name for p in out.iterdir())
+        listing = ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
+        raise OutputError(f"the output folder is not empty ({listing})", where=str(out),
+                          fix="choose a new or empty folder with -o, or pass --force (force=True) to replace "
+                              "the outputs in it")
+    created = None
+    for folder in [out, *out.absolute().parents]:
+        if folder.exists():
+            break
+        created = folder
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=out, prefix=".sparsecc-probe-", delete=True)
         probe.close()
     except OSError as exc:
+        _remove_created(created)
         raise OutputError(f"cannot write to the output folder ({exc.strerror})", where=str(out),
                           fix="choose a writable folder with -o") from None
-    return out
+    return out, created
+
+
+def _remove_created(folder: Path | None) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", out_dir: str | os.PathLike = "out",
                   shapes: dict[str, tuple[int, ...]] | None = None, disable: list[str] | tuple[str, ...] = (),
                   dump_dir: str | os.PathLike | None = None, plan: str | os.PathLike | None = None,
-                  verify: VerifyConfig | None = None, cost_model: str | None = None,
-                  timing_cache: str | os.PathLike | None = None, trace: bool = False) -> CompileResult:
+                  verify: VerifyConfig | Mapping[str, Any] | None = None, force: bool = False,
+                  cost_model: str | None = None, timing_cache: str | os.PathLike | None = None,
+                  trace: bool = False) -> CompileResult:
     """Compile a model with a recipe and write the outputs.
 
     Args:
@@ -74,13 +104,18 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
         disable: Names of passes not to run. Defaults to none.
         dump_dir: Write the graph after each pass here. Defaults to none.
         plan: A plan.json to start from (e.g. made by fine-tuning elsewhere). Defaults to none.
-        verify: Tolerances and seed of the numerical checks. Defaults to the recipe's; tolerances given by
-            neither follow the model's float type (:data:`sparsecc.verify.DTYPE_TOLERANCES`).
+        verify: Tolerances and seed of the numerical checks, a VerifyConfig or a mapping with some of
+            atol, rtol, seed, iterations (the rest from the recipe). Defaults to the recipe's; tolerances
+            given by neither follow the model's float type (:data:`sparsecc.verify.DTYPE_TOLERANCES`).
+        force: Write into ``out_dir`` even if it holds files (the outputs replace theirs).
+            Defaults to False: a folder that is not empty is refused.
         cost_model: "measured" or "analytic", for every pass that chooses by a cost model. Defaults to
             each pass's own option.
         timing_cache: The timing cache file, or "off". Defaults to ``$SPARSECC_TIMING_CACHE``, else
             ``~/.cache/sparsecc/timing-cache.json`` (see :mod:`sparsecc.lowering.timing_cache`).
         trace: Log, after each pass, why each rewrite rule did not fire on each layer. Defaults to False.
+
+    A failed compile leaves nothing behind: no outputs, and no folder it created.
     """
     from sparsecc.lowering import open_timing_cache
 
@@ -90,16 +125,35 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
         raise OptionError(f"unknown cost model '{cost_model}'", fix="use --cost-model measured or analytic")
     cache = open_timing_cache(timing_cache)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    verify = verify or _verify_config(recipe)
+    verify = _verify_config(recipe, verify)
     passes = recipe.build_passes()
-    out = prepare_output_dir(out_dir, model_path)
+    out, created = _prepare_output_dir(out_dir, model_path, force=force)
+    try:
+        return _compile(model_path, recipe, out, shapes, disable, dump_dir, plan, verify, passes, started,
+                        PassContextOptions(trace, cost_model, cache))
+    except BaseException:
+        _remove_created(created)
+        raise
 
+
+@dataclass
+class PassContextOptions:
+    """What every pass of one compile shares besides the model: trace, cost model, timing cache."""
+
+    trace: bool
+    cost_model: str | None
+    timing_cache: Any
+
+
+def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_dir, plan, verify: VerifyConfig,
+             passes, started: float, options: PassContextOptions) -> CompileResult:
     progress(f"loading {model_path}")
     original = load_model(model_path, shapes)
     original.static_input_shapes()  # dynamic inputs without --shape fail here, before any work
     verify = verify.for_model(original)  # tolerances not given follow the model's float type
-    model = original.copy()
-    ctx = PassContext(model, trace=trace, cost_model=cost_model, timing_cache=cache)
+    model = original.copy()  # shares the weight arrays with the original until a pass replaces them
+    ctx = PassContext(model, trace=options.trace, cost_model=options.cost_model,
+                      timing_cache=options.timing_cache)
     if plan is not None:
         if "apply-plan" not in [p.name for p in passes] or "apply-plan" in disable:
             raise OptionError(f"--plan was given but recipe '{recipe.name}' never applies a plan",
@@ -109,21 +163,32 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
         ctx.plan = SparsityPlan.load(plan)
 
     progress(f"running recipe '{recipe.name}' ({len(passes)} passes)")
-    manager = PassManager(passes, disabled=tuple(disable), dump_dir=dump_dir, verify=verify)
-    records = manager.run(ctx, stop=len(CANONICAL_PASSES))
-    before = inspect_model(ctx.model)  # the canonical input; a model sparsecc cannot work on fails here
-    records += manager.run(ctx, start=len(CANONICAL_PASSES))
+    # the graphs checked share one temporary weight file: each array is written to it once
+    files = SessionFiles()
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".sparsecc-staging-"))
+    try:
+        manager = PassManager(passes, disabled=tuple(disable), dump_dir=dump_dir, verify=verify,
+                              session_files=files)
+        records = manager.run(ctx, stop=len(CANONICAL_PASSES))
+        inspected: dict = {}  # weights the passes leave as they were are inspected once
+        before = inspect_model(ctx.model, inspected)  # the canonical input; one sparsecc cannot work on fails here
+        records += manager.run(ctx, start=len(CANONICAL_PASSES))
 
-    specialized = _specialize_input_shapes(original, ctx.model, records, passes)
-    compiled = ctx.model.to_bytes()  # serialised once: checked below, then written as model.onnx
-    progress("verifying the compiled model")
-    verification = _final_verification(original, ctx, compiled, verify, records)
-    report = _build_report(model_path, recipe, original, before, ctx, records, verification, started, verify)
-    report["specialized_input_shapes"] = specialized
-    report["timing_cache"] = cache.describe()
-
-    progress(f"writing {out}")
-    _write_outputs(out, ctx, compiled, report)
+        specialized = _specialize_input_shapes(original, ctx.model, records, passes)
+        # streamed from the graph's arrays; the check below runs the same export, with the weights
+        # in the shared temporary file (ONNX Runtime holds one copy of them, not two as from one file)
+        model_files = _write_compiled(staging, ctx)
+        progress("verifying the compiled model")
+        verification = _final_verification(original, ctx, files.write(ctx.model.graph), verify, files, records)
+        report = _build_report(model_path, recipe, original, before, ctx, records, verification, started, verify,
+                               inspected)
+        report["specialized_input_shapes"] = specialized
+        report["timing_cache"] = options.timing_cache.describe()
+        progress(f"writing {out}")
+        _write_outputs(out, staging, model_files, ctx, report)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        files.close()
     return CompileResult(out, ctx.model, records, report)
 
 
@@ -145,22 +210,36 @@ def _specialize_input_shapes(original: Model, model: Model, records: list[PassRe
     return fixed
 
 
-def _verify_config(recipe: Recipe) -> VerifyConfig:
-    unknown = set(recipe.verify) - {"atol", "rtol", "seed", "iterations"}
-    if unknown:
-        raise OptionError(f"unknown verify key(s) {sorted(unknown)} in recipe '{recipe.name}'",
-                          where=recipe.source, fix="use atol, rtol, seed, iterations")
-    return VerifyConfig(**recipe.verify)
+def _verify_config(recipe: Recipe, given: VerifyConfig | Mapping[str, Any] | None) -> VerifyConfig:
+    """The recipe's verify block, overridden by what was given; every value checked (verify_options)."""
+    base = verify_config(recipe.verify, where=f"verify: of recipe '{recipe.name}' ({recipe.source})")
+    if given is None:
+        return base
+    options = asdict(given) if isinstance(given, VerifyConfig) else dict(given)
+    return verify_config(options, where="verification options", base=base)
 
 
-def _final_verification(original: Model, ctx: PassContext, compiled: bytes, config: VerifyConfig,
-                        records: list[PassRecord]) -> dict[str, Any]:
+def _write_compiled(staging: Path, ctx: PassContext) -> list[str]:
+    """model.onnx (+ model.onnx.data above protobuf's 2 GB) into the staging folder; their names."""
+    try:
+        path = write_model(ctx.model.graph, staging / "model.onnx")
+    except OSError as exc:
+        raise OutputError(f"cannot write the compiled model ({exc.strerror})", where=str(staging.parent),
+                          fix="check free space and permissions") from None
+    data = external_data_path(path)
+    return ["model.onnx", data.name] if data.exists() else ["model.onnx"]
+
+
+def _final_verification(original: Model, ctx: PassContext, compiled: Path, config: VerifyConfig,
+                        files: SessionFiles, records: list[PassRecord]) -> dict[str, Any]:
     """Compiled vs masked original (must match), and compiled vs unpruned original (reported).
 
     When nothing changed the graph after the last apply-plan, the compiled model *is* the masked
     original: comparing the two would check the model against itself. The exact result is then
     the exact passes' own checks, each against the graph before it.
     """
+    from sparsecc.verify_options import precision_explanation
+
     specs = input_specs(ctx.model)
     masked = ctx.state.get("masked")
     reference = masked if masked is not None else original
@@ -170,8 +249,12 @@ def _final_verification(original: Model, ctx: PassContext, compiled: bytes, conf
                              "the last apply-plan, so the compiled model is the masked original)",
                   "exact": _exact_pass_checks(records, config)}
     else:
-        exact = compare_models(reference, compiled, specs, config, backend)
+        exact = compare_models(files.write(reference.graph), compiled, specs, config, backend, files=files)
         if not exact.passed:
+            rounding = precision_explanation(exact)
+            if rounding is not None:
+                raise VerificationError(f"the compiled model was checked at a tolerance too tight to pass: "
+                                        f"{rounding[0]}", where=original.source, fix=rounding[1])
             raise VerificationError(
                 f"the compiled model does not match the {'masked' if masked is not None else ''} original: "
                 f"{exact.describe_worst()}",
@@ -179,7 +262,8 @@ def _final_verification(original: Model, ctx: PassContext, compiled: bytes, conf
         result = {"against": "masked original" if masked is not None else "original", "exact": exact.to_dict()}
     if masked is not None:
         # pruning changes the function on purpose: report how much, never fail on it
-        result["agreement_with_unpruned"] = compare_models(original, compiled, specs, config, backend).to_dict()
+        result["agreement_with_unpruned"] = compare_models(files.write(original.graph), compiled, specs,
+                                                           config, backend, files=files).to_dict()
     return result
 
 
@@ -199,13 +283,16 @@ def _exact_pass_checks(records: list[PassRecord], config: VerifyConfig) -> dict[
 
 
 def _build_report(model_path: Path, recipe: Recipe, original: Model, before: dict[str, Any], ctx: PassContext,
-                  records: list[PassRecord], verification: dict[str, Any], started: float, verify: VerifyConfig
-                  ) -> dict[str, Any]:
+                  records: list[PassRecord], verification: dict[str, Any], started: float, verify: VerifyConfig,
+                  inspected: dict | None = None) -> dict[str, Any]:
     from sparsecc.environment import environment
 
-    after = inspect_model(ctx.model)
+    from sparsecc.shape_changes import explain_shape_changes
+
+    after = inspect_model(ctx.model, inspected)
     skipped = [{"pass": r.name, **vars(s)} for r in records if r.result for s in r.result.skipped]
     macs_before, macs_after = before["totals"]["macs"], after["totals"]["macs"]
+    warnings = _no_gain_warnings(recipe, records, ctx, macs_before, macs_after, skipped)
     return {
         "sparsecc_report": 1,
         "input": str(model_path),
@@ -221,32 +308,55 @@ def _build_report(model_path: Path, recipe: Recipe, original: Model, before: dic
             "ideal_speedup": round(macs_before / macs_after, 4) if macs_after else None,
             "params_before": before["totals"]["weight_params"], "params_after": after["totals"]["weight_params"],
             "compile_seconds": round(time.perf_counter() - started, 3),
+            "warnings": warnings,
         },
+        "shape_changes": explain_shape_changes(before, after, records, ctx.state.get("applied_plans")),
         "skipped": skipped,
         "environment": environment(),
     }
 
 
-def _write_outputs(out: Path, ctx: PassContext, compiled: bytes, report: dict[str, Any]) -> None:
+def _no_gain_warnings(recipe: Recipe, records: list[PassRecord], ctx: PassContext, macs_before: int,
+                      macs_after: int, skipped: list[dict]) -> list[str]:
+    """A pruning recipe whose compiled model does no fewer MACs gained nothing: say so, and why."""
+    pruned = [r.name for r in records if not r.exact and r.status == "ran"]
+    if not pruned or macs_after < macs_before:
+        return []
+    why = []
+    patterns = {e.pattern for plan in ctx.state.get("applied_plans") or [] for e in plan.entries.values()}
+    if patterns & {"2:4"}:
+        why.append("2:4 weights keep their MACs: TensorRT's sparse tensor cores exploit them, ONNX Runtime runs "
+                   "them dense")
+    undone = [s["reason"] for s in skipped if s["layer"] == "(whole model)"]
+    if undone:
+        why.append(f"the rewrite was undone: {undone[0]}")
+    elif skipped:
+        why.append(f"{len(skipped)} layer(s) were left as they were (reasons in report.md)")
+    return [f"recipe '{recipe.name}' pruned weights ({', '.join(pruned)}) but the compiled model does "
+            f"{'the same' if macs_after == macs_before else 'more'} MACs (ideal speedup "
+            f"{macs_before / macs_after if macs_after else 0:.2f}x): it gains nothing on this model"
+            + (f" ({'; '.join(why)})" if why else "")]
+
+
+def _write_outputs(out: Path, staging: Path, model_files: list[str], ctx: PassContext,
+                   report: dict[str, Any]) -> None:
     from sparsecc.report import render_compile_markdown
 
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".sparsecc-staging-"))
     try:
-        write_bytes_atomic(staging / "model.onnx", compiled)
         plan_files = _write_plans(staging, ctx)
-        names = ["model.onnx", *plan_files, "report.json", "report.md"]
+        names = [*model_files, *plan_files, "report.json", "report.md"]
         report["outputs"] = {name: str(out / name) for name in names}
         (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
         (staging / "report.md").write_text(render_compile_markdown(report))
-        for stale in out.glob("plan.stage*.*"):  # from an earlier compile into the same folder
-            stale.unlink()
+        # from an earlier compile into the same folder (--force)
+        stale = [*out.glob("plan.stage*.*"), *([out / "model.onnx.data"] if "model.onnx.data" not in names else [])]
+        for path in stale:
+            path.unlink(missing_ok=True)
         for name in names:
             os.replace(staging / name, out / name)
     except OSError as exc:
         raise OutputError(f"cannot write the outputs ({exc.strerror})", where=str(out),
                           fix="check free space and permissions") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write_plans(folder: Path, ctx: PassContext) -> list[str]:

@@ -33,7 +33,7 @@ def _compile(checkpoint: Path, recipe, out_dir: Path, shapes: dict, plan: Path |
     """The demo's one compile call (every variant goes through here)."""
     from sparsecc.compiler import compile_model
 
-    return compile_model(checkpoint, recipe, out_dir, shapes=shapes, plan=plan)
+    return compile_model(checkpoint, recipe, out_dir, shapes=shapes, plan=plan, force=True)  # a re-run replaces
 
 
 def _replay_filters():

@@ -10,6 +10,7 @@ from sparsecc.errors import UnsupportedModelError
 from sparsecc.layers import analyse_layers
 from sparsecc.model import Model
 from sparsecc.plan import detect_layer
+from sparsecc.sparsity.detect import ELEMENT_WISE_MIN_SPARSITY
 from sparsecc.tables import text_table
 
 
@@ -18,8 +19,12 @@ def _quantized(layer) -> bool:
     return "quantized layer" in layer.reason or "(DequantizeLinear)" in layer.reason
 
 
-def inspect_model(model: Model) -> dict[str, Any]:
+def inspect_model(model: Model, cache: dict | None = None) -> dict[str, Any]:
     """Per weight layer: kind, shapes, MACs, parameters, sparsity, detected pattern; and totals.
+
+    ``cache`` (a dict kept by the caller between calls) spares detecting the pattern of a weight
+    array seen before: the compiler inspects before and after, and most weights are the same
+    arrays (passes replace the arrays they change).
 
     Raises:
         ShapeError: the model has dynamic input dimensions and no concrete shapes were given.
@@ -42,7 +47,7 @@ def inspect_model(model: Model) -> dict[str, Any]:
     rows = []
     for layer in layers:
         values = tensors[layer.weight].values
-        detected = detect_layer(layer, values)
+        detected = _detect(layer, values, cache)
         row = layer.to_dict()
         row.update(sparsity=round(detected.sparsity, 6), pattern=detected.pattern,
                    structures={k: round(v, 4) for k, v in detected.structures.items()})
@@ -91,7 +96,21 @@ def format_inspection(info: dict[str, Any]) -> str:
     lines = [f"model: {info['model']}  (opset {info['opset']}, inputs {info['inputs']})", "", table, "",
              f"total: {totals['weight_layers']} weight layers ({kinds}); {human(totals['macs'])} MACs; "
              f"{human(totals['weight_params'])} weight parameters ({human(totals['params'])} in all); "
-             f"{100 * totals['weight_sparsity']:.1f}% of weights are zero"]
+             f"{100 * totals['weight_sparsity']:.1f}% of weights are zero",
+             f"(pattern: the most structured form of a weight's zeros; scattered zeros are 'element-wise' only "
+             f"from {100 * ELEMENT_WISE_MIN_SPARSITY:g}% of the weight on, below that the weight is 'dense')"]
     for item in info["unsupported"]:
         lines.append(f"not a weight layer: {item['node']} ({item['op']}): {item['reason']}")
     return "\n".join(lines)
+
+
+def _detect(layer, values, cache: dict | None):
+    if cache is None:
+        return detect_layer(layer, values)
+    key = (id(values), layer.node, layer.op, layer.kind)
+    known = cache.get(key)
+    if known is not None and known[0] is values:
+        return known[1]
+    detected = detect_layer(layer, values)
+    cache[key] = (values, detected)  # holds the array, so its id is not reused by another
+    return detected

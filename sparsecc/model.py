@@ -18,6 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from sparsecc.errors import ModelLoadError, OutputError, ShapeError
+from sparsecc.onnx_files import read_onnx, read_weights
 
 # onnx 1.23 writes IR 14 by default and ONNX Runtime 1.31 reads at most 13; IR 10 covers
 # opsets up to 21 and every ONNX Runtime since 1.16, so saved models are capped there.
@@ -63,7 +64,12 @@ class Model:
         return default_opset(self.graph.import_domains or [], self.graph.opset)
 
     def save(self, path: str | os.PathLike) -> Path:
-        return save_model(self.to_onnx(), path)
+        """Write the model, streaming the weights (external data ``<name>.data`` above 2 GB)."""
+        from sparsecc.onnx_files import write_model
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_model(self.graph, path)
 
     def static_input_shapes(self) -> dict[str, tuple[int, ...]]:
         """The concrete input shapes, or a ShapeError naming what is dynamic."""
@@ -75,7 +81,8 @@ class Model:
                 f"the model has dynamic input dimensions ({described}) and sparsecc needs concrete "
                 "shapes to count MACs and to verify rewrites",
                 where=self.source,
-                fix=f"give them on the command line, e.g. {example} (or shapes= in the Python API)",
+                fix=f"give them on the command line, e.g. {example} (or shapes= in the Python API); the "
+                    f"example takes {example_explanation()}",
             )
         return dict(self.input_shapes)
 
@@ -86,10 +93,56 @@ def format_shape(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def example_shape(shape) -> str:
+# Sizes proposed for dynamic dimensions, by what the dimension is. A 1x1 image or a one-token
+# sequence compiles, but prunes and times a model nobody runs.
+EXAMPLE_BATCH = 1
+EXAMPLE_IMAGE_SIDE = 224
+EXAMPLE_SEQUENCE = 128
+_DIM_HINTS = ((("batch", "n", "b", "bs", "batch_size", "n_batch"), EXAMPLE_BATCH),
+              (("height", "width", "h", "w", "img_h", "img_w", "y", "x"), EXAMPLE_IMAGE_SIDE),
+              (("seq", "sequence", "seq_len", "sequence_length", "length", "len", "tokens", "time", "t"),
+               EXAMPLE_SEQUENCE))
+
+
+def example_dims(shape) -> list[int | None]:
+    """A realistic concrete shape for a (partly) dynamic one; None for a dimension nothing suggests a size for.
+
+    Known sizes are kept. A named dynamic dimension is sized by its name (batch 1, height/width
+    224, sequence 128); an unnamed one by its place: the first is the batch (1); in a 4-D
+    tensor the last two are an image's height and width (224); in a 3-D tensor the second is a
+    sequence (128).
+    """
     if shape is None:
-        return "1x3x224x224"
-    return "x".join(str(d) if isinstance(d, int) and d > 0 else "1" for d in shape)
+        return [EXAMPLE_BATCH, 3, EXAMPLE_IMAGE_SIDE, EXAMPLE_IMAGE_SIDE]
+    dims = []
+    for axis, dim in enumerate(shape):
+        if isinstance(dim, int) and dim > 0:
+            dims.append(dim)
+            continue
+        name = str(dim).strip().lower() if isinstance(dim, str) else ""
+        size = next((value for names, value in _DIM_HINTS if name in names or
+                     any(name.startswith(n) for n in names if len(n) > 2)), None)
+        if size is None:
+            if axis == 0:
+                size = EXAMPLE_BATCH
+            elif len(shape) == 4 and axis >= 2:
+                size = EXAMPLE_IMAGE_SIDE
+            elif len(shape) == 3 and axis == 1:
+                size = EXAMPLE_SEQUENCE
+        dims.append(size)
+    return dims
+
+
+def example_shape(shape) -> str:
+    dims = example_dims(shape)
+    # a dimension nothing suggests a size for is left for the user to fill in, by its name
+    return "x".join(str(d) if d is not None else f"<{shape[axis] or 'size'}>" for axis, d in enumerate(dims))
+
+
+def example_explanation() -> str:
+    return (f"{EXAMPLE_BATCH} for the batch, {EXAMPLE_IMAGE_SIDE}x{EXAMPLE_IMAGE_SIDE} for an image's height "
+            f"and width, {EXAMPLE_SEQUENCE} for a sequence; use the sizes the model runs at in deployment, "
+            "since pruning decisions and timings are made at these shapes")
 
 
 def default_opset(import_domains, fallback: int | None) -> int:
@@ -142,19 +195,30 @@ def load_model(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | Non
     if not path.is_file():
         raise ModelLoadError("this is not a file", where=where, fix="give the path of an .onnx file")
     try:
-        proto = onnx.load(str(path), load_external_data=True)
+        # the weights stay in their file(s) until read_weights puts each straight into its array
+        proto = read_onnx(path)
     except Exception as exc:  # protobuf raises several types; all mean the same to the user
         raise ModelLoadError(
             f"this is not a readable ONNX file ({type(exc).__name__}: {exc})",
             where=where,
             fix="check that the file is a complete ONNX model (re-export or re-download it if it was truncated)",
         ) from None
-    return model_from_proto(proto, source=where, shapes=shapes)
+    model = model_from_proto(proto, source=where, shapes=shapes, file=path)
+    del proto  # the graph's constants still refer to it until their arrays are read
+    try:
+        read_weights(model.graph, path.parent)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"the model's external data cannot be read ({type(exc).__name__}: {exc})", where=where,
+                             fix="keep the .data file(s) the model names next to the .onnx file") from None
+    return model
 
 
 def model_from_proto(proto: onnx.ModelProto, source: str = "<memory>",
-                     shapes: dict[str, tuple[int, ...]] | None = None) -> Model:
-    """Check and import an in-memory ModelProto (see :func:`load_model`)."""
+                     shapes: dict[str, tuple[int, ...]] | None = None, file: Path | None = None) -> Model:
+    """Check and import an in-memory ModelProto (see :func:`load_model`).
+
+    ``file`` is the file the proto was read from: the checker then reads it itself, which finds
+    external data next to it and spares a serialised copy of the weights."""
     if not proto.HasField("graph") or (len(proto.graph.node) == 0 and len(proto.graph.output) == 0):
         raise ModelLoadError(
             "the file parsed but holds no ONNX graph (it may be truncated or not an ONNX model)",
@@ -171,7 +235,7 @@ def model_from_proto(proto: onnx.ModelProto, source: str = "<memory>",
             fix="convert it first: onnx.version_converter.convert_version(model, 17), "
                 "or re-export from PyTorch with opset_version=17")
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(str(file) if file is not None else proto)
     except Exception as exc:
         raise ModelLoadError(f"the model is not valid ONNX: {exc}".strip(), where=source,
                              fix="re-export the model; `python -m onnx.checker` shows the same error") from None

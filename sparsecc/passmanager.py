@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from sparsecc.errors import OptionError, SparseccError, VerificationError
 from sparsecc.log import logger
 from sparsecc.model import Model
+from sparsecc.onnx_files import SessionFiles
 from sparsecc.verify import VerifyConfig, compare_models, input_specs, verification_backend
 
 
@@ -173,10 +174,13 @@ class PassManager:
         disabled: Names of passes not to run. Defaults to none.
         dump_dir: Folder to write the graph after each pass (``NN-name.onnx``). Defaults to none.
         verify: Verification settings; None turns verification off. Defaults to VerifyConfig().
+        session_files: Where the graphs checked are written for ONNX Runtime; the caller's, to
+            share weights already written with its own checks. Defaults to a private one.
     """
 
     def __init__(self, passes: list[Pass], disabled: tuple[str, ...] | list[str] = (),
-                 dump_dir: str | Path | None = None, verify: VerifyConfig | None = VerifyConfig()):
+                 dump_dir: str | Path | None = None, verify: VerifyConfig | None = VerifyConfig(),
+                 session_files: SessionFiles | None = None):
         names = {p.name for p in passes}
         unknown = sorted(set(disabled) - names - set(available_passes()))
         if unknown:
@@ -186,7 +190,10 @@ class PassManager:
         self.disabled = set(disabled)
         self.dump_dir = Path(dump_dir) if dump_dir else None
         self.verify = verify
-        self._verified_bytes: bytes | None = None
+        # the graph a verified pass left, on disk for ONNX Runtime: the next pass's reference
+        self._shared_files = session_files
+        self._files: SessionFiles | None = session_files
+        self._verified_file: Path | None = None
 
     def run(self, ctx: PassContext, start: int = 0, stop: int | None = None) -> list[PassRecord]:
         """Run ``passes[start:stop]`` (all by default); returns their records.
@@ -195,18 +202,38 @@ class PassManager:
         dumps and the history that error messages cite, as long as the stages run in order.
         """
         if start == 0:
-            self._verified_bytes = None
+            self._forget_verified()
             self._records: list[PassRecord] = []
+        ctx.state["history"] = self._records  # what earlier passes did, for a later pass's messages
         first = len(self._records)
         stop = len(self.passes) if stop is None else stop
-        for index in range(start, stop):
-            pass_ = self.passes[index]
-            if pass_.name in self.disabled:
-                self._records.append(PassRecord(pass_.name, pass_.exact, "disabled"))
-                logger.debug("pass %s: disabled", pass_.name)
-                continue
-            self._records.append(self._run_one(index, pass_, ctx, self._records))
+        try:
+            for index in range(start, stop):
+                pass_ = self.passes[index]
+                if pass_.name in self.disabled:
+                    self._records.append(PassRecord(pass_.name, pass_.exact, "disabled"))
+                    logger.debug("pass %s: disabled", pass_.name)
+                    continue
+                self._records.append(self._run_one(index, pass_, ctx, self._records))
+        except BaseException:
+            self.close()
+            raise
+        if stop >= len(self.passes):
+            self.close()
         return self._records[first:]
+
+    def close(self) -> None:
+        """Delete the temporary model files kept between passes."""
+        if self._files is not None and self._files is not self._shared_files:
+            self._files.close()
+        elif self._files is not None:
+            self._files.release(self._verified_file)
+        self._files, self._verified_file = self._shared_files, None
+
+    def _forget_verified(self) -> None:
+        if self._files is not None:
+            self._files.release(self._verified_file)
+        self._verified_file = None
 
     def _run_one(self, index: int, pass_: Pass, ctx: PassContext, earlier: list[PassRecord]) -> PassRecord:
         before = ctx.model.copy() if self.verify is not None else None
@@ -231,22 +258,33 @@ class PassManager:
         if result.modified and before is not None:
             record.verification = self._verify(pass_, before, ctx.model, earlier)
         elif result.modified:
-            self._verified_bytes = None
+            self._forget_verified()
         return record
 
     def _verify(self, pass_: Pass, before: Model, after: Model, earlier: list[PassRecord]) -> dict[str, Any]:
+        from sparsecc.verify_options import precision_explanation
+
         specs = input_specs(after)
-        # the graph a verified pass left is the graph the next pass starts from: serialise it once
-        before_bytes = self._verified_bytes or before.to_bytes()
-        after_bytes = after.to_bytes()
-        # a graph with sparsecc-domain nodes runs them through their numpy references
-        outcome = compare_models(before_bytes, after_bytes, specs, self.verify.for_model(before),
-                                 verification_backend(before, after))
-        self._verified_bytes = after_bytes
+        # the graph a verified pass left is the graph the next pass starts from: written once, to a
+        # file with external data that ONNX Runtime loads without a serialised copy of the weights
+        self._files = self._files or SessionFiles()
+        before_file = self._verified_file or self._files.write(before.graph)
+        after_file = self._files.write(after.graph)
+        try:
+            # a graph with sparsecc-domain nodes runs them through their numpy references
+            outcome = compare_models(before_file, after_file, specs, self.verify.for_model(before),
+                                     verification_backend(before, after), files=self._files)
+        finally:
+            self._files.release(before_file)
+            self._verified_file = after_file
         data = outcome.to_dict()
         data["mode"] = "exact" if pass_.exact else "agreement"
         if pass_.exact and not outcome.passed:
             ran = ", ".join(r.name for r in earlier if r.status != "disabled") or "none"
+            rounding = precision_explanation(outcome)
+            if rounding is not None:
+                raise VerificationError(f"pass '{pass_.name}' was checked at a tolerance too tight to pass: "
+                                        f"{rounding[0]}", where=f"after passes: {ran}", fix=rounding[1])
             raise VerificationError(
                 f"pass '{pass_.name}' claims to be exact but changed the outputs: {outcome.describe_worst()}",
                 where=f"after passes: {ran}",

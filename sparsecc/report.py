@@ -26,6 +26,7 @@ def render_compile_markdown(report: dict[str, Any]) -> str:
         "",
         f"Ideal speedup (MAC ratio): **{summary['ideal_speedup']}x**. Compile time {summary['compile_seconds']} s.",
         "",
+        *[f"**Warning**: {w}\n" for w in summary.get("warnings", [])],
         "## Verification", "",
         f"Compiled model vs {verification['against']} on {_BACKEND_WORDS.get(exact.get('backend'), 'ONNX Runtime (CPU)')}, "
         f"seeded random inputs, "
@@ -52,6 +53,12 @@ def render_compile_markdown(report: dict[str, Any]) -> str:
         rows.append([record["name"], "yes" if record["exact"] else "no", record["status"],
                      record.get("rewrites", 0), f"{record['seconds']:.3f}", status])
     lines += _md_table(rows, ["pass", "exact", "status", "rewrites", "seconds", "verification"])
+    if report.get("shape_changes"):
+        lines += ["", "## Shape changes", "",
+                  "Every weight layer whose weight shape changed, and why:", ""]
+        lines += _md_table([[c["layer"], c["change"], "x".join(map(str, c["before"])) if c["before"] else "-",
+                             "x".join(map(str, c["after"])) if c["after"] else "-", c["why"]]
+                            for c in report["shape_changes"]], ["layer", "change", "before", "after", "why"])
     lines += _lowering_decisions(report)
     if report["skipped"]:
         lines += ["", "## Left as they were", ""]

@@ -15,6 +15,7 @@ from onnx import shape_inference
 
 from sparsecc.errors import ShapeError
 from sparsecc.model import Model, clamp_ir_version
+from sparsecc.onnx_files import SessionFiles, export_skeleton
 
 
 def _fix_inputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
@@ -47,7 +48,8 @@ def infer_shapes(model: Model, wanted: set[str] | None = None) -> dict[str, tupl
             inference are measured with ONNX Runtime. Defaults to none (no fallback).
     """
     input_shapes = model.static_input_shapes()
-    proto = model.to_onnx()
+    # inference needs the weights' shapes, not their values: the large ones stay out of the proto
+    proto, emptied = export_skeleton(model.graph)
     _fix_inputs(proto, input_shapes)
     try:
         inferred = shape_inference.infer_shapes(proto, data_prop=True)
@@ -62,11 +64,11 @@ def infer_shapes(model: Model, wanted: set[str] | None = None) -> dict[str, tupl
     produced = {out for node in proto.graph.node for out in node.output}
     missing = sorted(((wanted or set()) & produced) - set(shapes))
     if missing:
-        shapes.update(_measure_shapes(proto, input_shapes, missing))
+        shapes.update(_measure_shapes(proto, emptied, input_shapes, missing))
     return shapes
 
 
-def _measure_shapes(proto: onnx.ModelProto, input_shapes, names: list[str]) -> dict[str, tuple[int, ...]]:
+def _measure_shapes(proto: onnx.ModelProto, emptied, input_shapes, names: list[str]) -> dict[str, tuple[int, ...]]:
     """Run the graph once on zeros with ``names`` exposed as outputs, and read their shapes."""
     from sparsecc.backends.ort import OrtBackend
 
@@ -76,9 +78,12 @@ def _measure_shapes(proto: onnx.ModelProto, input_shapes, names: list[str]) -> d
             proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     clamp_ir_version(proto)
     try:
-        session = OrtBackend(optimization="none").load(proto.SerializeToString())
-        outputs = session.run({spec.name: np.zeros(input_shapes[spec.name], spec.dtype) for spec in session.inputs})
-        values = [outputs[name] for name in names]
+        with SessionFiles() as files:  # loaded by path: ONNX Runtime reads the weights once
+            session = OrtBackend(optimization="none").load(files.write(proto, emptied))
+            outputs = session.run({spec.name: np.zeros(input_shapes[spec.name], spec.dtype)
+                                   for spec in session.inputs})
+            values = [outputs[name] for name in names]
+            del session, outputs
     except Exception as exc:  # ONNX Runtime raises its own types; all mean "cannot run at these shapes"
         raise ShapeError(f"ONNX shape inference could not follow the graph and ONNX Runtime could not run it "
                          f"at the input shapes {input_shapes} to measure them ({type(exc).__name__}: "

@@ -59,7 +59,10 @@ def test_finetune_writes_a_model_that_compile_finds_the_structure_in(cli, tmp_pa
     found = json.loads((tmp_path / "c" / "plan.json").read_text())
     kept = {w["weight"]: w["kept_fraction"] for w in found["weights"]}
     assert {w["weight"] for w in plan["weights"]} <= set(kept)
-    assert all(kept[w["weight"]] == pytest.approx(w["kept_fraction"], abs=1e-6) for w in plan["weights"])
+    # detect mode finds every planned zero; where a whole input channel lost all its taps it also finds
+    # that channel unread and removes its producer's filter, so a producer's kept share can only fall
+    assert all(kept[w["weight"]] <= w["kept_fraction"] + 1e-6 for w in plan["weights"])
+    assert any(kept[w["weight"]] == pytest.approx(w["kept_fraction"], abs=1e-6) for w in plan["weights"])
     scored = json.loads(cli("eval", tmp_path / "c" / "model.onnx", "--data", "digits", "--json", check=True).stdout)
     assert scored["top1"] == pytest.approx(summary["onnx_top1"])
     assert np.isfinite(scored["top1"])

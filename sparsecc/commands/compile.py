@@ -17,10 +17,11 @@ def register(subparsers) -> None:
     parser.add_argument("--disable-pass", action="append", default=[], metavar="NAME",
                         help="do not run this pass (repeatable)")
     parser.add_argument("--dump-dir", metavar="DIR", help="write the graph after each pass into DIR")
-    parser.add_argument("--atol", type=float, help="absolute tolerance of the numerical checks "
-                                                   "(default: by the model's float type, 1e-5 for FP32)")
-    parser.add_argument("--rtol", type=float, help="tolerance relative to max |output| of the numerical checks "
-                                                   "(default: by the model's float type, 1e-4 for FP32)")
+    # read as text: checked with the recipe's verify: block, by the same rules and messages
+    parser.add_argument("--atol", help="absolute tolerance of the numerical checks (a number >= 0)")
+    parser.add_argument("--rtol", help="tolerance relative to max |output| of the numerical checks (a number >= 0)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an output folder that is not empty (the outputs replace theirs)")
     parser.add_argument("--cost-model", choices=["measured", "analytic"],
                         help="how passes that choose a lowering compare candidates: timed on ONNX Runtime "
                              "(through the timing cache) or estimated (deterministic). Default: each pass's option")
@@ -44,18 +45,15 @@ def run(args) -> int:
     from sparsecc.compiler import compile_model
     from sparsecc.model import parse_shape_overrides
     from sparsecc.recipe import load_recipe
-    from sparsecc.verify import VerifyConfig
+    from sparsecc.verify_options import verify_config
 
     recipe = load_recipe(args.recipe)
-    verify = None
-    if args.atol is not None or args.rtol is not None:
-        base = VerifyConfig(**recipe.verify)
-        verify = VerifyConfig(args.atol if args.atol is not None else base.atol,
-                              args.rtol if args.rtol is not None else base.rtol, base.seed, base.iterations)
+    given = {"atol": args.atol, "rtol": args.rtol}
+    verify_config(given, where="command line (--atol/--rtol)")  # refused before any work, whatever the recipe
     result = compile_model(args.model, recipe, args.output, shapes=parse_shape_overrides(args.shape),
-                           disable=args.disable_pass, dump_dir=args.dump_dir, plan=args.plan, verify=verify,
-                           cost_model=args.cost_model, timing_cache=args.timing_cache,
-                           trace=args.trace)
+                           disable=args.disable_pass, dump_dir=args.dump_dir, plan=args.plan,
+                           verify={k: v for k, v in given.items() if v is not None}, force=args.force,
+                           cost_model=args.cost_model, timing_cache=args.timing_cache, trace=args.trace)
     if args.json:
         print_json(result.report)
         return 0
@@ -63,6 +61,8 @@ def run(args) -> int:
     exact = result.report["verification"]["exact"]
     print(f"compiled {args.model} with recipe '{recipe.name}' in {summary['compile_seconds']} s")
     print(f"  MACs {summary['macs_before']:,} -> {summary['macs_after']:,} (ideal speedup {summary['ideal_speedup']}x)")
+    for warning in summary.get("warnings", []):
+        print(f"  warning: {warning}")
     print(f"  verified against the {result.report['verification']['against']}: worst relative error "
           f"{exact['worst_relative_error']:.3g}")
     skipped = result.report["skipped"]
