@@ -14,6 +14,7 @@ import onnx
 import pytest
 
 from sparsecc.compiler import compile_model
+from sparsecc.errors import PlanError
 from sparsecc.recipe import parse_recipe
 
 torch = pytest.importorskip("torch")
@@ -187,6 +188,14 @@ def quantized(exported, tmp_path_factory):
 def test_quantized_graphs_compile_and_list_the_quantized_layers(quantized, tmp_path, kind, quantized_ops):
     source_ops = {n.op_type for n in onnx.load(str(quantized[kind])).graph.node}
     assert quantized_ops <= source_ops
+    if kind == "qdq":
+        # here every channel group is blocked (quantized layers, SE boundaries): no filter can go, and a
+        # pruning recipe that plans nothing is one clear error naming the reasons, quantized ones included
+        with pytest.raises(PlanError) as err:
+            compile_model(quantized[kind], "filter-l2", tmp_path / "out")
+        assert "planned nothing to prune" in str(err.value) and "DequantizeLinear" in str(err.value)
+        assert not (tmp_path / "out").exists()  # nothing half-written
+        return
     result = compile_model(quantized[kind], "filter-l2", tmp_path / "out")
     report = result.report
     assert report["verification"]["exact"]["passed"]
@@ -194,8 +203,7 @@ def test_quantized_graphs_compile_and_list_the_quantized_layers(quantized, tmp_p
     assert quantized_ops <= {n.op_type for n in onnx.load(str(result.model_path)).graph.node}
     reasons = " ".join(s["reason"] for s in report["skipped"])
     assert ("quantized layer" in reasons) or ("DequantizeLinear" in reasons)
-    if kind != "qdq":  # the float rest of the graph is still pruned
-        assert report["summary"]["macs_after"] < report["summary"]["macs_before"]
+    assert report["summary"]["macs_after"] < report["summary"]["macs_before"]  # the float rest is still pruned
 
 
 # ---------------------------------------------------------------------------------------------
