@@ -40,7 +40,8 @@ import onnx_graphsurgeon as gs
 
 from sparsecc.dependency import build_channel_groups, reindex_groups
 from sparsecc.dsc import DscBlock, find_dsc_blocks
-from sparsecc.errors import OptionError, PlanError
+from sparsecc.errors import OptionError
+from sparsecc.graphutil import mark_provenance, unique_name
 from sparsecc.layers import WeightLayer, analyse_layers, find_weight_layers
 from sparsecc.model import Model
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
@@ -56,6 +57,21 @@ from sparsecc.passes.groupwise import (Candidate, Emitter, GroupwiseRewrite, _em
                                        measure_candidates, tap_rows)
 
 PATTERN = "depthwise-taps"
+
+
+class PassEmitter(Emitter):
+    """The group-wise emitter, with this module's pass names as provenance."""
+
+    def __init__(self, graph: gs.Graph, prefix: str, pass_name: str):
+        super().__init__(graph, prefix)
+        self.pass_name = pass_name
+
+    def node(self, op: str, inputs, outputs, base: str, **attrs) -> gs.Node:
+        node = gs.Node(op, unique_name(self.graph, f"{self.prefix}/{base}"), attrs=attrs, inputs=list(inputs),
+                       outputs=list(outputs))
+        mark_provenance(node, self.pass_name)
+        self.graph.nodes.append(node)
+        return node
 METHODS = ("dcp", "bwt", "bwt-hsr")
 
 
@@ -177,55 +193,72 @@ class PlanDeprune(Pass):
 # deprune-dead-channels
 # ----------------------------------------------------------------------------------------------
 
-def _path_constants(model: Model, block: DscBlock, values: np.ndarray) -> np.ndarray | str:
-    """What the DW channels ``values`` (constant over space) are when they reach PW2, or why unknown.
-
-    Per-element steps are evaluated by ONNX Runtime on a [1, M, 1, 1] tensor (the graph's own
-    ops, so the constant is what the model computes); a squeeze-excitation passes zeros through
-    (0 * gate) and nothing else.
-    """
+def _step_constants(model: Model, nodes: dict[str, gs.Node], step, values: np.ndarray, source: str,
+                    dtype) -> np.ndarray:
+    """A per-element step evaluated by ONNX Runtime on a [1, M, 1, 1] tensor (the graph's own ops)."""
     from sparsecc.backends.ort import OrtBackend
 
+    graph = gs.Graph(opset=model.opset())
+    x = gs.Variable("x", dtype=dtype, shape=[1, values.size, 1, 1])
+    y = gs.Variable("y", dtype=dtype)
+    if step.kind == "swish":
+        gate = nodes[step.nodes[0]]
+        g_out = gs.Variable("g", dtype=dtype)
+        graph.nodes = [gs.Node(gate.op, attrs=dict(gate.attrs), inputs=[x], outputs=[g_out]),
+                       gs.Node("Mul", inputs=[x, g_out], outputs=[y])]
+    else:
+        node = nodes[step.nodes[0]]
+        inputs = [x if (t.name == source or (not isinstance(t, gs.Constant) and not t.is_empty())) else t
+                  for t in node.inputs]
+        graph.nodes = [gs.Node(node.op, attrs=dict(node.attrs), inputs=inputs, outputs=[y])]
+    graph.inputs, graph.outputs = [x], [y]
+    session = OrtBackend(threads=1).load(Model(graph, "dead-channel constant").to_bytes())
+    return session.run({"x": values.astype(dtype).reshape(1, -1, 1, 1)})["y"].reshape(-1)
+
+
+@dataclass
+class _Reach:
+    """How dead DW channels reach PW2: their constant before a squeeze-excitation (if any) and after."""
+
+    before_se: np.ndarray
+    se: Any = None  # the PathStep of the squeeze-excitation, or None
+
+
+def _path_constants(model: Model, block: DscBlock, values: np.ndarray, dtype) -> _Reach | str:
+    """The constant the DW channels ``values`` (constant over space) are where they reach PW2 or an SE.
+
+    Per-element steps are evaluated by ONNX Runtime (the graph's own ops, so the constant is what
+    the model computes). A squeeze-excitation must be the last step: after it a channel is its
+    constant times an input-dependent gate (see :class:`DeadChannels`).
+    """
     nodes = {n.name: n for n in model.graph.nodes}
-    current = values.astype(np.float32)
-    tensor_name = None
-    for step in block.path:
+    current, source = values, None
+    for index, step in enumerate(block.path):
         if step.kind == "se":
-            if np.any(current != 0):
-                return "a squeeze-excitation gate scales the channel by an input-dependent factor " \
-                       "and its constant is not zero"
-            tensor_name = step.output
-            continue
-        graph = gs.Graph(opset=model.opset())
-        x = gs.Variable("x", dtype=np.float32, shape=[1, current.size, 1, 1])
-        first = nodes[step.nodes[0]]
-        source = tensor_name or first.inputs[0].name
-        if step.kind == "swish":
-            gate, mul = nodes[step.nodes[0]], nodes[step.nodes[1]]
-            g_out, y = gs.Variable("g", dtype=np.float32), gs.Variable("y", dtype=np.float32)
-            graph.nodes = [gs.Node(gate.op, attrs=dict(gate.attrs), inputs=[x], outputs=[g_out]),
-                           gs.Node("Mul", inputs=[x, g_out], outputs=[y])]
-        else:
-            node = nodes[step.nodes[0]]
-            y = gs.Variable("y", dtype=np.float32)
-            inputs = [x if (t.name == source or (not isinstance(t, gs.Constant) and not t.is_empty())) else t
-                      for t in node.inputs]
-            graph.nodes = [gs.Node(node.op, attrs=dict(node.attrs), inputs=inputs, outputs=[y])]
-        graph.inputs, graph.outputs = [x], [y]
-        session = OrtBackend(threads=1).load(Model(graph, "dead-channel constant").to_bytes())
-        current = session.run({"x": current.reshape(1, -1, 1, 1)})["y"].reshape(-1)
-        tensor_name = step.output
-    return current
+            if index != len(block.path) - 1:
+                return "ops between the squeeze-excitation and PW2"
+            return _Reach(current, step)
+        current = _step_constants(model, nodes, step, current, source or nodes[step.nodes[0]].inputs[0].name, dtype)
+        source = step.output
+    return _Reach(current)
 
 
 @register_pass
 class DeadChannels(Pass):
-    """Remove depthwise channels whose taps are all zero, folding their constant into PW2's bias."""
+    """Remove depthwise channels whose taps are all zero, folding what they contribute into constants.
+
+    Without a squeeze-excitation, a dead channel reaches PW2 as a constant: PW2's bias absorbs
+    ``W2[:, c] * constant``. With one, it reaches PW2 as ``constant * gate_c(x)``: the pooled
+    constant goes into the first SE conv's bias, and the gates of the dead channels are computed
+    by a small side branch (their rows of the second SE conv, the gate, a 1x1 conv with
+    ``W2[:, dead] * constant`` on a 1x1 map) added to PW2's output, so the dead channels leave
+    PW1, DW, the SE multiply and PW2's input (exact; one tiny branch instead of M-D full planes).
+    """
 
     name = "deprune-dead-channels"
     exact = True
-    description = ("Depthwise channels with every tap pruned: constant folded into PW2's bias, channel removed "
-                   "with its PW1 filter and PW2 column (channel analysis)")
+    description = ("Depthwise channels with every tap pruned: constant folded into PW2's bias (or an SE side "
+                   "branch), channel removed with its PW1 filter and PW2 column (channel analysis)")
 
     def run(self, ctx: PassContext) -> PassResult:
         model = ctx.model
@@ -241,20 +274,25 @@ class DeadChannels(Pass):
             dead = np.flatnonzero(~np.any(weight.reshape(weight.shape[0], -1) != 0, axis=1))
             if not dead.size:
                 continue
-            reason, group, fold = self._check(model, block, layer, nodes, groups, dead, by_node)
+            if dead.size == weight.shape[0]:
+                reason, group, fold = "every channel is dead (the block computes a constant)", None, None
+            else:
+                reason, group, fold = self._check(model, block, layer, nodes, groups, dead, by_node)
             if reason:
                 skipped.append(Skipped(block.dw, f"{dead.size} dead channel(s) kept: {reason}"))
                 details[block.dw] = {"dead": int(dead.size), "removed": 0, "reason": reason}
                 continue
             edits.append((group, np.setdiff1d(np.arange(group.size), dead)))
             folds.append(fold)
-            details[block.dw] = {"dead": int(dead.size), "removed": int(dead.size), "of": int(weight.shape[0])}
+            details[block.dw] = {"dead": int(dead.size), "removed": int(dead.size), "of": int(weight.shape[0]),
+                                 "se_branch": block.se}
         if not edits:
             return PassResult(False, 0, skipped, ["no removable dead depthwise channel"], details)
         for apply in folds:
             apply()
         edited = {u.tensor for g, _ in edits for u in g.producers + g.consumers}
         reindex_groups(model, edits)
+        model.graph.cleanup().toposort()
         if ctx.plan is not None:
             for name in [n for n in ctx.plan.entries if n in edited]:
                 del ctx.plan.entries[name]
@@ -268,8 +306,7 @@ class DeadChannels(Pass):
         none = (None, None)
         if block.pw2 is None:
             return (f"DW does not feed a pointwise conv ({block.stop})",) + none
-        pw2_layer = by_node[block.pw2]
-        pw2 = nodes[pw2_layer.output]
+        pw2 = nodes[by_node[block.pw2].output]
         if any(int(p) for p in pw2.attrs.get("pads", [0, 0, 0, 0])) or \
                 pw2.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", b"NOTSET", b"VALID"):
             return ("PW2 pads its input (a constant channel is not constant at the border)",) + none
@@ -277,35 +314,69 @@ class DeadChannels(Pass):
         group = next((g for g in groups if any(u.node == block.dw and u.kind == "weight" for u in g.producers)), None)
         if group is None or not group.editable():
             return ("channel group blocked: " + ("; ".join(group.blockers) if group else "not found"),) + none
+        se_convs = [c for step in block.path for c in step.se_convs]
         readers = {u.node for u in group.consumers}
-        allowed = {block.pw2} | {c for step in block.path for c in step.se_convs[:1]}
+        allowed = {block.pw2} | set(se_convs[:1])
         if not readers <= allowed:
             return (f"the channels are also read by {sorted(readers - allowed)}",) + none
-        bias = dw.inputs[2].values.astype(np.float32) if len(dw.inputs) > 2 and not dw.inputs[2].is_empty() \
-            else np.zeros(weight_channels(dw), np.float32)
-        constants = np.zeros(bias.size, np.float32)
+        dtype = dw.inputs[1].values.dtype
+        bias = dw.inputs[2].values if len(dw.inputs) > 2 and not dw.inputs[2].is_empty() \
+            else np.zeros(dw.inputs[1].values.shape[0], dtype)
+        constants = np.zeros(bias.size, dtype)
         constants[dead] = bias[dead]
-        reached = _path_constants(model, block, constants)
-        if isinstance(reached, str):
-            return (reached,) + none
+        reach = _path_constants(model, block, constants, dtype)
+        if isinstance(reach, str):
+            return (reach,) + none
+        a = reach.before_se.astype(np.float64)
         w2 = pw2.inputs[1].values
-        shift = w2[:, dead, 0, 0].astype(np.float64) @ reached[dead].astype(np.float64)
+        graph = model.graph
+        if reach.se is None:
+            shift = w2[:, dead, 0, 0].astype(np.float64) @ a[dead]
+            return None, group, lambda: _add_bias(graph, pw2, shift, f"{pw2.name}/bias")
+        step = reach.se
+        all_nodes = {n.name: n for n in graph.nodes}
+        gate, fc2_name = all_nodes[step.nodes[-2]], step.se_convs[-1] if len(step.se_convs) == 2 else None
+        fc2 = nodes[by_node[fc2_name].output] if fc2_name else None
+        if fc2 is None or gate.op not in ("Sigmoid", "HardSigmoid") or gate.inputs[0] is not fc2.outputs[0] or \
+                len(fc2.outputs[0].outputs) != 1:
+            return ("squeeze-excitation is not pool -> conv -> act -> conv -> gate -> Mul",) + none
+        fc1 = nodes[by_node[step.se_convs[0]].output]
+        w1 = fc1.inputs[1].values
+        pooled = w1[:, dead, 0, 0].astype(np.float64) @ a[dead]
 
         def fold():
-            if not np.any(shift):
-                return
-            from sparsecc.graphutil import constant
-
-            if len(pw2.inputs) > 2 and not pw2.inputs[2].is_empty():
-                old = pw2.inputs[2].values
-                pw2.inputs[2] = constant(model.graph, pw2.inputs[2].name, (old + shift).astype(old.dtype))
-            else:
-                pw2.inputs.append(constant(model.graph, f"{pw2.name}/bias", shift.astype(w2.dtype)))
+            _add_bias(graph, fc1, pooled, f"{fc1.name}/bias")
+            if not np.any(a[dead]):
+                return  # dead channels are exactly zero after the gate: nothing reaches PW2
+            em = PassEmitter(graph, f"{block.dw}/dead_se", DeadChannels.name)
+            fc2_w = fc2.inputs[1].values[dead]
+            inputs = [fc2.inputs[0], em.const("fc2_weight", fc2_w)]
+            if len(fc2.inputs) > 2 and not fc2.inputs[2].is_empty():
+                inputs.append(em.const("fc2_bias", fc2.inputs[2].values[dead]))
+            logits, gates, extra = em.var("logits", dtype), em.var("gates", dtype), em.var("extra", dtype)
+            em.node("Conv", inputs, [logits], "fc2", kernel_shape=[1, 1])
+            em.node(gate.op, [logits], [gates], "gate", **dict(gate.attrs))
+            scaled = (w2[:, dead].astype(np.float64) * a[dead][None, :, None, None]).astype(w2.dtype)
+            em.node("Conv", [gates, em.const("pw2_dead", scaled)], [extra], "pw2_dead", kernel_shape=[1, 1])
+            out = pw2.outputs[0]
+            main = em.var("pw2_main", dtype)
+            pw2.outputs[0] = main
+            em.node("Add", [main, extra], [out], "add")
         return None, group, fold
 
 
-def weight_channels(node: gs.Node) -> int:
-    return int(node.inputs[1].values.shape[0])
+def _add_bias(graph: gs.Graph, conv: gs.Node, shift: np.ndarray, name: str) -> None:
+    """conv's bias += shift (a bias is added when the conv has none)."""
+    from sparsecc.graphutil import constant
+
+    if not np.any(shift):
+        return
+    dtype = conv.inputs[1].values.dtype
+    if len(conv.inputs) > 2 and not conv.inputs[2].is_empty():
+        old = conv.inputs[2].values
+        conv.inputs[2] = constant(graph, conv.inputs[2].name, (old.astype(np.float64) + shift).astype(old.dtype))
+    else:
+        conv.inputs.append(constant(graph, name, shift.astype(dtype)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -520,7 +591,7 @@ class DeprunRewrite(Pass):
             x, y = node.inputs[0], node.outputs[0]
             node.outputs.clear()
             node.inputs.clear()
-            choice.build(Emitter(model.graph, layer.node), x, y, dw)
+            choice.build(PassEmitter(model.graph, layer.node, self.name), x, y, dw)
             lowered += 1
         model.graph.cleanup().toposort()
         notes = [f"{lowered} depthwise layer(s) lowered"]

@@ -148,12 +148,18 @@ def test_recipes_on_a_mobilenetv2_like_net(recipe):
     assert sum(n.inputs[1].values.shape[0] for n in pw1) < 64 + 96  # PW1 filters of dead channels are gone
 
 
-def test_squeeze_excitation_keeps_nonzero_dead_channels_with_reason():
-    proto = dsc_nets.export(dsc_nets.build("eff"))
+@pytest.mark.parametrize("kind", ["eff", "v3"])
+def test_dead_channels_under_squeeze_excitation_go_through_a_side_branch(kind):
+    proto = dsc_nets.export(dsc_nets.build(kind))
     ctx, records = _run(proto, [make_pass("plan-deprune", method="dcp", dw_ratio=0.9, pw_ratio=0.0),
                                 make_pass("apply-plan"), make_pass("deprune-dead-channels")])
-    reasons = [s["reason"] for s in records["deprune-dead-channels"]["skipped"]]
-    assert reasons and all("squeeze-excitation" in r for r in reasons)
+    record = records["deprune-dead-channels"]
+    assert record["status"] == "ran" and record["verification"]["passed"]
+    details = ctx.state["deprune-dead-channels"]
+    assert sum(d["removed"] for d in details.values()) > 0 and all(d["se_branch"] for d in details.values())
+    branch = [n for n in ctx.model.graph.nodes if "dead_se" in n.name]
+    assert sorted({n.op for n in branch}) == ["Add", "Conv", "HardSigmoid" if kind == "v3" else "Sigmoid"]
+    _same(ctx.state["masked"], ctx.model)
 
 
 def test_dw_feeding_concat_keeps_dead_channels_with_reason():
