@@ -183,8 +183,7 @@ class PlanDeprune(Pass):
         result = PlanFilters(metric="l2", ratio=self.pw_ratio, scope="per-layer", round_to=self.pw_round_to,
                              layers={"names": names, "exclude_first_last": False}).run(ctx)
         # groups whose channels are made by layers other than PW2s (the stem) are not DEPrune's
-        skipped.extend(s for s in result.skipped if "not selected" not in s.reason or
-                       any(n in s.layer for n in names))
+        skipped.extend(s for s in result.skipped if any(n in s.layer.split(" + ") for n in names))
         notes.extend(result.notes)
         return result.details.get("groups", {})
 
@@ -320,6 +319,9 @@ class DeadChannels(Pass):
         if not readers <= allowed:
             return (f"the channels are also read by {sorted(readers - allowed)}",) + none
         dtype = dw.inputs[1].values.dtype
+        if dtype != np.float32:
+            return (f"{dtype} weights: folding the constant changes {dtype} rounding beyond the exactness "
+                    "tolerance; compile the float32 model and convert it afterwards",) + none
         bias = dw.inputs[2].values if len(dw.inputs) > 2 and not dw.inputs[2].is_empty() \
             else np.zeros(dw.inputs[1].values.shape[0], dtype)
         constants = np.zeros(bias.size, dtype)
@@ -441,6 +443,8 @@ def _crop_pads(dw: DwLayer):
 
 
 def _crop_applies(dw: DwLayer) -> str | None:
+    if dw.weight.dtype != np.float32:
+        return f"{dw.weight.dtype} weights: a different kernel changes the rounding; left as it is"
     if not dw.kept.any():
         return "every tap is pruned"
     i0, i1, j0, j1 = _crop_box(dw)

@@ -170,6 +170,22 @@ def test_dw_feeding_concat_keeps_dead_channels_with_reason():
     assert reasons and all("does not feed a pointwise conv" in r for r in reasons)
 
 
+def test_fp16_model_is_pruned_and_refused_where_rounding_would_change():
+    from onnxconverter_common import float16
+
+    proto = float16.convert_float_to_float16(dsc_nets.export(dsc_nets.build("v2")))
+    from sparsecc.passes.canonicalize import CANONICAL_PASSES
+
+    canonical = [make_pass(n) for n in CANONICAL_PASSES]
+    ctx, records = _run(proto, canonical + [make_pass("plan-deprune", method="bwt", dw_ratio=0.9), make_pass("apply-plan"),
+                                make_pass("remove-filters"), make_pass("deprune-dead-channels"),
+                                make_pass("deprune-rewrite", cost_model="analytic")])
+    assert records["remove-filters"]["status"] == "ran" and records["remove-filters"]["verification"]["passed"]
+    reasons = [s["reason"] for s in records["deprune-dead-channels"]["skipped"]]
+    assert reasons and all("float16 weights" in r for r in reasons)
+    assert all(d["lowering"] == "depthwise" for d in ctx.state["deprune-rewrite"].values())
+
+
 def test_depth_multiplier_is_left_out_with_reason():
     proto = dsc_nets.export(dsc_nets.build("v2", multiplier=2))
     _, records = _run(proto, [make_pass("plan-deprune", pw_ratio=0.0)])
@@ -189,3 +205,16 @@ def test_detect_mode_on_taps_pruned_elsewhere_dynamo_export():
     ctx, records = _run(proto, load_recipe("deprune-zeros").build_passes())
     assert records["deprune-dead-channels"]["status"] == "ran"
     _same(ctx.state["masked"], ctx.model)
+
+
+def test_readme_deprune_recipe_parses():
+    import re
+    from pathlib import Path
+
+    from sparsecc.recipe import parse_recipe
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = re.search(r"```yaml\n(name: my-deprune.*?)```", text, re.S).group(1)
+    recipe = parse_recipe(example, "README")
+    assert [p.name for p in recipe.build_passes()][-5:] == ["plan-deprune", "apply-plan", "remove-filters",
+                                                             "deprune-dead-channels", "deprune-rewrite"]
