@@ -47,7 +47,7 @@ from sparsecc.model import Model
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
 from sparsecc.plan import SparsityPlan, WeightPlan
 from sparsecc.shapes import infer_shapes
-from sparsecc.sparsity.deprune import (HsrLayer, bwt_mask, dcp_mask, dead_channels, hsr_counts,
+from sparsecc.sparsity.deprune import (HsrLayer, bwt_mask, channel_first_mask, dcp_mask, dead_channels, hsr_counts,
                                        imbalance_overhead, real_dw_ratio, subgemm_ratios)
 
 # Reused from the group-wise rewrite (to move into the lowering registry): the emitter, the conv
@@ -93,6 +93,10 @@ class PlanDeprune(Pass):
         width: Channels per DR sub-GEMM. Defaults to 32.
         tile: HSR's tile. Defaults to 32.
         exclude: Depthwise layer names left dense. Defaults to none.
+        channel_share: Share of each layer's pruning budget spent on whole channels first (lowest
+            l2 norm; :func:`~sparsecc.sparsity.deprune.channel_first_mask`), so that dead channels
+            leave PW1, DW and PW2 on backends where pruned taps alone do not pay (CPUs). Not the
+            paper's method (it prunes taps only); with "dcp" or "bwt". Defaults to 0.
     """
 
     name = "plan-deprune"
@@ -101,7 +105,7 @@ class PlanDeprune(Pass):
 
     def __init__(self, method: str = "bwt-hsr", dw_ratio: float = 0.8, ratios: dict[str, float] | None = None,
                  pw_ratio: float = 0.5, pw_round_to: int = 8, width: int = 32, tile: int = 32,
-                 exclude: list[str] | None = None):
+                 exclude: list[str] | None = None, channel_share: float = 0.0):
         if method not in METHODS:
             raise OptionError(f"unknown method '{method}'", where="plan-deprune: method", fix=f"use one of {METHODS}")
         for what, value in [("dw_ratio", dw_ratio)] + [(f"ratios[{k}]", v) for k, v in (ratios or {}).items()]:
@@ -117,6 +121,12 @@ class PlanDeprune(Pass):
         self.method, self.dw_ratio, self.ratios = method, float(dw_ratio), dict(ratios or {})
         self.pw_ratio, self.pw_round_to = float(pw_ratio), pw_round_to
         self.width, self.tile, self.exclude = width, tile, list(exclude or [])
+        if not isinstance(channel_share, (int, float)) or not 0.0 <= channel_share <= 1.0:
+            raise OptionError(f"channel_share {channel_share!r} is not in [0, 1]", where="plan-deprune")
+        if channel_share and method == "bwt-hsr":
+            raise OptionError("channel_share works with method dcp or bwt, not bwt-hsr", where="plan-deprune",
+                              fix="use method: bwt with channel_share, or channel_share: 0 with bwt-hsr")
+        self.channel_share = float(channel_share)
 
     def run(self, ctx: PassContext) -> PassResult:
         model = ctx.model
@@ -143,12 +153,14 @@ class PlanDeprune(Pass):
         table = {}
         for block, layer, ratio in chosen:
             weight = tensors[layer.weight].values
-            if self.method == "dcp":
+            if self.channel_share:
+                mask = channel_first_mask(weight, ratio, self.channel_share, self.width, self.method == "bwt")
+            elif self.method == "dcp":
                 mask = dcp_mask(weight, ratio)
             else:
                 mask = bwt_mask(weight, ratio, self.width, counts.get(block.dw, (None, None))[1])
             pattern = counts.get(block.dw, ("-",))[0]
-            facts = {"method": self.method, "width": self.width, "dw_ratio": round(1.0 - float(mask.mean()), 4),
+            facts = {"method": self.method, "channel_share": self.channel_share, "width": self.width, "dw_ratio": round(1.0 - float(mask.mean()), 4),
                      "real_dw": round(real_dw_ratio(mask, self.width), 4),
                      "imbalance": round(imbalance_overhead(mask, self.width), 4), "hsr": pattern,
                      "sub_gemm_ratios": [round(float(r), 4) for r in subgemm_ratios(mask, self.width)],
@@ -256,6 +268,16 @@ class DeadChannels(Pass):
 
     name = "deprune-dead-channels"
     exact = True
+
+    def __init__(self, round_to: int = 8):
+        """Args:
+            round_to: The kept channel count of a block is a multiple of this (some dead channels
+                stay, as zero-tap channels, to reach it): ONNX Runtime runs convs in its blocked NCHWc
+                layout only with channel counts that are multiples of 8. Defaults to 8.
+        """
+        if not isinstance(round_to, int) or round_to < 1:
+            raise OptionError(f"round_to {round_to!r} is not a positive integer", where=self.name)
+        self.round_to = round_to
     description = ("Depthwise channels with every tap pruned: constant folded into PW2's bias (or an SE side "
                    "branch), channel removed with its PW1 filter and PW2 column (channel analysis)")
 
@@ -271,7 +293,13 @@ class DeadChannels(Pass):
             layer = by_node[block.dw]
             weight = nodes[layer.output].inputs[1].values
             dead = np.flatnonzero(~np.any(weight.reshape(weight.shape[0], -1) != 0, axis=1))
+            found = int(dead.size)
+            kept = -(-(weight.shape[0] - dead.size) // self.round_to) * self.round_to
+            dead = dead[:max(0, weight.shape[0] - max(kept, self.round_to))]
             if not dead.size:
+                if found:
+                    details[block.dw] = {"dead": found, "removed": 0,
+                                         "reason": f"removing them would not leave a multiple of {self.round_to}"}
                 continue
             if dead.size == weight.shape[0]:
                 reason, group, fold = "every channel is dead (the block computes a constant)", None, None
@@ -283,7 +311,7 @@ class DeadChannels(Pass):
                 continue
             edits.append((group, np.setdiff1d(np.arange(group.size), dead)))
             folds.append(fold)
-            details[block.dw] = {"dead": int(dead.size), "removed": int(dead.size), "of": int(weight.shape[0]),
+            details[block.dw] = {"dead": found, "removed": int(dead.size), "of": int(weight.shape[0]),
                                  "se_branch": block.se}
         if not edits:
             return PassResult(False, 0, skipped, ["no removable dead depthwise channel"], details)

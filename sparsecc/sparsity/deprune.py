@@ -33,7 +33,7 @@ import numpy as np
 from sparsecc.errors import OptionError
 from sparsecc.sparsity.alignment import align_count
 
-__all__ = ["subgemm_ranges", "dcp_mask", "bwt_mask", "subgemm_ratios", "real_dw_ratio", "imbalance_overhead",
+__all__ = ["subgemm_ranges", "dcp_mask", "bwt_mask", "channel_first_mask", "subgemm_ratios", "real_dw_ratio", "imbalance_overhead",
            "dead_channels", "HsrLayer", "HsrChoice", "hsr_counts", "analytic_gain_per_vector", "pw_filter_keep"]
 
 
@@ -111,6 +111,44 @@ def bwt_mask(weight: np.ndarray, ratio: float | None = None, width: int = 32,
         if not 0 <= count <= real:
             raise OptionError(f"cannot prune {count} of the {real} weights of sub-GEMM channels [{start}, {stop})")
         keep[start:stop] = _prune_smallest(scores[start:stop].ravel(), int(count)).reshape(scores[start:stop].shape)
+    return keep
+
+
+def channel_first_mask(weight: np.ndarray, ratio: float, channel_share: float, width: int = 32,
+                       balanced: bool = True) -> np.ndarray:
+    """A CPU-minded variant: part of the layer's pruning budget empties whole channels first.
+
+    On a CPU, pruned taps pay only when a whole channel dies (the channel then leaves PW1, DW and
+    PW2; see ``deprune-dead-channels``). ``floor(channel_share * round(ratio * M*kh*kw) / (kh*kw))``
+    channels with the smallest l2 norm go whole; the rest of the budget is pruned tap by tap among
+    the others, per sub-GEMM (``balanced``, BWT: every sub-GEMM ends at the layer's ratio where its
+    dead channels allow) or over the layer (DCP). ``channel_share`` 0 is plain BWT/DCP.
+
+    Args:
+        weight: Depthwise weight [M, 1, kh, kw].
+        ratio: Share of the layer's weights pruned, in [0, 1).
+        channel_share: Share of the pruned weights taken as whole channels, in [0, 1].
+        width: Channels per sub-GEMM. Defaults to 32.
+        balanced: Prune the remaining taps per sub-GEMM (BWT) rather than over the layer. Defaults to True.
+    """
+    scores = _check_weight(weight)
+    ratio = _check_ratio(ratio)
+    if not 0.0 <= float(channel_share) <= 1.0:
+        raise OptionError(f"channel_share {channel_share!r} is not in [0, 1]", fix="e.g. 0.5")
+    m, taps = scores.shape[0], scores.shape[2] * scores.shape[3]
+    budget = int(round(ratio * m * taps))
+    killed = min(int(np.floor(channel_share * budget / taps)), m - 1)
+    norms = np.sqrt((scores.reshape(m, -1) ** 2).sum(axis=1))
+    dead = np.argsort(norms, kind="stable")[:killed]
+    keep = np.ones(scores.shape, dtype=bool)
+    keep[dead] = False
+    # the dead channels' weights rank first (they are pruned already); the rest by |w|
+    ranked = np.where(keep, scores, -1.0)
+    if not balanced:
+        return _prune_smallest(ranked.ravel(), budget).reshape(scores.shape)
+    for start, stop in subgemm_ranges(m, width):
+        count = max(int(round(ratio * (stop - start) * taps)), int((~keep[start:stop]).sum()))
+        keep[start:stop] = _prune_smallest(ranked[start:stop].ravel(), count).reshape(scores[start:stop].shape)
     return keep
 
 

@@ -218,3 +218,19 @@ def test_readme_deprune_recipe_parses():
     recipe = parse_recipe(example, "README")
     assert [p.name for p in recipe.build_passes()][-5:] == ["plan-deprune", "apply-plan", "remove-filters",
                                                              "deprune-dead-channels", "deprune-rewrite"]
+
+
+def test_cpu_recipe_empties_whole_channels_and_removes_them_exactly():
+    proto = dsc_nets.export(dsc_nets.build("eff"))
+    ctx, records = _run(proto, load_recipe("deprune-cpu").build_passes())
+    plan = records["plan-deprune"]["details"]["dw"]
+    assert all(f["dw_ratio"] == pytest.approx(0.8, abs=0.02) for f in plan.values())
+    # half the budget of 0.8 * 9 taps on whole channels: floor(0.4 * M) channels per layer at least
+    dead = [f["dead_channels"] for f in plan.values()]
+    assert all(d >= floor for d, floor in zip(dead, [12, 25, 38]))
+    details = ctx.state["deprune-dead-channels"]
+    # kept counts rounded up to multiples of 8
+    assert [d["removed"] for d in details.values()] == [m - -(-(m - d) // 8) * 8 for m, d in zip([32, 64, 96], dead)]
+    _same(ctx.state["masked"], ctx.model)
+    with pytest.raises(OptionError):
+        make_pass("plan-deprune", method="bwt-hsr", channel_share=0.5)

@@ -81,3 +81,19 @@ def test_bad_input_is_refused():
         dcp_mask(W, 1.0)
     with pytest.raises(OptionError):
         bwt_mask(W, 0.5, width=0)
+
+
+def test_channel_first_spends_part_of_the_budget_on_whole_channels():
+    from sparsecc.sparsity.deprune import channel_first_mask
+
+    # budget round(0.5 * 8) = 4 weights; share 0.5 -> floor(2 / 2) = 1 whole channel: the smallest l2 norm
+    # is channel 1 ([2, 0.5]); the other 2 pruned taps are the smallest left: 0.1 and 1
+    keep = channel_first_mask(W, 0.5, 0.5, balanced=False)
+    assert keep.reshape(4, 2).tolist() == [[False, True], [False, False], [True, True], [False, True]]
+    assert dead_channels(keep).tolist() == [1]
+    # balanced per sub-GEMM of width 2: range {0, 1} already loses 2 (channel 1) -> also prunes 0 more;
+    # range {2, 3} prunes its 2 smallest: 0.1 and -3
+    keep = channel_first_mask(W, 0.5, 0.5, width=2)
+    assert keep.reshape(4, 2).tolist() == [[True, True], [False, False], [False, True], [False, True]]
+    # share 0 is plain BWT
+    assert (channel_first_mask(W, 0.5, 0.0, width=2) == bwt_mask(W, 0.5, width=2)).all()
