@@ -313,6 +313,7 @@ class DeadChannels(Pass):
             folds.append(fold)
             details[block.dw] = {"dead": found, "removed": int(dead.size), "of": int(weight.shape[0]),
                                  "se_branch": block.se}
+        ctx.state[self.name] = details
         if not edits:
             return PassResult(False, 0, skipped, ["no removable dead depthwise channel"], details)
         for apply in folds:
@@ -324,7 +325,6 @@ class DeadChannels(Pass):
             for name in [n for n in ctx.plan.entries if n in edited]:
                 del ctx.plan.entries[name]
         removed = sum(d["removed"] for d in details.values())
-        ctx.state["deprune-dead-channels"] = details
         return PassResult(True, len(edits), skipped, [f"{removed} dead depthwise channel(s) removed in "
                                                       f"{len(edits)} block(s)"], details)
 
