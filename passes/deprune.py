@@ -672,3 +672,44 @@ class DeprunRewrite(Pass):
         info.update(lowering="depthwise", reason=f"plain depthwise fastest ({self.cost_model}; best other "
                                                  f"{best.name} {dense.seconds / best.seconds:.2f}x)")
         return plain, info
+
+
+# ----------------------------------------------------------------------------------------------
+# deprune-model-check
+# ----------------------------------------------------------------------------------------------
+
+@register_pass
+class DepruneModelCheck(Pass):
+    """Keep the compiled graph only if it is faster than the masked model on ONNX Runtime (exact).
+
+    Channel removal (PW2 filters, dead channels) does less work, but a graph can still lose to the
+    masked one in a whole model (channel counts that leave the blocked layout, extra nodes): the
+    two are timed interleaved and the masked model (the same function) is kept if the compiled
+    one is not faster.
+
+    Args:
+        runs: Timed runs of each. Defaults to 10.
+        threads: ONNX Runtime intra-op threads. Defaults to 2.
+    """
+
+    name = "deprune-model-check"
+    exact = True
+    description = "Time the compiled graph against the masked model; keep the masked one if it is not faster"
+
+    def __init__(self, runs: int = 10, threads: int = 2):
+        if not isinstance(runs, int) or runs < 1:
+            raise OptionError(f"runs {runs!r} is not a positive integer", where=self.name)
+        self.runs, self.threads = runs, int(threads)
+
+    def run(self, ctx: PassContext) -> PassResult:
+        masked = ctx.state.get("masked")
+        if masked is None:
+            return PassResult(False, 0, notes=["no masked model to compare with (apply-plan did not run)"])
+        check = GroupwiseRewrite(runs=self.runs, threads=self.threads)._model_check(masked, ctx.model)
+        check["reason"] = check["reason"].replace("so every layer was left dense", "so the masked model is kept") \
+            .replace("vs dense", "vs masked").replace("rewritten", "compiled")
+        ctx.state[self.name] = check
+        if check["kept"]:
+            return PassResult(False, 0, notes=[check["reason"]], details=check)
+        ctx.model.graph = masked.copy().graph
+        return PassResult(True, 1, [Skipped("(whole model)", check["reason"])], [check["reason"]], check)

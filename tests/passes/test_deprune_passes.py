@@ -115,9 +115,10 @@ torch = pytest.importorskip("torch")
 import dsc_nets  # noqa: E402
 
 
-def _run(proto, recipe_passes):
+def _run(proto, recipe_passes, disabled=("deprune-model-check",)):
+    """Run passes; the final timing check is off unless a test is about it (tiny nets time as noise)."""
     ctx = PassContext(model_from_proto(proto))
-    records = PassManager(recipe_passes).run(ctx)
+    records = PassManager(recipe_passes, disabled=disabled).run(ctx)
     return ctx, {r.name: r.to_dict() for r in records}
 
 
@@ -234,3 +235,29 @@ def test_cpu_recipe_empties_whole_channels_and_removes_them_exactly():
     _same(ctx.state["masked"], ctx.model)
     with pytest.raises(OptionError):
         make_pass("plan-deprune", method="bwt-hsr", channel_share=0.5)
+
+
+@pytest.mark.parametrize("compiled_faster", [True, False])
+def test_model_check_keeps_the_masked_model_when_the_compiled_one_is_slower(monkeypatch, compiled_faster):
+    from sparsecc.passes.groupwise import GroupwiseRewrite
+
+    def timed(self, reference, candidate):
+        kept = compiled_faster
+        return {"kept": kept, "reason": f"whole model: rewritten 1 ms vs dense 2 ms: "
+                                        f"{'kept' if kept else 'not faster, so every layer was left dense'}"}
+
+    monkeypatch.setattr(GroupwiseRewrite, "_model_check", timed)
+    from sparsecc.passes.canonicalize import CANONICAL_PASSES
+
+    proto = dsc_nets.export(dsc_nets.build("v2"))
+    ctx, records = _run(proto, [make_pass(n) for n in CANONICAL_PASSES] + [
+        make_pass("plan-deprune"), make_pass("apply-plan"), make_pass("remove-filters"),
+        make_pass("deprune-dead-channels"), make_pass("deprune-model-check")], disabled=())
+    record = records["deprune-model-check"]
+    masked_convs = sum(n.inputs[1].values.size for n in ctx.state["masked"].graph.nodes if n.op == "Conv")
+    convs = sum(n.inputs[1].values.size for n in ctx.model.graph.nodes if n.op == "Conv")
+    if compiled_faster:
+        assert record["status"] == "unchanged" and convs < masked_convs
+    else:
+        assert record["status"] == "ran" and convs == masked_convs and "masked model is kept" in record["notes"][0]
+    _same(ctx.state["masked"], ctx.model)
