@@ -217,8 +217,9 @@ def test_readme_deprune_recipe_parses():
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     example = re.search(r"```yaml\n(name: my-deprune.*?)```", text, re.S).group(1)
     recipe = parse_recipe(example, "README")
-    assert [p.name for p in recipe.build_passes()][-5:] == ["plan-deprune", "apply-plan", "remove-filters",
-                                                             "deprune-dead-channels", "deprune-rewrite"]
+    assert [p.name for p in recipe.build_passes()][-6:] == ["plan-deprune", "apply-plan", "remove-filters",
+                                                             "deprune-dead-channels", "deprune-rewrite",
+                                                             "deprune-model-check"]
 
 
 def test_cpu_recipe_empties_whole_channels_and_removes_them_exactly():
