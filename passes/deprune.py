@@ -15,25 +15,18 @@ channel, PW2's input column, the squeeze-excitation's) through the channel analy
 squeeze-excitation the channel is scaled by an input-dependent gate, so it goes only when its
 constant is exactly zero.
 
-``deprune-rewrite`` (exact) lowers each depthwise layer with the candidate the cost model picks:
-
-- ``depthwise``: the plain depthwise Conv with its zeros (the masked model).
-- ``kernel-crop`` (tap skipping): the kernel cropped to the taps some channel keeps, pads
-  adjusted; the same Conv with fewer taps.
-- ``dr-grouped``: Diagonal-wise Refactorization as a grouped Conv with block-diagonal weights,
-  G = M / width sub-GEMMs of width x (width*kh*kw) (width*kh*kw MACs per output instead of kh*kw).
-- ``dr-compact``: DR after pruning: a Gather of the kept taps and a grouped 1x1 Conv, so only kept
-  columns of each sub-GEMM are computed (the form a GPU sub-GEMM kernel replaces).
-
-DR multiplies the depthwise MACs by the width on purpose, for GPU GEMM units; on a CPU it is
-slower, and the cost model says so. The whole rewritten model is finally timed against the graph
-it came from and the rewrite is undone if it is not faster.
+``deprune-rewrite`` (exact) lowers each depthwise layer with the lowering of the ``deprune``
+family (:mod:`sparsecc.lowering.depthwise`: the plain ``depthwise``, ``kernel-crop``,
+``dr-grouped``, ``dr-compact``) the toolkit's cost model picks (measured through the timing
+cache, or analytic), recording why each lowering did not apply; the whole rewritten model is then
+timed against the graph it came from and the rewrite is undone if it is not faster.
+``deprune-model-check`` times the compiled graph against the masked model the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -41,7 +34,6 @@ import onnx_graphsurgeon as gs
 from sparsecc.dependency import build_channel_groups, reindex_groups
 from sparsecc.dsc import DscBlock, find_dsc_blocks
 from sparsecc.errors import OptionError
-from sparsecc.graphutil import mark_provenance, unique_name
 from sparsecc.layers import WeightLayer, analyse_layers, find_weight_layers
 from sparsecc.model import Model
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
@@ -50,28 +42,12 @@ from sparsecc.shapes import infer_shapes
 from sparsecc.sparsity.deprune import (HsrLayer, bwt_mask, channel_first_mask, dcp_mask, dead_channels, hsr_counts,
                                        imbalance_overhead, real_dw_ratio, subgemm_ratios)
 
-# Reused from the group-wise rewrite (to move into the lowering registry): the emitter, the conv
-# geometry, the tap-gather emitter (Gather of kept taps + one-hot depthwise Conv + grouped 1x1
-# Conv), the per-layer timing and the whole-model check.
-from sparsecc.passes.groupwise import (Candidate, Emitter, GroupwiseRewrite, _emit_tap_gather, conv_geometry,
-                                       measure_candidates, tap_rows)
+from sparsecc.lowering import (AnalyticCost, Candidate, Emitter, LayerToLower, MeasuredCost, choose_lowering,
+                              describe_candidates, get_lowering, lowerings, propose_all, whole_model_check)
+from sparsecc.lowering.depthwise import DEPTHWISE, FAMILY
 
 PATTERN = "depthwise-taps"
-
-
-class PassEmitter(Emitter):
-    """The group-wise emitter, with this module's pass names as provenance."""
-
-    def __init__(self, graph: gs.Graph, prefix: str, pass_name: str):
-        super().__init__(graph, prefix)
-        self.pass_name = pass_name
-
-    def node(self, op: str, inputs, outputs, base: str, **attrs) -> gs.Node:
-        node = gs.Node(op, unique_name(self.graph, f"{self.prefix}/{base}"), attrs=attrs, inputs=list(inputs),
-                       outputs=list(outputs))
-        mark_provenance(node, self.pass_name)
-        self.graph.nodes.append(node)
-        return node
+BASELINE = DEPTHWISE.name  # the plain depthwise Conv: what every other deprune lowering must beat
 METHODS = ("dcp", "bwt", "bwt-hsr")
 
 
@@ -347,9 +323,6 @@ class DeadChannels(Pass):
         if not readers <= allowed:
             return (f"the channels are also read by {sorted(readers - allowed)}",) + none
         dtype = dw.inputs[1].values.dtype
-        if dtype != np.float32:
-            return (f"{dtype} weights: folding the constant changes {dtype} rounding beyond the exactness "
-                    "tolerance; compile the float32 model and convert it afterwards",) + none
         bias = dw.inputs[2].values if len(dw.inputs) > 2 and not dw.inputs[2].is_empty() \
             else np.zeros(dw.inputs[1].values.shape[0], dtype)
         constants = np.zeros(bias.size, dtype)
@@ -378,7 +351,7 @@ class DeadChannels(Pass):
             _add_bias(graph, fc1, pooled, f"{fc1.name}/bias")
             if not np.any(a[dead]):
                 return  # dead channels are exactly zero after the gate: nothing reaches PW2
-            em = PassEmitter(graph, f"{block.dw}/dead_se", DeadChannels.name)
+            em = Emitter(graph, f"{block.dw}/dead_se", DeadChannels.name, dtype)
             fc2_w = fc2.inputs[1].values[dead]
             inputs = [fc2.inputs[0], em.const("fc2_weight", fc2_w)]
             if len(fc2.inputs) > 2 and not fc2.inputs[2].is_empty():
@@ -410,176 +383,29 @@ def _add_bias(graph: gs.Graph, conv: gs.Node, shift: np.ndarray, name: str) -> N
 
 
 # ----------------------------------------------------------------------------------------------
-# deprune-rewrite: lowering builders (name, applies, macs, build) — to register in the lowering registry
+# deprune-rewrite: the lowerings of the "deprune" family (sparsecc.lowering.depthwise), chosen by cost
 # ----------------------------------------------------------------------------------------------
-
-@dataclass
-class DwLayer:
-    """What every builder needs about one depthwise layer."""
-
-    node: gs.Node
-    weight: np.ndarray  # [M, 1, kh, kw], zeros included
-    bias: gs.Tensor | None
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    width: int
-
-    @property
-    def out_pixels(self) -> int:
-        return int(self.out_shape[0] * self.out_shape[2] * self.out_shape[3])
-
-    @property
-    def kept(self) -> np.ndarray:
-        return self.weight[:, 0] != 0  # [M, kh, kw]
-
-
-@dataclass
-class Lowering:
-    """One way to run a depthwise layer: whether it applies (None or the reason), its MACs, its emitter."""
-
-    name: str
-    applies: Callable[[DwLayer], str | None]
-    macs: Callable[[DwLayer], int]
-    build: Callable[[Emitter, gs.Tensor, gs.Tensor, DwLayer], None]
-
-
-def _geometry(dw: DwLayer):
-    return conv_geometry(dw.node, dw.in_shape, tuple(dw.weight.shape[2:]))
-
-
-def _emit_dw(em: Emitter, x, y, dw: DwLayer, weight: np.ndarray, pads=None) -> None:
-    attrs = {k: v for k, v in dw.node.attrs.items() if k not in ("kernel_shape", "pads", "auto_pad")}
-    geometry = _geometry(dw)
-    attrs["pads"] = list(pads if pads is not None else geometry.pads)
-    attrs["kernel_shape"] = list(weight.shape[2:])
-    inputs = [x, em.const("weight", weight)] + ([dw.bias] if dw.bias is not None else [])
-    em.node("Conv", inputs, [y], "dw", **attrs)
-
-
-def _crop_box(dw: DwLayer):
-    used = dw.kept.any(axis=0)
-    rows, cols = np.flatnonzero(used.any(axis=1)), np.flatnonzero(used.any(axis=0))
-    return rows[0], rows[-1], cols[0], cols[-1]
-
-
-def _crop_pads(dw: DwLayer):
-    kh, kw = dw.weight.shape[2:]
-    i0, i1, j0, j1 = _crop_box(dw)
-    geometry = _geometry(dw)
-    (top, left, bottom, right), (dh, dwd) = geometry.pads, geometry.dilations
-    return [top - i0 * dh, left - j0 * dwd, bottom - (kh - 1 - i1) * dh, right - (kw - 1 - j1) * dwd]
-
-
-def _crop_applies(dw: DwLayer) -> str | None:
-    if dw.weight.dtype != np.float32:
-        return f"{dw.weight.dtype} weights: a different kernel changes the rounding; left as it is"
-    if not dw.kept.any():
-        return "every tap is pruned"
-    i0, i1, j0, j1 = _crop_box(dw)
-    kh, kw = dw.weight.shape[2:]
-    if (i0, j0, i1, j1) == (0, 0, kh - 1, kw - 1):
-        return "some channel keeps a tap in every kernel row and column"
-    if min(_crop_pads(dw)) < 0:
-        return "cropping would need negative padding"
-    return None
-
-
-def _crop_build(em, x, y, dw: DwLayer) -> None:
-    i0, i1, j0, j1 = _crop_box(dw)
-    _emit_dw(em, x, y, dw, np.ascontiguousarray(dw.weight[:, :, i0:i1 + 1, j0:j1 + 1]), _crop_pads(dw))
-
-
-def dr_width(channels: int, width: int) -> int:
-    """The sub-GEMM width used in ONNX: ``width`` if it divides M, else its largest divisor of M below it."""
-    return max(d for d in range(1, min(width, channels) + 1) if channels % d == 0)
-
-
-def _block_diagonal(dw: DwLayer) -> np.ndarray:
-    m, _, kh, kw = dw.weight.shape
-    w = dr_width(m, dw.width)
-    out = np.zeros((m, w, kh, kw), np.float32)
-    out[np.arange(m), np.arange(m) % w] = dw.weight[:, 0]
-    return out
-
-
-def _dr_applies(dw: DwLayer) -> str | None:
-    if dw.weight.dtype != np.float32:
-        return f"DR emitters write float32 weights; this layer is {dw.weight.dtype} (left as it is)"
-    if dr_width(dw.weight.shape[0], dw.width) == 1:
-        return f"no sub-GEMM width above 1 divides {dw.weight.shape[0]} channels"
-    if dw.weight.shape[2] * dw.weight.shape[3] == 1:
-        return "1x1 depthwise: nothing for DR to gather"
-    return None
-
-
-def _dr_compact_applies(dw: DwLayer) -> str | None:
-    reason = _dr_applies(dw)
-    if reason is None and not dw.kept.any():
-        return "every tap is pruned"
-    return reason
-
-
-def _dr_grouped_build(em, x, y, dw: DwLayer) -> None:
-    m = dw.weight.shape[0]
-    w = dr_width(m, dw.width)
-    geometry = _geometry(dw)
-    attrs = {k: v for k, v in dw.node.attrs.items() if k not in ("group", "pads", "auto_pad", "kernel_shape")}
-    inputs = [x, em.const("dr_weight", _block_diagonal(dw))] + ([dw.bias] if dw.bias is not None else [])
-    em.node("Conv", inputs, [y], "dr", group=m // w, pads=list(geometry.pads),
-            kernel_shape=list(dw.weight.shape[2:]), **attrs)
-
-
-def _dr_table(dw: DwLayer) -> np.ndarray:
-    m, _, kh, kw = dw.weight.shape
-    w = dr_width(m, dw.width)
-    rows = np.zeros((m // w, w, kh, kw), bool)  # group g keeps local channel c at tap (i, j)
-    kept = dw.kept.reshape(m // w, w, kh, kw)
-    rows[:, np.arange(w)] = kept
-    return tap_rows(rows)
-
-
-def _dr_compact_build(em, x, y, dw: DwLayer) -> None:
-    _emit_tap_gather(em, x, y, _block_diagonal(dw), _dr_table(dw), dw.bias, _geometry(dw))
-
-
-def _dr_compact_macs(dw: DwLayer) -> int:
-    table = _dr_table(dw)
-    m, _, kh, kw = dw.weight.shape
-    k = table.shape[0] * table.shape[1]
-    return dw.out_pixels * (m * table.shape[1] + k * kh * kw)
-
-
-LOWERINGS: dict[str, Lowering] = {
-    "depthwise": Lowering("depthwise", lambda dw: None,
-                          lambda dw: dw.out_pixels * int(np.prod(dw.weight.shape)),
-                          lambda em, x, y, dw: _emit_dw(em, x, y, dw, dw.weight)),
-    "kernel-crop": Lowering("kernel-crop", _crop_applies,
-                            lambda dw: dw.out_pixels * dw.weight.shape[0] * (
-                                (_crop_box(dw)[1] - _crop_box(dw)[0] + 1) * (_crop_box(dw)[3] - _crop_box(dw)[2] + 1)),
-                            _crop_build),
-    "dr-grouped": Lowering("dr-grouped", _dr_applies,
-                           lambda dw: dw.out_pixels * int(np.prod(_block_diagonal(dw).shape)), _dr_grouped_build),
-    "dr-compact": Lowering("dr-compact", _dr_compact_applies, _dr_compact_macs, _dr_compact_build),
-}
-
-# Analytic cost, calibrated like the group-wise one (ONNX Runtime CPU, 2 threads): depthwise convs are
-# memory bound (~60 ps per MAC measured on EfficientNet-B0's layers), GEMM-like convs ~17-20 ps per MAC.
-_PS_PER_MAC = {"depthwise": 60e-12, "kernel-crop": 60e-12, "dr-grouped": 20e-12, "dr-compact": 17e-12}
-_S_PER_NODE = 15e-6
-
 
 @register_pass
 class DeprunRewrite(Pass):
     """Lower each depthwise layer with the candidate the cost model picks (exact).
 
+    The candidates are the registered lowerings of the ``deprune`` family
+    (:mod:`sparsecc.lowering.depthwise`: depthwise, kernel-crop, dr-grouped, dr-compact, and any
+    registered later); the plain ``depthwise`` is the baseline the others must beat.
+
     Args:
-        lowering: "auto" (cost model) or a candidate name to force where it applies. Defaults to "auto".
-        cost_model: "measured" (ONNX Runtime CPU, one-layer models timed interleaved) or "analytic".
-            Defaults to "measured".
+        lowering: "auto" (cost model) or the name of a ``deprune`` lowering to force where it
+            applies. Defaults to "auto".
+        cost_model: "measured" (ONNX Runtime CPU, one-layer models timed interleaved, through the
+            timing cache) or "analytic". ``compile --cost-model`` overrides it. Defaults to "measured".
         width: DR sub-GEMM width (its largest divisor of M when it does not divide M). Defaults to 32.
         min_gain: A candidate must beat the plain depthwise by this share. Defaults to 0.1.
         runs: Timed runs per candidate. Defaults to 5.
         threads: ONNX Runtime threads for timing. Defaults to 2.
+
+    With the measured cost model choosing, the whole rewritten model is finally timed against the
+    graph it came from (through the timing cache) and the rewrite is undone if it is not faster.
     """
 
     name = "deprune-rewrite"
@@ -589,9 +415,9 @@ class DeprunRewrite(Pass):
 
     def __init__(self, lowering: str = "auto", cost_model: str = "measured", width: int = 32,
                  min_gain: float = 0.1, runs: int = 5, threads: int = 2):
-        if lowering != "auto" and lowering not in LOWERINGS:
+        if lowering != "auto" and (get_lowering(lowering) is None or get_lowering(lowering).family != FAMILY):
             raise OptionError(f"unknown lowering '{lowering}'", where="deprune-rewrite",
-                              fix=f"use auto or one of {list(LOWERINGS)}")
+                              fix=f"use auto or one of {[lw.name for lw in lowerings(FAMILY)]}")
         if cost_model not in ("measured", "analytic"):
             raise OptionError(f"unknown cost_model '{cost_model}'", fix="use measured or analytic")
         if not isinstance(width, int) or width < 1:
@@ -601,78 +427,73 @@ class DeprunRewrite(Pass):
 
     def run(self, ctx: PassContext) -> PassResult:
         model = ctx.model
-        before = model.copy() if self.lowering == "auto" and self.cost_model == "measured" else None
+        cost_model = ctx.cost_model or self.cost_model
+        cost = AnalyticCost() if cost_model == "analytic" else MeasuredCost(self.runs, self.threads, ctx.timing_cache)
+        # a forced lowering is the user's call; only the cost model's own choices are checked
+        before = model.copy() if self.lowering == "auto" and cost_model == "measured" else None
         layers, _ = find_weight_layers(model)
         shapes = infer_shapes(model, {n for layer in layers for n in (layer.input, layer.output)})
         layers, _ = find_weight_layers(model, shapes)
         nodes = {n.outputs[0].name: n for n in model.graph.nodes if n.outputs}
-        skipped, details, lowered = [], {}, 0
+        skipped, lowered = [], 0
+        details: dict[str, Any] = {"cost_model": cost_model, "layers": {}}
         for layer in layers:
             if layer.kind != "depthwise":
                 continue
             node = nodes[layer.output]
-            bias = node.inputs[2] if len(node.inputs) > 2 and not node.inputs[2].is_empty() else None
             if layer.input_shape is None or layer.output_shape is None:
                 skipped.append(Skipped(layer.node, "shapes unknown (give --shape)"))
                 continue
-            dw = DwLayer(node, node.inputs[1].values, bias, layer.input_shape, layer.output_shape, self.width)
-            choice, info = self._choose(dw)
-            details[layer.node] = info
-            if choice.name == "depthwise":
+            bias = node.inputs[2] if len(node.inputs) > 2 and not node.inputs[2].is_empty() else None
+            view = LayerToLower(node, layer, node.inputs[1].values, bias, layer.input_shape, layer.output_shape,
+                                {"width": self.width})
+            choice, info = self._choose(view, cost)
+            details["layers"][layer.node] = info
+            if choice.name == BASELINE:
                 continue
             x, y = node.inputs[0], node.outputs[0]
             node.outputs.clear()
             node.inputs.clear()
-            choice.build(PassEmitter(model.graph, layer.node, self.name), x, y, dw)
+            choice.emit(Emitter(model.graph, layer.node, self.name, view.weight.dtype), x, y)
             lowered += 1
         model.graph.cleanup().toposort()
         notes = [f"{lowered} depthwise layer(s) lowered"]
         if before is not None and lowered:
-            check = GroupwiseRewrite(runs=self.runs, threads=self.threads)._model_check(before, model)
-            details["(whole model)"] = check
+            check = whole_model_check(before, model, self.runs, self.threads, ctx.timing_cache)
+            details["model_check"] = check
             if not check["kept"]:
                 model.graph = before.graph
                 skipped.append(Skipped("(whole model)", check["reason"]))
                 notes.append(check["reason"])
                 lowered = 0
+        if ctx.timing_cache is not None:
+            ctx.timing_cache.save()
+            details["timing_cache"] = ctx.timing_cache.describe()
         ctx.state[self.name] = details
         return PassResult(lowered > 0, lowered, skipped, notes, details)
 
-    def _choose(self, dw: DwLayer) -> tuple[Lowering, dict[str, Any]]:
-        reasons = {name: low.applies(dw) for name, low in LOWERINGS.items()}
-        usable = [LOWERINGS[n] for n, r in reasons.items() if r is None]
-        info: dict[str, Any] = {"not_applicable": {n: r for n, r in reasons.items() if r},
-                                "macs": {low.name: int(low.macs(dw)) for low in usable},
-                                "zeros": round(1.0 - float(dw.kept.mean()), 4)}
-        plain = LOWERINGS["depthwise"]
+    def _choose(self, view: LayerToLower, cost) -> tuple[Candidate, dict[str, Any]]:
+        plain = get_lowering(BASELINE).candidate(view)
+        proposals = propose_all(view, plain, FAMILY)
+        candidates, not_applicable = proposals.candidates, proposals.not_applicable
+        info: dict[str, Any] = {"not_applicable": not_applicable, "macs": {c.name: c.macs for c in candidates},
+                                "zeros": round(1.0 - float(np.mean(view.weight != 0)), 4)}
         if self.lowering != "auto":
-            forced = LOWERINGS[self.lowering]
-            if reasons[self.lowering]:
-                info.update(lowering="depthwise", reason=f"{self.lowering} does not apply: {reasons[self.lowering]}")
+            forced = next((c for c in candidates if c.name == self.lowering), None)
+            if forced is None:
+                info.update(lowering=BASELINE, reason=f"{self.lowering} does not apply: {not_applicable[self.lowering]}")
                 return plain, info
             info.update(lowering=forced.name, reason="forced")
             return forced, info
-        if len(usable) == 1:
-            info.update(lowering="depthwise", reason="no other lowering applies")
+        if len(candidates) == 1:
+            info.update(lowering=BASELINE, reason="no other lowering applies")
             return plain, info
-        candidates = [Candidate(low.name, (lambda em, x, y, low=low: low.build(em, x, y, dw)), low.macs(dw), 0, 1)
-                      for low in usable]
-        if self.cost_model == "measured":
-            measure_candidates(candidates, dw.in_shape, dw.out_shape, self.runs, self.threads)
-        else:
-            for c in candidates:
-                c.seconds = c.macs * _PS_PER_MAC[c.name] + _S_PER_NODE
-        info["candidates_ms"] = {c.name: round(c.seconds * 1e3, 4) for c in candidates}
-        dense = candidates[0]
-        best = min(candidates[1:], key=lambda c: c.seconds)
-        if best.seconds * (1.0 + self.min_gain) < dense.seconds:
-            info.update(lowering=best.name, reason=f"{best.name} {dense.seconds / best.seconds:.2f}x faster "
-                                                   f"({self.cost_model})")
-            return LOWERINGS[best.name], info
-        info.update(lowering="depthwise", reason=f"plain depthwise fastest ({self.cost_model}; best other "
-                                                 f"{best.name} {dense.seconds / best.seconds:.2f}x)")
-        return plain, info
-
+        dtype, op = view.weight.dtype, view.node.op
+        cost.time(candidates, op, view.in_shape, view.out_shape, dtype)
+        choice, why = choose_lowering(
+            candidates, self.min_gain, lambda chosen: cost.remeasure(chosen, op, view.in_shape, view.out_shape, dtype))
+        info.update(lowering=choice.name, reason=why, **describe_candidates(candidates))
+        return choice, info
 
 # ----------------------------------------------------------------------------------------------
 # deprune-model-check
@@ -705,10 +526,12 @@ class DepruneModelCheck(Pass):
         masked = ctx.state.get("masked")
         if masked is None:
             return PassResult(False, 0, notes=["no masked model to compare with (apply-plan did not run)"])
-        check = GroupwiseRewrite(runs=self.runs, threads=self.threads)._model_check(masked, ctx.model)
+        check = whole_model_check(masked, ctx.model, self.runs, self.threads, ctx.timing_cache)
         check["reason"] = check["reason"].replace("so every layer was left dense", "so the masked model is kept") \
             .replace("vs dense", "vs masked").replace("rewritten", "compiled")
         ctx.state[self.name] = check
+        if ctx.timing_cache is not None:
+            ctx.timing_cache.save()
         if check["kept"]:
             return PassResult(False, 0, notes=[check["reason"]], details=check)
         ctx.model.graph = masked.copy().graph

@@ -256,7 +256,8 @@ def bench_one(name: str, batch: int, recipe: str, runs: int, threads: int, folde
     macs_dense, _ = nonzero_macs(dense)
     _, macs_kept = nonzero_macs(masked)
     macs_compiled, _ = nonzero_macs(compiled)
-    rewrite = ctx.state.get("deprune-rewrite", {})
+    rewrite_state = ctx.state.get("deprune-rewrite", {})
+    rewrite = rewrite_state.get("layers", {})  # per depthwise layer: lowering, reason, candidates' times
     result = {
         "model": name, "batch": batch, "recipe": recipe, "compile_s": round(compile_s, 1),
         "ms": {k: round(v, 3) for k, v in med.items()},
@@ -269,7 +270,7 @@ def bench_one(name: str, batch: int, recipe: str, runs: int, threads: int, folde
         "macs": {"unpruned": macs_dense, "kept": macs_kept, "compiled_graph": macs_compiled},
         "max_rel_diff_vs_masked": rel,
         "passes": {r.name: r.to_dict().get("notes") for r in records},
-        "whole_model_check": rewrite.get("(whole model)"),
+        "whole_model_check": rewrite_state.get("model_check"),
     }
     plan = ctx.state.get("deprune-plan", {})
     dead = ctx.state.get("deprune-dead-channels", {})
