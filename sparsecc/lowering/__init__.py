@@ -42,6 +42,7 @@ from sparsecc.lowering import depthwise  # noqa: E402,F401  (isort: skip)
 __all__ = [
     "AnalyticCost", "Candidate", "ConvGeometry", "Emitter", "LayerToLower", "Lowering", "MeasuredCost", "Proposals",
     "TimingCache", "analytic_seconds", "choose_lowering", "conv_geometry", "default_timing_cache_path",
-    "describe_candidates", "emit_conv", "emit_gather", "emit_gather_features", "emit_gemm", "get_lowering", "layer_graph", "lowerings",
+    "describe_candidates", "emit_conv", "emit_gather", "emit_gather_features", "emit_gemm", "get_lowering",
+    "layer_graph", "lowerings",
     "open_timing_cache", "propose_all", "register_lowering", "unregister_lowering", "whole_model_check",
 ]

@@ -238,9 +238,9 @@ def test_fp16_model_dead_channels_are_folded_within_fp16_tolerances(kind):
     from sparsecc.passes.canonicalize import CANONICAL_PASSES
 
     canonical = [make_pass(n) for n in CANONICAL_PASSES]
-    ctx, records = _run(proto, canonical + [make_pass("plan-deprune", method="bwt", dw_ratio=0.9), make_pass("apply-plan"),
-                                make_pass("remove-filters"), make_pass("deprune-dead-channels"),
-                                make_pass("deprune-rewrite", cost_model="analytic")])
+    ctx, records = _run(proto, canonical + [
+        make_pass("plan-deprune", method="bwt", dw_ratio=0.9), make_pass("apply-plan"), make_pass("remove-filters"),
+        make_pass("deprune-dead-channels"), make_pass("deprune-rewrite", cost_model="analytic")])
     assert records["remove-filters"]["status"] == "ran" and records["remove-filters"]["verification"]["passed"]
     dead = records["deprune-dead-channels"]
     assert dead["status"] == "ran" and not dead["skipped"]
