@@ -2,7 +2,8 @@
 
 The masks come from the ONNX side, made by the very passes ``sparsecc compile`` runs
 (``plan-groupwise``, ``plan-filters`` over the coupled channel groups of
-:func:`sparsecc.dependency.build_channel_groups`, ``plan-24``), so there is one
+:func:`sparsecc.dependency.build_channel_groups`, ``plan-24``, ``plan-deprune``: depthwise
+taps by DCP/BWT/HSR and PW2 filters through ``plan-filters``), so there is one
 implementation of every criterion and pattern (``sparsecc/sparsity/``):
 
 1. :func:`plan_for_module` exports the module with PyTorch's TorchScript exporter
@@ -27,7 +28,9 @@ implementation of every criterion and pattern (``sparsecc/sparsity/``):
    with fine-tuning; it runs unchanged under ``torchrun`` with DistributedDataParallel.
 5. :func:`export_onnx` checks that every masked weight is still zero (a
    :class:`~sparsecc.errors.PlanError` lists those that are not), then exports with either
-   exporter; ``sparsecc compile --recipe zeros`` finds the structure in the weights.
+   exporter; ``sparsecc compile --recipe zeros`` finds the structure in the weights
+   (``--recipe deprune-zeros`` for DEPrune's: depthwise tap zeros, depthwise channels left with
+   no tap, PW2 filters).
 
 Needs the ``torch`` extra; ``import sparsecc`` never imports this module.
 """
@@ -56,7 +59,7 @@ __all__ = ["plan_for_module", "masks_for_module", "MaskKeeper", "check_masks", "
            "FinetuneResult", "planning_passes", "evaluate", "recalibrate_batchnorm", "gradual_fractions",
            "load_onnx_weights", "random_shift"]
 
-_PLAN_PASSES = ("plan-groupwise", "plan-filters", "plan-24")
+_PLAN_PASSES = ("plan-groupwise", "plan-filters", "plan-24", "plan-deprune")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 
 
@@ -92,7 +95,8 @@ def planning_passes(recipe, fraction: float = 1.0) -> list[tuple[str, dict[str, 
         raise OptionError(f"recipe '{recipe.name}' cannot be fine-tuned in PyTorch: {why}",
                           where=recipe.source,
                           fix=f"use a recipe whose passes before apply-plan are only {', '.join(_PLAN_PASSES)} "
-                              "(groupwise-*, filter-l1, filter-l2, or your own); fine-tune each stage apart")
+                              "(groupwise-*, filter-l1, filter-l2, deprune, deprune-b, deprune-bh, deprune-cpu, or your own); "
+                              "fine-tune each stage apart")
     scaled = []
     for name, options in stage:
         options = dict(options)
@@ -106,6 +110,11 @@ def planning_passes(recipe, fraction: float = 1.0) -> list[tuple[str, dict[str, 
                     options["ratios"] = {k: 1.0 - fraction * (1.0 - v) for k, v in options["ratios"].items()}
             if name == "plan-filters":
                 options["ratio"] = fraction * float(options.get("ratio", 0.4))
+            if name == "plan-deprune":  # depthwise taps and PW2 filters ramp together
+                options["dw_ratio"] = fraction * float(options.get("dw_ratio", 0.8))
+                options["pw_ratio"] = fraction * float(options.get("pw_ratio", 0.5))
+                if options.get("ratios"):
+                    options["ratios"] = {k: fraction * v for k, v in options["ratios"].items()}
         scaled.append((name, options))
     return scaled
 

@@ -267,3 +267,85 @@ def test_a_plan_made_elsewhere_and_saved_is_applied_as_is(tmp_path):
         np.testing.assert_array_equal(mask.numpy(), plan.entries[name].mask)
     with pytest.raises(OptionError, match="gradual schedule re-plans"):
         st.finetune(_model(), _split(), plan=loaded, epochs=1, schedule="gradual")
+
+
+class TinySeparable(torch.nn.Module):
+    """Stem, then two inverted-residual blocks (PW1-BN-ReLU6, DW 3x3-BN-ReLU6, PW2-BN), the second
+    with a residual Add; pool, linear. Written here, apart from models/."""
+
+    def __init__(self, classes: int = 4):
+        super().__init__()
+
+        def block(c_in, hidden, c_out):
+            return torch.nn.Sequential(
+                torch.nn.Conv2d(c_in, hidden, 1, bias=False), torch.nn.BatchNorm2d(hidden), torch.nn.ReLU6(),
+                torch.nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
+                torch.nn.BatchNorm2d(hidden), torch.nn.ReLU6(),
+                torch.nn.Conv2d(hidden, c_out, 1, bias=False), torch.nn.BatchNorm2d(c_out))
+
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16),
+                                        torch.nn.ReLU6())
+        self.first = block(16, 32, 16)
+        self.second = block(16, 32, 16)
+        self.head = torch.nn.Linear(16, classes)
+
+    def forward(self, x):
+        x = self.first(self.stem(x))
+        x = x + self.second(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def _deprune_recipe(method: str, dw_ratio: float = 0.6, pw_ratio: float = 0.5):
+    return _recipe(f"plan-deprune: {{method: {method}, dw_ratio: {dw_ratio}, pw_ratio: {pw_ratio}}}",
+                   name=f"deprune-{method}")
+
+
+def test_deprune_plan_is_the_one_compile_makes_and_maps_to_depthwise_and_pw2_parameters(tmp_path):
+    from sparsecc.compiler import compile_model
+
+    torch.manual_seed(0)
+    model = TinySeparable().eval()
+    plan = st.plan_for_module(model, "deprune-b", EXAMPLE)
+    path = st.export_onnx(model, tmp_path / "m.onnx", EXAMPLE, dynamic_batch=False)
+    compiled = compile_model(path, "deprune-b", tmp_path / "out")
+    reference = SparsityPlan.load(compiled.out_dir / "plan.json")
+    assert set(plan.entries) == set(reference.entries)
+    for name, entry in plan.entries.items():
+        np.testing.assert_array_equal(entry.mask, reference.entries[name].mask)
+    masks = st.masks_for_module(plan, model)
+    for dw in ("first.3.weight", "second.3.weight"):  # depthwise taps, [32, 1, 3, 3]: 80% pruned, balanced
+        assert plan.entries[dw].pattern == "depthwise-taps" and masks[dw].shape == (32, 1, 3, 3)
+        assert float((~masks[dw]).float().mean()) == pytest.approx(0.8, abs=0.01)
+    # PW2 filters of the residual stream: one coupled group (both PW2s, the next PW1's columns), half removed
+    for pw2 in ("first.6.weight", "second.6.weight"):
+        kept_filters = masks[pw2].reshape(16, -1).any(dim=1)
+        assert int(kept_filters.sum()) == 8
+    np.testing.assert_array_equal(masks["first.6.weight"].reshape(16, -1).any(dim=1),
+                                  masks["second.6.weight"].reshape(16, -1).any(dim=1))
+    assert ("plan-deprune", {"method": "bwt", "dw_ratio": 0.4, "pw_ratio": 0.25}) == \
+        st.planning_passes("deprune-b", 0.5)[0]
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_deprune_finetuned_export_is_found_again_by_deprune_zeros(tmp_path, dynamo):
+    """DEPrune masks kept through fine-tuning; in detect mode deprune-zeros finds all three structures:
+    depthwise tap zeros, depthwise channels left with no tap, PW2 filters (with their coupled channels)."""
+    from sparsecc.compiler import compile_model
+
+    split = _split()
+    torch.manual_seed(0)
+    result = st.finetune(TinySeparable().eval(), split, _deprune_recipe("dcp", dw_ratio=0.85), epochs=3, lr=1e-2,
+                         batch_size=32, augment=False, log=lambda m: None)
+    assert result.top1 >= 0.9  # learnt through the masks
+    dead = sum(int((~result.masks[w].reshape(32, -1).any(dim=1)).sum()) for w in ("first.3.weight", "second.3.weight"))
+    assert dead > 0  # DCP ranks the whole layer, so some channels lose every tap
+    for name, mask in result.masks.items():  # still exactly the plan's masks after training
+        assert not result.module.get_parameter(name).detach()[~mask].any()
+    path = st.export_onnx(result.module, tmp_path / "ft.onnx", EXAMPLE, masks=result.masks, dynamo=dynamo)
+    out = compile_model(path, "deprune-zeros", tmp_path / "out", shapes={"input": (1, 1, 12, 12)})
+    passes = {p["name"]: p for p in out.report["passes"]}
+    assert "8 of 16 channels removed in 1 group(s)" in " ".join(passes["remove-filters"]["notes"])
+    notes = " ".join(passes["deprune-dead-channels"]["notes"])
+    assert "dead depthwise channel(s) removed" in notes and not notes.startswith("0 ")
+    # whether the smaller graph is kept is deprune-model-check's timing decision; either way it is verified
+    assert out.report["verification"]["exact"]["passed"]
