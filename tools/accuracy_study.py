@@ -6,6 +6,9 @@ fine-tuned with the masks kept, exported, compiled, scored on ONNX Runtime):
 - group-wise: keep 75%, 50%, 25% of the im2col rows (``groupwise-*``), compiled in zero-detect mode;
 - filters: hybrid metric 1 and 2 vs input L1 and output L1, at several shares of filters removed
   (global ranking over coupled channel groups), compiled with the plan (filters removed physically);
+- DEPrune (depthwise-separable models): DCP, DCP + BWT (``-B``), DCP + BWT + HSR (``-BH``) at the
+  same depthwise and PW2 ratios (``plan-deprune``), fine-tuned, compiled in detect mode
+  (``deprune-zeros``: zero PW2 filters, dead depthwise channels, depthwise lowering);
 - 2:4: without permutation (fine-tuned, compiled in zero-detect mode; ONNX Runtime runs 2:4 dense)
   and with channel permutation (``24-only``; one-shot only: the permutation is a graph rewrite the
   PyTorch side does not replay, so it is not fine-tuned).
@@ -40,8 +43,17 @@ def _recipe(name: str, passes: list):
     return parse_recipe(json.dumps({"name": name, "passes": passes}), f"{name}.json")
 
 
-def variants(filter_ratios: list[float]) -> list[dict]:
+DEPRUNE_METHODS = (("deprune", "dcp", "DCP"), ("deprune-b", "bwt", "DCP + BWT"), ("deprune-bh", "bwt-hsr", "DCP + BWT + HSR"))
+
+
+def variants(filter_ratios: list[float], dw_ratio: float = 0.8, pw_ratio: float = 0.5) -> list[dict]:
     found = []
+    for label, method, what in DEPRUNE_METHODS:
+        found.append({"family": "deprune", "label": label, "method": method,
+                      "recipe": _recipe(label, [{"plan-deprune": {"method": method, "dw_ratio": dw_ratio,
+                                                                  "pw_ratio": pw_ratio}}, "apply-plan"]),
+                      "compile": "deprune-zeros",
+                      "setting": f"{what}, {dw_ratio:.0%} of depthwise taps, {pw_ratio:.0%} of PW2 filters"})
     for keep in (0.75, 0.5, 0.25):
         found.append({"family": "group-wise", "label": f"groupwise-{int(keep * 100)}",
                       "recipe": f"groupwise-{int(keep * 100)}", "compile": "zeros", "setting": f"keep {keep:.0%}"})
@@ -107,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per variant")
     parser.add_argument("--dense-epochs", type=int, default=3, help="epochs to adapt the dense model to --data")
     parser.add_argument("--filter-ratios", type=float, nargs="+", default=[0.4, 0.55, 0.7])
-    parser.add_argument("--only", nargs="*", help="families to run (group-wise, filters, 2:4, torch-pruning)")
+    parser.add_argument("--only", nargs="*",
+                        help="families to run (group-wise, filters, 2:4, torch-pruning, deprune); all but deprune by "
+                             "default; deprune needs a depthwise-separable model (mobilenetv2-digits)")
+    parser.add_argument("--deprune-dw-ratio", type=float, default=0.8, help="share of depthwise taps pruned")
+    parser.add_argument("--deprune-pw-ratio", type=float, default=0.5, help="share of PW2 filters removed")
+    parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (AdamW, cosine)")
     parser.add_argument("--tp-match", nargs="*", default=["filter-hybrid2-40", "filter-hybrid2-70"],
                         help="sparsecc variants whose MAC reduction Torch-Pruning's baseline is matched to")
     parser.add_argument("--runs", type=int, default=30)
@@ -142,9 +159,10 @@ def main(argv: list[str] | None = None) -> int:
              "macs": compiled.report["summary"]["macs_after"]}]
     say(f"dense top-1 {dense_top1:.4f} on {len(split.y_test)} test images")
 
-    for variant in variants(args.filter_ratios):
-        if args.only and variant["family"] not in args.only:
-            continue
+    for variant in variants(args.filter_ratios, args.deprune_dw_ratio, args.deprune_pw_ratio):
+        if (args.only and variant["family"] not in args.only) or (variant["family"] == "deprune" and
+                                                                   "deprune" not in (args.only or [])):
+            continue  # DEPrune only on request: it plans nothing on a model without depthwise-separable blocks
         label = variant["label"]
         row = {k: v for k, v in variant.items() if k not in ("recipe",)}
         folder = work / label.replace(" ", "_").replace(":", "")
@@ -154,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["top1_one_shot"] = None
             else:
                 say(f"{label}: fine-tuning {args.epochs} epochs")
-                tuned = st.finetune(copy.deepcopy(dense), split, variant["recipe"], epochs=args.epochs, log=say)
+                tuned = st.finetune(copy.deepcopy(dense), split, variant["recipe"], epochs=args.epochs, lr=args.lr,
+                                    log=say)
                 row["top1_one_shot"] = tuned.top1_before_finetune
                 row["top1_one_shot_bn"] = tuned.top1_one_shot_bn
                 row["pruned_share"] = round(sum(int((~m).sum()) for m in tuned.masks.values())
@@ -165,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                     result = compile_model(path, replay, folder, shapes=shapes, plan=folder.with_suffix(".plan.json"))
                 else:
                     result = compile_model(path, variant["compile"], folder, shapes=shapes)
+                if variant["family"] == "deprune":
+                    row["compiled"] = _deprune_found(result.report)
         except Exception as exc:  # noqa: BLE001 - a study row that fails is reported, the others go on
             row.update(error=f"{type(exc).__name__}: {exc}")
             rows.append(row)
@@ -198,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     study = {"model": args.model, "data": args.data, "n": int(len(split.y_test)), "epochs": args.epochs,
+             "lr": args.lr,
              "dense_epochs": args.dense_epochs if args.data != "digits" else 0, "threads": args.threads,
              "runs": args.runs, "load_average": list(os.getloadavg()), "seconds": round(time.perf_counter() - started),
              "torch": torch.__version__, "rows": rows}
@@ -206,6 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     plots(study, args.out)
     say(f"wrote {args.out}")
     return 0
+
+
+def _deprune_found(report: dict) -> str:
+    """What detect mode found and kept, from the compile report's pass notes."""
+    notes = {p["name"]: " ".join(p.get("notes") or []) for p in report.get("passes", [])}
+    kept = notes.get("deprune-model-check", "")
+    return "; ".join(x for x in (notes.get("remove-filters", "").split(";")[0],
+                                 notes.get("deprune-dead-channels", ""),
+                                 "compiled graph kept" if kept.endswith("kept") and "masked model is kept" not in kept
+                                 else "masked model kept (compiled not faster)" if kept else "") if x)
 
 
 def torch_pruning_rows(args, dense, split, example, shapes, work, rows, sessions, feeds, backend, say) -> list:
@@ -232,7 +264,7 @@ def torch_pruning_rows(args, dense, split, example, shapes, work, rows, sessions
         row = {"family": "torch-pruning", "label": name, "setting": f"global L1, ratio {ratio:.3f}, "
                f"MACs matched to {label}", "top1_one_shot": st.evaluate(model, split.x_test, split.y_test)}
         say(f"{name}: fine-tuning {args.epochs} epochs")
-        tuned = st.finetune(model, split, plan=SparsityPlan(), epochs=args.epochs, log=say)
+        tuned = st.finetune(model, split, plan=SparsityPlan(), epochs=args.epochs, lr=args.lr, log=say)
         path = st.export_onnx(tuned.module, work / f"tp-{label}.onnx", example)
         result = compile_model(path, "none", work / f"tp-{label}", shapes=shapes)
         session = backend.load(result.model_path)
@@ -253,12 +285,12 @@ def render(study: dict) -> str:
     n = study["n"]
     lines = [f"# Accuracy study: `{study['model']}` on `{study['data']}`", "",
              f"{n} test images (1 point = {n / 100:g} images); fine-tuning {study['epochs']} epochs per variant "
-             f"(AdamW, cosine, masks kept, BatchNorm re-estimated); dense adapted to the data for "
+             f"(AdamW lr {study.get('lr', 1e-3):g}, cosine, masks kept, BatchNorm re-estimated); dense adapted to the data for "
              f"{study['dense_epochs']} epochs. Latency: batch 1, ONNX Runtime CPU, {study['threads']} thread(s), "
              f"{study['runs']} interleaved rounds, median [q25-q75]; load average {study['load_average']}.", ""]
     dense = study["rows"][0]
     lines += [f"Dense: top-1 {_pct(dense['top1'])}%, {dense['macs']:,} MACs, {dense.get('median_ms')} ms.", ""]
-    for family in ("group-wise", "filters", "2:4", "torch-pruning"):
+    for family in ("group-wise", "filters", "2:4", "deprune", "torch-pruning"):
         rows = [r for r in study["rows"] if r["family"] == family]
         if not rows:
             continue
@@ -275,6 +307,8 @@ def render(study: dict) -> str:
                          f"{delta} | {r['macs']:,} | {r.get('ideal')}x | {r.get('speedup')}x | "
                          f"{r.get('median_ms')} [{r.get('q25_ms')}-{r.get('q75_ms')}] |")
         lines.append("")
+        lines += [f"- {r['label']} in detect mode (`deprune-zeros`): {r['compiled']}" for r in rows if r.get("compiled")]
+        lines.append("") if any(r.get("compiled") for r in rows) else None
     lines += _orderings(study)
     return "\n".join(lines) + "\n"
 
@@ -301,6 +335,14 @@ def _orderings(study: dict) -> list[str]:
             out.append(f"- {int(ratio * 100)}% filters removed: {hybrid} {100 * at[hybrid]:.1f}% vs best of input/"
                        f"output L1 {100 * best_l1:.1f}%: {'holds' if diff >= 0 else 'does NOT hold'} "
                        f"({diff:+d} images of {n})")
+    dcp = rows.get("deprune")
+    for label in ("deprune-b", "deprune-bh"):
+        other = rows.get(label)
+        if dcp and other and dcp.get("top1") is not None and other.get("top1") is not None:
+            diff = round((other["top1"] - dcp["top1"]) * n)
+            out.append(f"- {label} within 0.5 points ({n * 0.005:g} images) of DCP at the same ratio after "
+                       f"fine-tuning: {'yes' if diff >= -n * 0.005 else 'NO'} ({100 * other['top1']:.1f}% vs "
+                       f"{100 * dcp['top1']:.1f}%: {diff:+d} images of {n})")
     close = [r for r in rows.values() if r["family"] not in ("dense", "torch-pruning") and r.get("top1") is not None
              and dense - r["top1"] <= 0.01 and "speedup" in r]
     baseline = [r for r in rows.values() if r["family"] == "torch-pruning" and dense - r["top1"] <= 0.01
@@ -326,7 +368,7 @@ def plots(study: dict, out: Path) -> None:
         print("matplotlib is not installed: no plots", file=sys.stderr)
         return
     dense = study["rows"][0]
-    for family in ("group-wise", "filters", "2:4", "torch-pruning"):
+    for family in ("group-wise", "filters", "2:4", "deprune", "torch-pruning"):
         rows = [r for r in study["rows"] if r["family"] == family and "error" not in r and "median_ms" in r]
         if not rows:
             continue
