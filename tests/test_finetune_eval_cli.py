@@ -66,3 +66,16 @@ def test_finetune_writes_a_model_that_compile_finds_the_structure_in(cli, tmp_pa
     scored = json.loads(cli("eval", tmp_path / "c" / "model.onnx", "--data", "digits", "--json", check=True).stdout)
     assert scored["top1"] == pytest.approx(summary["onnx_top1"])
     assert np.isfinite(scored["top1"])
+
+
+def test_the_next_step_names_the_detect_recipe_that_finds_the_plans_structure(tmp_path):
+    from sparsecc.commands.finetune import detect_recipe
+    from sparsecc.plan import SparsityPlan, WeightPlan
+
+    for pattern, expected in (("depthwise-taps", "deprune-zeros"), ("group-wise", "zeros")):
+        plan = SparsityPlan()
+        plan.add(WeightPlan("w", "conv", pattern, np.ones((4, 1, 3, 3), bool)))
+        (tmp_path / pattern).mkdir()
+        plan.save(tmp_path / pattern / "plan.json")
+        assert detect_recipe(tmp_path / pattern) == expected
+    assert detect_recipe(tmp_path / "missing") == "zeros"

@@ -6,7 +6,8 @@ architecture named with --arch. The masks come from the recipe's planning passes
 of the model (the ones ``sparsecc compile`` runs), or from a plan.json made on the model's ONNX
 file; they map to the PyTorch parameters by name. Runs unchanged under torchrun (DistributedDataParallel;
 gloo on CPU, NCCL on GPUs); rank 0 writes. Then compile the result in zero-detect mode:
-``sparsecc compile OUT/model.onnx --recipe zeros --shape input:1x1x32x32 -o OUT2``.
+``sparsecc compile OUT/model.onnx --recipe zeros --shape input:1x1x32x32 -o OUT2``
+(``--recipe deprune-zeros`` after a DEPrune recipe; the command prints which).
 """
 
 from __future__ import annotations
@@ -68,8 +69,21 @@ def run(args) -> int:
               f"pruned {summary['top1_before_finetune']:.4f}, fine-tuned {summary['top1']:.4f} "
               f"on {summary['n']} test images (ONNX Runtime: {summary['onnx_top1']:.4f})")
         print(f"wrote {args.output}/: model.onnx, plan.json, plan.npz, finetune.json")
-        print(f"next: sparsecc compile {args.output}/model.onnx --recipe zeros --shape input:1x1x32x32 -o OUT")
+        print(f"next: sparsecc compile {args.output}/model.onnx --recipe {detect_recipe(Path(args.output))} "
+              "--shape input:1x1x32x32 -o OUT")
     return 0
+
+
+def detect_recipe(folder: Path) -> str:
+    """The detect-mode recipe that finds what the saved plan pruned: ``deprune-zeros`` for depthwise
+    tap masks (it also removes dead depthwise channels), else ``zeros``."""
+    import json
+
+    try:
+        weights = json.loads((folder / "plan.json").read_text()).get("weights", [])
+    except (OSError, ValueError):
+        return "zeros"
+    return "deprune-zeros" if any(w.get("pattern") == "depthwise-taps" for w in weights) else "zeros"
 
 
 def finetune_model(args) -> dict | None:
