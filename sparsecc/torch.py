@@ -95,8 +95,8 @@ def planning_passes(recipe, fraction: float = 1.0) -> list[tuple[str, dict[str, 
         raise OptionError(f"recipe '{recipe.name}' cannot be fine-tuned in PyTorch: {why}",
                           where=recipe.source,
                           fix=f"use a recipe whose passes before apply-plan are only {', '.join(_PLAN_PASSES)} "
-                              "(groupwise-*, filter-l1, filter-l2, deprune, deprune-b, deprune-bh, deprune-cpu, or your own); "
-                              "fine-tune each stage apart")
+                              "(groupwise-*, filter-l1, filter-l2, deprune, deprune-b, deprune-bh, deprune-cpu, "
+                              "or your own); fine-tune each stage apart")
     scaled = []
     for name, options in stage:
         options = dict(options)

@@ -43,7 +43,8 @@ def _recipe(name: str, passes: list):
     return parse_recipe(json.dumps({"name": name, "passes": passes}), f"{name}.json")
 
 
-DEPRUNE_METHODS = (("deprune", "dcp", "DCP"), ("deprune-b", "bwt", "DCP + BWT"), ("deprune-bh", "bwt-hsr", "DCP + BWT + HSR"))
+DEPRUNE_METHODS = (("deprune", "dcp", "DCP"), ("deprune-b", "bwt", "DCP + BWT"),
+                   ("deprune-bh", "bwt-hsr", "DCP + BWT + HSR"))
 
 
 def variants(filter_ratios: list[float], dw_ratio: float = 0.8, pw_ratio: float = 0.5) -> list[dict]:
@@ -285,7 +286,8 @@ def render(study: dict) -> str:
     n = study["n"]
     lines = [f"# Accuracy study: `{study['model']}` on `{study['data']}`", "",
              f"{n} test images (1 point = {n / 100:g} images); fine-tuning {study['epochs']} epochs per variant "
-             f"(AdamW lr {study.get('lr', 1e-3):g}, cosine, masks kept, BatchNorm re-estimated); dense adapted to the data for "
+             f"(AdamW lr {study.get('lr', 1e-3):g}, cosine, masks kept, BatchNorm re-estimated); "
+             f"dense adapted to the data for "
              f"{study['dense_epochs']} epochs. Latency: batch 1, ONNX Runtime CPU, {study['threads']} thread(s), "
              f"{study['runs']} interleaved rounds, median [q25-q75]; load average {study['load_average']}.", ""]
     dense = study["rows"][0]
@@ -307,7 +309,8 @@ def render(study: dict) -> str:
                          f"{delta} | {r['macs']:,} | {r.get('ideal')}x | {r.get('speedup')}x | "
                          f"{r.get('median_ms')} [{r.get('q25_ms')}-{r.get('q75_ms')}] |")
         lines.append("")
-        lines += [f"- {r['label']} in detect mode (`deprune-zeros`): {r['compiled']}" for r in rows if r.get("compiled")]
+        lines += [f"- {r['label']} in detect mode (`deprune-zeros`): {r['compiled']}"
+                  for r in rows if r.get("compiled")]
         lines.append("") if any(r.get("compiled") for r in rows) else None
     lines += _orderings(study)
     return "\n".join(lines) + "\n"
