@@ -251,3 +251,60 @@ def test_recipe_compiles_the_zoo_models(tmp_path, name, force):
         assert plugins == []
         assert any("not faster by the cost model" in s.reason for s in records["lower-tensorrt"].result.skipped)
     assert result.report["verification"]["exact"]["passed"]
+
+
+class _TorchNet:
+    """Two convs and two Linears in PyTorch, written here (not from models/), with pruned groups."""
+
+    @staticmethod
+    def export(path, dynamo: bool, half: bool):
+        torch = pytest.importorskip("torch")
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv1 = torch.nn.Conv2d(3, 12, 3, padding=1)
+                self.conv2 = torch.nn.Conv2d(12, 16, 3, padding=2, dilation=2, stride=2)
+                self.fc1 = torch.nn.Linear(16 * 5 * 5, 24)
+                self.fc2 = torch.nn.Linear(24, 7)
+
+            def forward(self, x):
+                x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+                return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+        torch.manual_seed(0)
+        net = Net().eval()
+        with torch.no_grad():  # whole im2col rows / input features pruned, as group-wise pruning leaves them
+            net.conv2.weight.view(16, -1)[:, 1::3] = 0.0
+            net.fc1.weight[:, 40:200] = 0.0  # (every other feature would be 2:4, which stays a Gemm)
+            net.fc2.weight[:, 3:9] = 0.0
+        x = torch.randn(2, 3, 10, 10)
+        if half:
+            net, x = net.half(), x.half()
+        torch.onnx.export(net, (x,), str(path), dynamo=dynamo, input_names=["x"], output_names=["y"])
+        return path
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("half", [False, True])
+def test_torch_exports_are_lowered_and_verified(tmp_path, dynamo, half):
+    from sparsecc.compiler import compile_model
+
+    path = _TorchNet.export(tmp_path / "net.onnx", dynamo, half)
+    recipe = tmp_path / "plugins.yaml"
+    recipe.write_text("name: plugins\ndescription: plugin nodes for the zeros already there\npasses:\n"
+                      "  - lower-tensorrt: {force: true, fold: false}\n  - to-fp16\n")
+    result = compile_model(path, str(recipe), tmp_path / "out", shapes={"x": (2, 3, 10, 10)})
+    records = {r.name: r for r in result.records}
+    lower = records["lower-tensorrt"]
+    assert lower.status == "ran" and lower.verification["passed"]
+    proto = onnx.load(str(result.model_path))
+    plugins = sorted(n.op_type for n in proto.graph.node if n.domain == NAMESPACE)
+    assert plugins == [GROUPWISE_CONV, GROUPWISE_LINEAR, GROUPWISE_LINEAR], lower.result.skipped
+    types = {t.name: t.data_type for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.domain == NAMESPACE:
+            assert check_plugin_node(node, types) == []
+    skipped = {s.layer: s.reason for s in lower.result.skipped}
+    assert any("no all-zero im2col row" in reason for reason in skipped.values())  # conv1 kept everything
+    assert result.report["verification"]["exact"]["passed"]
