@@ -203,3 +203,32 @@ GROUPWISE_LINEAR_PLUGIN = register_lowering(Lowering(
     "groupwise-linear-plugin", FAMILY, frozenset({"Gemm", "MatMul"}), _linear_plugin,
     FP16_S_PER_MAC / PLUGIN_EFFICIENCY,
     "one sparsecc::GroupwiseLinear plugin node (gather of the kept features fused into the GEMM)"))
+
+
+def plugin_node_macs(model) -> dict[str, int]:
+    """MACs of every sparsecc plugin node of a model, by node name (what inspect and the report count).
+
+    A plugin node is no weight layer (Conv/Gemm/MatMul), but it is where the layer's work went:
+    Y elements x K' for GroupwiseConv/GroupwiseLinear, and for DepthwiseSubGemm N x G x 32 x K' x Ho x Wo
+    (each group of 32 channels is one dense 32 x K' sub-GEMM, partial groups included).
+    """
+    from sparsecc.plugins.ops import DEPTHWISE_SUBGEMM, INDEX_INPUTS, PLUGIN_OPS
+    from sparsecc.shapes import infer_shapes
+
+    nodes = [n for n in model.graph.nodes if n.domain == NAMESPACE and n.op in PLUGIN_OPS]
+    if not nodes:
+        return {}
+    shapes = infer_shapes(model, {n.outputs[0].name for n in nodes})
+    macs = {}
+    for node in nodes:
+        kept = node.inputs[INDEX_INPUTS[node.op]]
+        out = shapes.get(node.outputs[0].name)
+        if out is None or not isinstance(kept, gs.Constant):
+            continue
+        k = int(kept.values.shape[-1])
+        if node.op == DEPTHWISE_SUBGEMM:
+            groups = int(kept.values.shape[0])
+            macs[node.name] = int(out[0]) * groups * 32 * k * int(np.prod(out[2:]))
+        else:
+            macs[node.name] = int(np.prod(out)) * k
+    return macs

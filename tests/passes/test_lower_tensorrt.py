@@ -80,6 +80,14 @@ def test_lowered_nodes_match_the_plugin_signatures_and_verify():
     assert kept.dtype == np.int32 and kept.size == 16 * 9 // 2 and np.all(np.diff(kept) > 0)
     assert inits[conv2.input[1]].shape == (16, kept.size)
     assert any(t == "sparsecc" for t in (o.domain for o in proto.opset_import))
+    # the lowered layers' work is still counted (inspect, report MACs)
+    from sparsecc.inspect import inspect_model
+    from sparsecc.lowering.plugins import plugin_node_macs
+
+    macs = plugin_node_macs(ctx.model)
+    assert macs[conv2.name] == 2 * 16 * 4 * 4 * kept.size
+    totals = inspect_model(ctx.model)["totals"]
+    assert totals["plugin_nodes"] == 3 and totals["macs"] > totals["plugin_macs"] == sum(macs.values())
     skipped = {s.layer: s.reason for s in record.result.skipped}
     assert "depthwise" in skipped["dw"]
 
