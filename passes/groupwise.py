@@ -37,7 +37,8 @@ from sparsecc.dependency import build_channel_groups, consumer_weights, reindex_
 from sparsecc.errors import OptionError, PlanError, ShapeError, UnsupportedModelError
 from sparsecc.layers import WeightLayer, find_weight_layers
 from sparsecc.lowering import (AnalyticCost, Candidate, Emitter, LayerToLower, MeasuredCost,
-                              choose_lowering, get_lowering, lowerings, propose_all, whole_model_check)
+                              choose_lowering, describe_candidates, get_lowering, lowerings, propose_all,
+                              whole_model_check)
 from sparsecc.lowering.gather import FAMILY, conv_kept_rows, dense_candidate
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
 from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan, gemm_weight_kn, merge_into
@@ -356,7 +357,7 @@ class GroupwiseRewrite(Pass):
         if proposals.not_applicable:
             info["not_applicable"] = proposals.not_applicable
         choice, why = self._choose(proposals.candidates, proposals.not_applicable, view, cost)
-        info.update(lowering=choice.name, reason=why, k=layer.k, **self._describe(proposals.candidates))
+        info.update(lowering=choice.name, reason=why, k=layer.k, **describe_candidates(proposals.candidates))
         if choice.name == "dense":
             skipped.append(Skipped(layer.node, why))
             return None
@@ -386,18 +387,6 @@ class GroupwiseRewrite(Pass):
             cost.remeasure(chosen, view.node.op, view.in_shape, view.out_shape, dtype)
 
         return choose_lowering(candidates, self.min_gain, remeasure)
-
-    @staticmethod
-    def _describe(candidates: list[Candidate]) -> dict[str, Any]:
-        described = {"candidates_ms": {c.name: round(c.seconds * 1e3, 4) for c in candidates if c.seconds is not None},
-                     "macs": {c.name: c.macs for c in candidates}}
-        sources = {c.source for c in candidates if c.source}
-        if sources:
-            described["timing"] = " + ".join(sorted(sources))
-        spreads = {c.name: c.spread for c in candidates if c.spread is not None}
-        if spreads:
-            described["spread"] = spreads
-        return described
 
 
 def _why_dense(node: gs.Node, layer: WeightLayer, weight: np.ndarray, in_shape, out_shape) -> str | None:

@@ -8,6 +8,8 @@
   rule, and the whole-model check.
 - :mod:`~sparsecc.lowering.timing_cache`: measured timings in a file, for reproducible compiles.
 - :mod:`~sparsecc.lowering.gather`: the group-wise lowerings (channel-gather, tap-gather).
+- :mod:`~sparsecc.lowering.depthwise`: DEPrune's depthwise lowerings (depthwise, kernel-crop,
+  dr-grouped, dr-compact).
 
 Adding a lowering takes one file and no change to any pass::
 
@@ -25,8 +27,8 @@ The passes of the family then offer it to their cost model (and ``lowering: my-l
 forces it); ``unregister_lowering(name)`` removes it.
 """
 
-from sparsecc.lowering.cost import (AnalyticCost, MeasuredCost, analytic_seconds, choose_lowering, layer_graph,
-                                    whole_model_check)
+from sparsecc.lowering.cost import (AnalyticCost, MeasuredCost, analytic_seconds, choose_lowering, describe_candidates,
+                                    layer_graph, whole_model_check)
 from sparsecc.lowering.emitter import Emitter, emit_conv, emit_gather, emit_gather_features, emit_gemm
 from sparsecc.lowering.geometry import ConvGeometry, conv_geometry
 from sparsecc.lowering.registry import (Candidate, LayerToLower, Lowering, Proposals, get_lowering, lowerings,
@@ -35,10 +37,12 @@ from sparsecc.lowering.timing_cache import TimingCache, default_timing_cache_pat
 
 # the built-in lowerings register themselves on import
 from sparsecc.lowering import gather  # noqa: E402,F401  (isort: skip)
+from sparsecc.lowering import depthwise  # noqa: E402,F401  (isort: skip)
 
 __all__ = [
     "AnalyticCost", "Candidate", "ConvGeometry", "Emitter", "LayerToLower", "Lowering", "MeasuredCost", "Proposals",
     "TimingCache", "analytic_seconds", "choose_lowering", "conv_geometry", "default_timing_cache_path",
-    "emit_conv", "emit_gather", "emit_gather_features", "emit_gemm", "get_lowering", "layer_graph", "lowerings",
+    "describe_candidates", "emit_conv", "emit_gather", "emit_gather_features", "emit_gemm", "get_lowering",
+    "layer_graph", "lowerings",
     "open_timing_cache", "propose_all", "register_lowering", "unregister_lowering", "whole_model_check",
 ]

@@ -140,6 +140,19 @@ def layer_graph(candidate: Candidate, in_shape, out_shape, dtype=np.float32) -> 
     return graph
 
 
+def describe_candidates(candidates: list[Candidate]) -> dict[str, Any]:
+    """What a pass records of its candidates for one layer: times, MACs, timing source and spread."""
+    described = {"candidates_ms": {c.name: round(c.seconds * 1e3, 4) for c in candidates if c.seconds is not None},
+                 "macs": {c.name: c.macs for c in candidates}}
+    sources = {c.source for c in candidates if c.source}
+    if sources:
+        described["timing"] = " + ".join(sorted(sources))
+    spreads = {c.name: c.spread for c in candidates if c.spread is not None}
+    if spreads:
+        described["spread"] = spreads
+    return described
+
+
 def _margin(dense_s: float, best_s: float, min_gain: float) -> float:
     """How far ``best * (1 + min_gain)`` is below dense, relative to dense (negative: it is not)."""
     return (dense_s - best_s * (1.0 + min_gain)) / dense_s

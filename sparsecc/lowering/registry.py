@@ -9,7 +9,7 @@ the data it moves) or a string saying why it does not apply; the pass records th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -31,6 +31,8 @@ class LayerToLower:
         bias: The Conv bias constant, or None.
         in_shape: Static input shape, or None when unknown.
         out_shape: Static output shape, or None when unknown.
+        options: The pass's options for its family's lowerings (e.g. DEPrune's sub-GEMM width).
+            Defaults to none.
     """
 
     node: gs.Node
@@ -39,6 +41,7 @@ class LayerToLower:
     bias: gs.Tensor | None
     in_shape: tuple[int, ...] | None
     out_shape: tuple[int, ...] | None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 Emit = Callable[[Any, gs.Tensor, gs.Tensor], None]  # (Emitter, layer input, layer output)
@@ -144,9 +147,15 @@ class Proposals:
 
 
 def propose_all(layer: LayerToLower, dense: Candidate, family: str) -> Proposals:
-    """Ask every lowering of ``family`` for ``layer``; dense is always the first candidate."""
+    """Ask every lowering of ``family`` for ``layer``; dense is always the first candidate.
+
+    A family whose baseline is itself a registered lowering (DEPrune's plain ``depthwise``) passes
+    that lowering's candidate as ``dense``; it is not asked a second time.
+    """
     proposals = Proposals([dense])
     for lowering in lowerings(family, layer.node.op):
+        if lowering.name == dense.name:
+            continue
         result = lowering.candidate(layer)
         if isinstance(result, Candidate):
             proposals.candidates.append(result)
