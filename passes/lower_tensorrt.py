@@ -1,4 +1,4 @@
-"""``lower-tensorrt``: masked Conv/Gemm/MatMul layers -> single sparsecc TensorRT plugin nodes (exact).
+"""``lower-tensorrt``: masked Conv/Gemm/MatMul and depthwise layers -> single sparsecc TensorRT plugin nodes (exact).
 
 What it lowers: the **masked layers themselves** (run it after ``apply-plan``, instead of
 ``groupwise-rewrite``), not the portable Gather + smaller-GEMM subgraphs ``groupwise-rewrite``
@@ -9,12 +9,17 @@ one pattern per CPU lowering, each to be kept in step with them; reading the zer
 Before lowering, channels no consumer reads are folded into their producers with the channel
 analysis, exactly as ``groupwise-rewrite`` does (``fold``), so producers shrink on the GPU too.
 
-Each layer is offered to the lowerings of family ``tensorrt`` in :mod:`sparsecc.lowering`
-(``groupwise-conv-plugin``, ``groupwise-linear-plugin``, and any registered later) and lowered
+The same holds for DEPrune: a depthwise Conv whose pruned taps are zero (after ``apply-plan`` and
+``deprune-dead-channels``, instead of ``deprune-rewrite``) becomes one ``DepthwiseSubGemm`` node,
+DEPrune's DR sub-GEMMs read from the masked weight rather than matched in the ``dr-grouped`` /
+``dr-compact`` subgraphs.
+
+Each layer is offered to the lowerings of family ``tensorrt`` in :mod:`sparsecc.lowering.plugins`
+(``groupwise-conv-plugin``, ``groupwise-linear-plugin``, ``depthwise-subgemm-plugin``, and any
+registered later) and lowered
 where the cost model finds the plugin faster than TensorRT's dense layer. The cost model is
 **analytic** (:class:`~sparsecc.lowering.plugins.GpuAnalyticCost`, a GPU roofline with assumed
-constants): no GPU measurement is made here. Left as they were, each with its reason:
-depthwise convs (DEPrune's ``DepthwiseSubGemm`` lowering is not part of this pass yet), grouped
+constants): no GPU measurement is made here. Left as they were, each with its reason: grouped
 convs, 2:4 weights (they stay Conv/MatMul so TensorRT's ``SPARSE_WEIGHTS`` can pick a sparse
 tactic), layers with nothing pruned, and layers the cost model does not find faster.
 
@@ -50,7 +55,7 @@ NAME = "lower-tensorrt"
 
 @register_pass
 class LowerTensorRT(Pass):
-    """Replace masked Conv/Gemm/MatMul layers by sparsecc plugin nodes where the plugin should be faster.
+    """Replace masked Conv/Gemm/MatMul/depthwise layers by sparsecc plugin nodes where the plugin should be faster.
 
     Args:
         precision: The precision the engine will run in ("fp16" or "fp32"), for the cost model.
@@ -68,8 +73,9 @@ class LowerTensorRT(Pass):
     exact = True
     # plugin nodes carry the compile-time geometry (pads, strides) and a kept list per layer
     specializes_shapes = True
-    description = ("Masked Conv/Gemm/MatMul -> one sparsecc TensorRT plugin node (GroupwiseConv/GroupwiseLinear) "
-                   "where a GPU roofline cost model finds it faster; 2:4, depthwise and grouped layers stay")
+    description = ("Masked Conv/Gemm/MatMul/depthwise Conv -> one sparsecc TensorRT plugin node (GroupwiseConv/"
+                   "GroupwiseLinear/DepthwiseSubGemm) where a GPU roofline cost model finds it faster; 2:4 and "
+                   "grouped layers stay")
 
     def __init__(self, precision: str = "fp16", min_gain: float = 0.1, force: bool = False, fold: bool = True,
                  aot: bool = True):
@@ -131,9 +137,6 @@ class LowerTensorRT(Pass):
     def _why_not(ctx: PassContext, layer: WeightLayer, node: gs.Node, shapes: dict) -> str | None:
         """Why a layer is left as it is before any lowering is asked, or None."""
         weight = node.inputs[1].values
-        if layer.kind == "depthwise":
-            return ("depthwise conv: DEPrune's DepthwiseSubGemm lowering is not part of lower-tensorrt yet; "
-                    "TensorRT runs it as a depthwise Conv")
         if layer.shared_with:
             return f"weight shared with {layer.shared_with}"
         if weight.dtype not in (np.float32, np.float16):

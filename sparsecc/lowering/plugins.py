@@ -4,6 +4,9 @@
   ``sparsecc::GroupwiseConv`` node (implicit GEMM over the kept rows, :mod:`sparsecc.plugins`).
 - ``groupwise-linear-plugin``: a Gemm/MatMul whose weight has all-zero input features becomes one
   ``sparsecc::GroupwiseLinear`` node (the gather of kept features fused into the GEMM).
+- ``depthwise-subgemm-plugin``: a depthwise Conv with pruned taps (DEPrune's masked layer) becomes
+  one ``sparsecc::DepthwiseSubGemm`` node: DEPrune's diagonal-wise refactorization, one 32 x K'
+  sub-GEMM per group of 32 channels over the kept (channel, tap) columns, on tensor cores.
 
 Both are family ``tensorrt`` (the ``lower-tensorrt`` pass offers them); they read the masked
 layer itself, so the lowered node computes exactly what the layer computed (up to the order of
@@ -15,7 +18,11 @@ kernel. Its constants are assumptions for an H100/H200-class GPU, not measuremen
 available when it was written. The plugin is priced at :data:`PLUGIN_EFFICIENCY` of the dense
 layer's MAC rate (the issue's target for the group-wise kernel, >= 0.7 x ideal speedup vs
 cuBLAS), so it wins only where enough of the layer is pruned and the layer is large enough for
-compute to matter. ``tools/gpu_bench.py`` measures the real ratio on a GPU; put it here.
+compute to matter. A dense depthwise Conv runs on CUDA cores, not tensor cores
+(:data:`DEPTHWISE_FACTOR` x the time per MAC), and is usually memory-bound; the roofline does not
+model how far a library's depthwise kernel falls short of the memory bound (DEPrune measured
+cuDNN's), so it rarely finds the sub-GEMM faster: ``force: true`` lowers anyway.
+``tools/gpu_bench.py`` measures the real ratios on a GPU; put them here.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from sparsecc.lowering.geometry import conv_geometry
 from sparsecc.lowering.gather import conv_kept_rows
 from sparsecc.lowering.registry import Candidate, LayerToLower, Lowering, register_lowering
 from sparsecc.plan import gemm_weight_kn
-from sparsecc.plugins.ops import GROUPWISE_CONV, GROUPWISE_LINEAR, NAMESPACE, plugin_node_attributes
+from sparsecc.plugins.ops import (DEPTHWISE_SUBGEMM, DW_GROUP, GROUPWISE_CONV, GROUPWISE_LINEAR, NAMESPACE,
+                                  plugin_node_attributes)
 
 FAMILY = "tensorrt"
 
@@ -42,6 +50,8 @@ BYTES_PER_S = 2.5e12
 S_PER_KERNEL = 2.5e-6
 # The plugin's MAC rate relative to TensorRT's dense tactic (the issue's 0.7 x ideal target).
 PLUGIN_EFFICIENCY = 0.7
+# A depthwise Conv has no GEMM for tensor cores: FP16 on CUDA cores, ~8x the tensor-core time per MAC.
+DEPTHWISE_FACTOR = 8.0
 
 
 def plugin_domain_import(graph: gs.Graph) -> None:
@@ -99,6 +109,41 @@ def emit_groupwise_linear(em: Emitter, x, y, layer, weight: np.ndarray, kept: np
     return _plugin_node(em, GROUPWISE_LINEAR, inputs, y, aot)
 
 
+def depthwise_subgemm_layout(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Wg [G, 32, K'], kept int32 [G, K']) of a masked depthwise weight [C, 1, kh, kw].
+
+    Group g holds channels 32 g .. 32 g + 31 (the last group may be partial). Its columns are the
+    kept (channel, tap) pairs, position c' * kh * kw + t inside the group, ascending; column k of
+    group g has the weight of its channel on that channel's row and zeros elsewhere (the DR
+    block-diagonal weight, pruned columns dropped). Groups with fewer kept columns than the most
+    are padded with zero-weight columns reading position 0.
+    """
+    channels, taps = weight.shape[0], int(np.prod(weight.shape[2:]))
+    flat = weight.reshape(channels, taps)
+    groups = -(-channels // DW_GROUP)
+    columns = []
+    for g in range(groups):
+        block = flat[g * DW_GROUP:(g + 1) * DW_GROUP]
+        rows, tap = np.nonzero(block)  # row-major: ascending c' * taps + t
+        columns.append((rows, tap))
+    width = max(1, max(rows.size for rows, _ in columns))
+    wg = np.zeros((groups, DW_GROUP, width), weight.dtype)
+    kept = np.zeros((groups, width), np.int32)
+    for g, (rows, tap) in enumerate(columns):
+        kept[g, :rows.size] = rows * taps + tap
+        wg[g, rows, np.arange(rows.size)] = flat[g * DW_GROUP + rows, tap]
+    return wg, kept
+
+
+def emit_depthwise_subgemm(em: Emitter, x, y, weight: np.ndarray, bias, geometry, aot: bool = True) -> gs.Node:
+    """One DepthwiseSubGemm node for a masked depthwise Conv."""
+    wg, kept = depthwise_subgemm_layout(weight)
+    kh, kw = weight.shape[2:]
+    inputs = [x, em.const("wg", wg), em.const("kept", kept), _bias(em, bias, weight.shape[0])]
+    return _plugin_node(em, DEPTHWISE_SUBGEMM, inputs, y, aot, kernel_shape=[kh, kw], strides=list(geometry.strides),
+                        pads=list(geometry.pads), dilations=list(geometry.dilations))
+
+
 # ----------------------------------------------------------------------------------------------
 # candidates: elements moved are the layer's memory traffic (input, output, weights), for the roofline
 # ----------------------------------------------------------------------------------------------
@@ -112,6 +157,9 @@ def dense_gpu_candidate(view: LayerToLower) -> Candidate:
         c_out, c_in_g, kh, kw = weight.shape
         macs = out_elems * c_in_g * kh * kw
         emit = lambda em, x, y: emit_conv(em, x, y, node, weight, view.bias)  # noqa: E731
+        if view.layer.kind == "depthwise":  # CUDA cores, not tensor cores
+            return Candidate("dense", emit, macs, in_elems + out_elems + weight.size, 1,
+                             FP16_S_PER_MAC * DEPTHWISE_FACTOR)
     else:
         k, n = gemm_weight_kn(view.layer, weight).shape
         macs = (in_elems // k) * k * n
@@ -121,6 +169,8 @@ def dense_gpu_candidate(view: LayerToLower) -> Candidate:
 
 def _conv_plugin(view: LayerToLower) -> Candidate | str:
     node, weight = view.node, view.weight
+    if view.layer.kind == "depthwise":
+        return "depthwise conv: depthwise-subgemm-plugin lowers it"
     if view.layer.group != 1:
         return f"grouped conv (group={view.layer.group}): the GroupwiseConv plugin computes one group"
     if weight.ndim != 4:
@@ -167,6 +217,25 @@ def _linear_plugin(view: LayerToLower) -> Candidate | str:
                      rows * kept.size * n, moved, 1)
 
 
+def _depthwise_plugin(view: LayerToLower) -> Candidate | str:
+    node, weight = view.node, view.weight
+    if view.layer.kind != "depthwise":
+        return f"not a depthwise conv ({view.layer.kind})"
+    if weight.ndim != 4:
+        return f"{weight.ndim - 2}-D convolution: the plugin is 2-D"
+    nonzero = np.count_nonzero(weight)
+    if nonzero == weight.size:
+        return "no pruned tap in the depthwise weight"
+    if nonzero == 0:
+        return "every tap is pruned (the layer computes only its bias)"
+    wg, kept = depthwise_subgemm_layout(weight)
+    geometry = conv_geometry(node, view.in_shape, tuple(weight.shape[2:]))
+    pixels = int(view.out_shape[0] * np.prod(view.out_shape[2:]))
+    moved = int(np.prod(view.in_shape)) + int(np.prod(view.out_shape)) + wg.size + kept.size + weight.shape[0]
+    return Candidate("", lambda em, x, y: emit_depthwise_subgemm(em, x, y, weight, view.bias, geometry),
+                     pixels * wg.shape[0] * DW_GROUP * wg.shape[2], moved, 1)
+
+
 class GpuAnalyticCost:
     """Roofline estimate for TensorRT on a GPU: max(MACs x time per MAC, bytes / bandwidth) + launches.
 
@@ -203,6 +272,9 @@ GROUPWISE_LINEAR_PLUGIN = register_lowering(Lowering(
     "groupwise-linear-plugin", FAMILY, frozenset({"Gemm", "MatMul"}), _linear_plugin,
     FP16_S_PER_MAC / PLUGIN_EFFICIENCY,
     "one sparsecc::GroupwiseLinear plugin node (gather of the kept features fused into the GEMM)"))
+DEPTHWISE_SUBGEMM_PLUGIN = register_lowering(Lowering(
+    "depthwise-subgemm-plugin", FAMILY, frozenset({"Conv"}), _depthwise_plugin, FP16_S_PER_MAC / PLUGIN_EFFICIENCY,
+    "one sparsecc::DepthwiseSubGemm plugin node (DEPrune's 32 x K' sub-GEMMs over the kept taps)"))
 
 
 def plugin_node_macs(model) -> dict[str, int]:

@@ -316,3 +316,81 @@ def test_torch_exports_are_lowered_and_verified(tmp_path, dynamo, half):
     skipped = {s.layer: s.reason for s in lower.result.skipped}
     assert any("no all-zero im2col row" in reason for reason in skipped.values())  # conv1 kept everything
     assert result.report["verification"]["exact"]["passed"]
+
+
+def _depthwise_model(channels: int = 40, batch: int = 2):
+    """A masked depthwise conv (stride 2, pads, a partial last group of 32) between two pointwise convs."""
+    rng = np.random.default_rng(3)
+    dw = rng.standard_normal((channels, 1, 3, 3)).astype(np.float32)
+    dw.reshape(channels, 9)[rng.random((channels, 9)) < 0.7] = 0.0  # unequal kept taps per channel and group
+    dw[5] = 0.0  # a channel with no tap left
+    nodes = [helper.make_node("Conv", ["x", "P1"], ["a"], name="pw1"),
+             helper.make_node("Relu", ["a"], ["ar"], name="relu"),
+             helper.make_node("Conv", ["ar", "DW", "DB"], ["d"], name="dw", group=channels, pads=[1, 0, 1, 2],
+                              strides=[2, 2]),
+             helper.make_node("Conv", ["d", "P2"], ["y"], name="pw2")]
+    graph = helper.make_graph(nodes, "dsc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 6, 9, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 8, 5, 5])],
+                              [init("P1", rng.standard_normal((channels, 6, 1, 1)).astype(np.float32)),
+                               init("DW", dw), init("DB", rng.standard_normal(channels).astype(np.float32)),
+                               init("P2", rng.standard_normal((8, channels, 1, 1)).astype(np.float32))])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    clamp_ir_version(proto)
+    return model_from_proto(proto), dw
+
+
+def test_a_masked_depthwise_conv_becomes_one_depthwise_subgemm_node():
+    from sparsecc.lowering.plugins import depthwise_subgemm_layout
+    from sparsecc.plugins.ops import DEPTHWISE_SUBGEMM
+
+    model, dw = _depthwise_model()
+    ctx = PassContext(model)
+    record = PassManager([make_pass("lower-tensorrt", force=True, fold=False)]).run(ctx)[-1]
+    assert record.status == "ran" and record.verification["passed"], record.verification
+    proto = ctx.model.to_onnx()
+    (node,) = [n for n in proto.graph.node if n.domain == NAMESPACE]
+    assert node.op_type == DEPTHWISE_SUBGEMM and check_plugin_node(node, _types(ctx.model)) == []
+    attrs = {a.name: list(helper.get_attribute_value(a)) for a in node.attribute if a.type == onnx.AttributeProto.INTS}
+    assert attrs == {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 0, 1, 2], "dilations": [1, 1]}
+    wg, kept = depthwise_subgemm_layout(dw)
+    per_group = [np.count_nonzero(dw[:32]), np.count_nonzero(dw[32:])]
+    assert wg.shape == (2, 32, max(per_group)) and kept.shape == (2, max(per_group)) and kept.dtype == np.int32
+    assert np.count_nonzero(wg) == np.count_nonzero(dw)  # each kept tap once, on its own channel's row
+    skipped = {s.layer: s.reason for s in record.result.skipped}
+    assert "no all-zero im2col row" in skipped["pw1"]  # the pointwise convs kept everything
+
+
+def test_a_wrong_depthwise_layout_fails_verification():
+    model, _ = _depthwise_model()
+    ctx = PassContext(model)
+    PassManager([make_pass("lower-tensorrt", force=True, fold=False)]).run(ctx)
+    node = next(n for n in ctx.model.graph.nodes if n.domain == NAMESPACE)
+    wg = node.inputs[1].values
+    g, r, k = np.argwhere(wg != 0)[0]
+    wg[g, (r + 1) % 32, k], wg[g, r, k] = wg[g, r, k], 0.0  # a kept tap on the neighbouring channel's row
+    result = compare_models(_depthwise_model()[0], ctx.model, input_specs(ctx.model), VerifyConfig())
+    assert not result.passed
+
+
+def test_tensorrt_deprune_recipe_compiles_mobilenetv2(tmp_path):
+    from sparsecc.compiler import compile_model
+    from sparsecc.plugins.ops import DEPTHWISE_SUBGEMM
+    from sparsecc.zoo import checkpoint_path
+
+    result = compile_model(checkpoint_path("mobilenetv2-digits"), "tensorrt-deprune", tmp_path / "auto",
+                           shapes={"input": (2, 1, 32, 32)})
+    lower = next(r for r in result.records if r.name == "lower-tensorrt")
+    reasons = [s.reason for s in lower.result.skipped]
+    assert any("not faster by the cost model" in r for r in reasons)  # memory-bound depthwise on a GPU roofline
+    forced = tmp_path / "forced.yaml"
+    forced.write_text("name: forced\ndescription: every pruned depthwise layer as a plugin node\npasses:\n"
+                      "  - plan-deprune: {method: dcp, dw_ratio: 0.8, pw_ratio: 0.5}\n  - apply-plan\n"
+                      "  - remove-filters\n  - deprune-dead-channels\n  - lower-tensorrt: {force: true}\n  - to-fp16\n")
+    result = compile_model(checkpoint_path("mobilenetv2-digits"), str(forced), tmp_path / "forced",
+                           shapes={"input": (2, 1, 32, 32)})
+    proto = onnx.load(str(result.model_path))
+    types = {t.name: t.data_type for t in proto.graph.initializer}
+    plugins = [n for n in proto.graph.node if n.domain == NAMESPACE]
+    assert sum(n.op_type == DEPTHWISE_SUBGEMM for n in plugins) >= 5
+    assert all(check_plugin_node(n, types) == [] for n in plugins)
+    assert result.report["verification"]["exact"]["passed"]
