@@ -316,6 +316,16 @@ def test_torch_exports_are_lowered_and_verified(tmp_path, dynamo, half):
     skipped = {s.layer: s.reason for s in lower.result.skipped}
     assert any("no all-zero im2col row" in reason for reason in skipped.values())  # conv1 kept everything
     assert result.report["verification"]["exact"]["passed"]
+    # what `sparsecc validate ENGINE --against model.onnx` runs the compiled model on, without TensorRT
+    from sparsecc.backends.ort import OrtBackend
+    from sparsecc.validate import original_session
+
+    session, runtime = original_session(result.model_path)
+    assert "numpy references" in runtime
+    feed = {"x": np.random.default_rng(0).standard_normal((2, 3, 10, 10)).astype(np.float16 if half else np.float32)}
+    expected = OrtBackend().load(str(path)).run(feed)["y"].astype(np.float64)
+    got = session.run(feed)["y"].astype(np.float64)
+    assert np.abs(got - expected).max() <= 1e-2 * np.abs(expected).max() + 1e-3
 
 
 def _depthwise_model(channels: int = 40, batch: int = 2):
