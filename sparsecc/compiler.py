@@ -26,7 +26,8 @@ from sparsecc.passes.canonicalize import CANONICAL_PASSES
 from sparsecc.passmanager import PassContext, PassManager, PassRecord
 from sparsecc.plan import SparsityPlan
 from sparsecc.recipe import Recipe, load_recipe
-from sparsecc.verify import VerifyConfig, compare_models, input_specs, verification_backend
+from sparsecc.verify import (VerifyConfig, compare_models, input_specs, lowest_precision, model_float_dtype,
+                             verification_backend)
 from sparsecc.verify_options import verify_config
 
 
@@ -150,6 +151,7 @@ def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_
     progress(f"loading {model_path}")
     original = load_model(model_path, shapes)
     original.static_input_shapes()  # dynamic inputs without --shape fail here, before any work
+    given = verify
     verify = verify.for_model(original)  # tolerances not given follow the model's float type
     model = original.copy()  # shares the weight arrays with the original until a pass replaces them
     ctx = PassContext(model, trace=options.trace, cost_model=options.cost_model,
@@ -179,7 +181,9 @@ def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_
         # in the shared temporary file (ONNX Runtime holds one copy of them, not two as from one file)
         model_files = _write_compiled(staging, ctx)
         progress("verifying the compiled model")
-        verification = _final_verification(original, ctx, files.write(ctx.model.graph), verify, files, records)
+        # a pass that lowers the precision (to-fp16) makes the compiled model's float type the one to follow
+        final_config = given.for_dtype(lowest_precision([model_float_dtype(original), model_float_dtype(ctx.model)]))
+        verification = _final_verification(original, ctx, files.write(ctx.model.graph), final_config, files, records)
         report = _build_report(model_path, recipe, original, before, ctx, records, verification, started, verify,
                                inspected)
         report["specialized_input_shapes"] = specialized

@@ -19,6 +19,16 @@ def _quantized(layer) -> bool:
     return "quantized layer" in layer.reason or "(DequantizeLinear)" in layer.reason
 
 
+def _plugin_macs(model: Model) -> dict[str, int]:
+    from sparsecc.backends.reference_ops import graph_has_custom_ops
+
+    if not graph_has_custom_ops(model.graph):
+        return {}
+    from sparsecc.lowering.plugins import plugin_node_macs
+
+    return plugin_node_macs(model)
+
+
 def inspect_model(model: Model, cache: dict | None = None) -> dict[str, Any]:
     """Per weight layer: kind, shapes, MACs, parameters, sparsity, detected pattern; and totals.
 
@@ -31,7 +41,8 @@ def inspect_model(model: Model, cache: dict | None = None) -> dict[str, Any]:
         UnsupportedModelError: the model has no weight layer sparsecc can work on.
     """
     layers, unsupported = analyse_layers(model)
-    if not layers:
+    plugin_macs = _plugin_macs(model)
+    if not layers and not plugin_macs:
         reasons = "; ".join(f"{u.node} ({u.op}): {u.reason}" for u in unsupported[:3])
         if len(unsupported) > 3:
             reasons += f"; and {len(unsupported) - 3} more like these"
@@ -67,7 +78,10 @@ def inspect_model(model: Model, cache: dict | None = None) -> dict[str, Any]:
         "totals": {
             "weight_layers": len(layers),
             "by_kind": kinds,
-            "macs": sum(r["macs"] or 0 for r in rows),
+            # a layer lowered to a plugin node is no weight layer any more; its MACs still count
+            "macs": sum(r["macs"] or 0 for r in rows) + sum(plugin_macs.values()),
+            "plugin_nodes": len(plugin_macs),
+            "plugin_macs": sum(plugin_macs.values()),
             "weight_params": weight_params,
             "params": all_params,
             "weight_sparsity": round(zeros / weight_params, 6) if weight_params else 0.0,

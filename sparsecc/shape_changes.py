@@ -72,8 +72,18 @@ def _recorded_per_layer(records: list) -> dict[str, list[str]]:
                 found.setdefault(node, []).append(f"{record.name}: {info['fold']}")
             lowering = info.get("lowering")
             if lowering and lowering != "dense":
-                found.setdefault(node, []).append(f"{record.name}: lowered to '{lowering}' (Gather + smaller GEMM)")
+                found.setdefault(node, []).append(f"{record.name}: lowered to '{lowering}' ({_lowered_to(lowering)})")
     return found
+
+
+def _lowered_to(lowering: str) -> str:
+    """What a lowering runs the layer as: a plugin node for the TensorRT lowerings, else Gather + smaller GEMM."""
+    from sparsecc.lowering import get_lowering
+
+    registered = get_lowering(lowering)
+    if registered is not None and registered.family == "tensorrt":
+        return registered.description
+    return "Gather + smaller GEMM"
 
 
 def _modifying(records: list) -> list[str]:

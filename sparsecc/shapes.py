@@ -68,10 +68,16 @@ def infer_shapes(model: Model, wanted: set[str] | None = None) -> dict[str, tupl
     return shapes
 
 
+def _shape_backend(proto: onnx.ModelProto):
+    """ONNX Runtime; for a graph with sparsecc plugin nodes, a backend that runs them by their references."""
+    from sparsecc.backends.ort import OrtBackend
+    from sparsecc.backends.reference_ops import custom_nodes, reference_backend_for
+
+    return reference_backend_for(proto) if custom_nodes(proto) else OrtBackend(optimization="none")
+
+
 def _measure_shapes(proto: onnx.ModelProto, emptied, input_shapes, names: list[str]) -> dict[str, tuple[int, ...]]:
     """Run the graph once on zeros with ``names`` exposed as outputs, and read their shapes."""
-    from sparsecc.backends.ort import OrtBackend
-
     existing = {o.name for o in proto.graph.output}
     for name in names:
         if name not in existing:
@@ -79,7 +85,7 @@ def _measure_shapes(proto: onnx.ModelProto, emptied, input_shapes, names: list[s
     clamp_ir_version(proto)
     try:
         with SessionFiles() as files:  # loaded by path: ONNX Runtime reads the weights once
-            session = OrtBackend(optimization="none").load(files.write(proto, emptied))
+            session = _shape_backend(proto).load(files.write(proto, emptied))
             outputs = session.run({spec.name: np.zeros(input_shapes[spec.name], spec.dtype)
                                    for spec in session.inputs})
             values = [outputs[name] for name in names]

@@ -72,13 +72,33 @@ def _refuse_plugin_model(path: Path) -> None:
                                         "or validate the portable model from before lower-tensorrt")
 
 
+def original_session(path: Path):
+    """A CPU session of the model an engine is validated against, and what runs it.
+
+    A compiled model with sparsecc plugin nodes (the one ``sparsecc build`` turned into the engine)
+    runs with each plugin node through its numpy reference, so an engine can be checked against the
+    very graph it was built from, not only against the unpruned original.
+    """
+    import onnx
+
+    from sparsecc.backends import get_backend
+    from sparsecc.backends.reference_ops import custom_nodes, reference_backend_for
+
+    proto = onnx.load(str(path), load_external_data=False)
+    if custom_nodes(proto):
+        backend = reference_backend_for(onnx.load(str(path)))
+        return backend.load(str(path)), f"{backend.name} (CPU; plugin nodes through their numpy references)"
+    return get_backend("ort").load(path), "onnxruntime (CPU)"
+
+
 def validate(candidate: str | Path, against: str | Path, backend: str | None = None, tolerances: Tolerances | None = None,
              shapes: dict[str, tuple[int, ...]] | None = None, seed: int = 0, iterations: int = 1) -> dict:
     """Compare ``candidate`` (an engine or ONNX model) with the original ONNX model ``against``.
 
     Args:
         candidate: The engine or compiled model under test.
-        against: The original ONNX model (taken as correct; runs on ONNX Runtime).
+        against: The original ONNX model (taken as correct; runs on ONNX Runtime), or for an engine the
+            compiled model it was built from (plugin nodes run through their numpy references).
         backend: "ort" or "tensorrt" for an ONNX candidate. Defaults to "tensorrt" for an engine file,
             "ort" otherwise.
         tolerances: Per-output atol / rtol. Defaults to Tolerances().
@@ -120,7 +140,7 @@ def validate(candidate: str | Path, against: str | Path, backend: str | None = N
         from sparsecc.backends import get_backend
 
         trt_session = get_backend("tensorrt", shapes=shapes).load(candidate)
-        ort_session = get_backend("ort").load(against)
+        ort_session, original_runtime = original_session(against)
         try:
             worst = {}
             for feed in random_feeds(specs, seed, iterations):
@@ -132,7 +152,7 @@ def validate(candidate: str | Path, against: str | Path, backend: str | None = N
                     if name not in worst or agreement.relative_error > worst[name].relative_error:
                         worst[name] = agreement
             agreements = list(worst.values())
-            runtime = {"candidate": "tensorrt", "original": "onnxruntime (CPU)", "engine": trt_session.describe()}
+            runtime = {"candidate": "tensorrt", "original": original_runtime, "engine": trt_session.describe()}
         finally:
             trt_session.close()
     outputs = []

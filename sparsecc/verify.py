@@ -167,10 +167,12 @@ def verification_backend(*models: Model) -> str:
     custom ops), or "onnx-reference" (ONNX's ReferenceEvaluator) without onnxruntime-extensions.
     (tools/bench_verify_backends.py measured the two: the first was faster on 3 of 4 models and runs the
     standard nodes on the very kernels the graph before the pass ran on.)"""
-    from sparsecc.backends.reference_ops import OrtReferencesBackend, graph_has_custom_ops
+    from sparsecc.backends.reference_ops import OrtReferencesBackend, custom_ops_use_float16, graph_has_custom_ops
 
     if not any(graph_has_custom_ops(m.graph) for m in models if isinstance(m, Model)):
         return "onnxruntime"
+    if any(custom_ops_use_float16(m.graph) for m in models if isinstance(m, Model)):
+        return "onnx-reference"  # the extensions' Python custom ops take no float16
     return "ort-references" if OrtReferencesBackend.unavailable_reason() is None else "onnx-reference"
 
 

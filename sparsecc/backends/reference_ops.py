@@ -38,6 +38,26 @@ def graph_has_custom_ops(graph) -> bool:
     return any(node.domain == DOMAIN for node in graph.nodes)
 
 
+def custom_ops_use_float16(graph) -> bool:
+    """Whether a sparsecc-domain node of an onnx-graphsurgeon graph reads or writes float16 tensors.
+
+    onnxruntime-extensions' Python custom ops do not take float16 ("Type float16 not supported by
+    python customops api", then the process aborts), so such graphs go to ONNX's ReferenceEvaluator.
+    """
+    return any(node.domain == DOMAIN and any(t.dtype == np.float16 for t in list(node.inputs) + list(node.outputs))
+               for node in graph.nodes)
+
+
+def reference_backend_for(proto: onnx.ModelProto) -> "Backend":
+    """A backend that runs this model's sparsecc-domain nodes: ONNX Runtime + extensions, or ONNX's
+    ReferenceEvaluator when the extensions are missing or a custom node takes float16."""
+    types = _tensor_dtypes(proto)
+    fp16 = any(types.get(name) == np.float16 for node in custom_nodes(proto) for name in node.input)
+    if fp16 or OrtReferencesBackend.unavailable_reason() is not None:
+        return OnnxReferenceBackend()
+    return OrtReferencesBackend()
+
+
 def _reference_for(node: onnx.NodeProto, source: str):
     reference = get_reference(node.op_type, node.domain)
     if reference is None:
@@ -61,7 +81,30 @@ def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
 
 
 def _load(model) -> onnx.ModelProto:
-    return onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    """The model, with external weights read in.
+
+    The verification files link the input model's weight file (a hard link, see onnx_files), which
+    onnx.load refuses ("multiple hard links ... hardlink attack"); those files are sparsecc's own,
+    so their external data is read here directly.
+    """
+    if isinstance(model, bytes):
+        return onnx.load_from_string(model)
+    from pathlib import Path
+
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    proto = onnx.load(str(model), load_external_data=False)
+    base = Path(str(model)).parent
+    for tensor in _get_all_tensors(proto):
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        with open(base / info.location, "rb") as handle:
+            handle.seek(info.offset or 0)
+            tensor.raw_data = handle.read(info.length) if info.length else handle.read()
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+    return proto
 
 
 def _output_dict(names: list[str], values) -> dict[str, np.ndarray]:
