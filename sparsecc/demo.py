@@ -102,7 +102,11 @@ def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = Non
     inputs, labels = zoo.load_eval_data(model_name)
     classes = int(entry.output_shape[-1])
     chance = 1.0 / classes
-    recipe_names = list(recipes or builtin_recipes())
+    not_run: list[dict[str, str]] = []
+    if recipes:
+        recipe_names = list(recipes)
+    else:
+        recipe_names, not_run = _recipes_for(checkpoint, shapes, builtin_recipes())
     if "none" not in recipe_names:
         recipe_names.insert(0, "none")
     variants = _variants(model_name, recipe_names, checkpoint)
@@ -169,12 +173,40 @@ def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = Non
                    "clock": "host wall-clock per session.run, all variants interleaved in one process",
                    "speedup": "median(dense, recipe none) / median(variant)",
                    "spread": "q25-q75 of the timed runs"},
-        "rows": rows, "environment": environment(),
+        "rows": rows, "not_run": not_run, "environment": environment(),
     }
     summary["plot"] = _plot(summary, out / "tradeoff.png")
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "report.md").write_text(render_demo_markdown(summary))
     return summary
+
+
+# passes that make a graph for TensorRT: its plugin nodes do not run on ONNX Runtime, where the demo times
+TENSORRT_PASSES = ("lower-tensorrt", "to-fp16")
+
+
+def _recipes_for(checkpoint: Path, shapes: dict, recipes: dict) -> tuple[list[str], list[dict[str, str]]]:
+    """The built-in recipes the demo runs on this model, and those it leaves out with the reason.
+
+    Left out: recipes that compile for TensorRT (the demo runs ONNX Runtime), and DEPrune's recipes on a
+    model without depthwise convolutions (they prune depthwise-separable blocks only).
+    """
+    from sparsecc.layers import find_weight_layers
+    from sparsecc.model import load_model
+
+    kinds = {layer.kind for layer in find_weight_layers(load_model(checkpoint, shapes))[0]}
+    chosen, left_out = [], []
+    for name, recipe in recipes.items():
+        passes = {pass_name for pass_name, _ in recipe.passes}
+        if passes & set(TENSORRT_PASSES):
+            left_out.append({"recipe": name, "why": "compiles for TensorRT (plugin nodes, FP16): build it with "
+                                                    "`sparsecc build` on a machine with TensorRT and a GPU"})
+        elif any(p.startswith("deprune") or p == "plan-deprune" for p in passes) and "depthwise" not in kinds:
+            left_out.append({"recipe": name, "why": "DEPrune prunes depthwise-separable blocks; this model has "
+                                                    "no depthwise convolution (try `--model mobilenetv2-digits`)"})
+        else:
+            chosen.append(name)
+    return chosen, left_out
 
 
 def _plot(summary: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -268,6 +300,8 @@ def render_demo_markdown(summary: dict[str, Any]) -> str:
                               "median ms [q25-q75]", "verified", "left dense"]),
         "",
         *([f"![accuracy vs latency]({plot['file']})", ""] if plot.get("file") else [f"_{plot.get('note')}_", ""]),
+        *(["Recipes not run on this model:", "", *[f"- `{r['recipe']}`: {r['why']}" for r in summary["not_run"]],
+           ""] if summary.get("not_run") else []),
         "Columns:", "", *[f"- **{name}**: {text}" for name, text in LEGEND], "",
         f"Timing: {timing['clock']}; {timing['runs']} rounds after {timing['warmup']} warm-up; "
         f"speedup = {timing['speedup']}; spread = {timing['spread']}; ONNX Runtime "

@@ -67,3 +67,20 @@ def test_demo_without_matplotlib_skips_the_plot_with_a_note(tmp_path):
     assert not (tmp_path / "demo" / "tradeoff.png").exists()
     assert "matplotlib is not installed" in (tmp_path / "demo" / "report.md").read_text()
     assert [(r["variant"], r["kind"]) for r in report["rows"]] == [("none", "dense"), ("groupwise-50", "one-shot")]
+
+
+def test_the_demo_runs_the_recipes_that_fit_the_model_and_says_which_it_leaves_out():
+    from sparsecc.demo import _recipes_for
+    from sparsecc.recipe import builtin_recipes
+
+    recipes = builtin_recipes()
+    for model, has_depthwise in (("resnet18-digits", False), ("mobilenetv2-digits", True)):
+        entry = zoo.get_entry(model)
+        shapes = {spec.name: tuple(spec.shape) for spec in entry.inputs}
+        chosen, left_out = _recipes_for(zoo.checkpoint_path(model), shapes, recipes)
+        why = {r["recipe"]: r["why"] for r in left_out}
+        assert set(chosen) | set(why) == set(recipes) and not set(chosen) & set(why)
+        # TensorRT recipes make plugin nodes ONNX Runtime cannot time; never in the demo
+        assert "tensorrt-groupwise-50" in why and "TensorRT" in why["tensorrt-groupwise-50"]
+        assert ("deprune-bh" in chosen) == has_depthwise
+        assert {"none", "groupwise-50", "filter-l1", "detect"} <= set(chosen)
