@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 
 from sparsecc.backends.base import Backend, Session, TensorSpec
@@ -91,10 +93,20 @@ class OrtBackend(Backend):
         self.providers = providers or ["CPUExecutionProvider"]
         self.optimization = optimization or "default"
 
-    def load(self, model) -> OrtSession:
+    def load(self, model, initializers: list[tuple[str, Any]] | None = None) -> OrtSession:
+        """A session for a model (path or bytes).
+
+        ``initializers``: (name, numpy array) pairs ONNX Runtime takes from memory instead of
+        reading them from the file (``SessionOptions.add_initializer``, no copy; prepacking still
+        makes its own blocked copy, as when deployed). The arrays must outlive the session (the
+        returned session holds them). Defaults to none.
+        """
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        values = [ort.OrtValue.ortvalue_from_numpy(array) for _, array in initializers or []]
+        for (name, _), value in zip(initializers or [], values):
+            options.add_initializer(name, value)
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -110,7 +122,9 @@ class OrtBackend(Backend):
         except Exception as err:  # noqa: BLE001 - re-raised unless it is the plugin case
             _refuse_plugin_nodes(model, err)
             raise
-        return OrtSession(session, self.describe())
+        wrapped = OrtSession(session, self.describe())
+        wrapped._initializers = values  # ONNX Runtime reads these buffers for the session's life
+        return wrapped
 
     def describe(self) -> dict:
         import onnxruntime as ort
