@@ -247,6 +247,9 @@ def _read_external(proto: onnx.TensorProto, base_dir: Path) -> np.ndarray:
     location = base_dir / info["location"]
     count = int(np.prod(shape, dtype=np.int64))
     offset = int(info.get("offset", 0))
+    if "length" in info and int(info["length"]) != count * dtype.itemsize:
+        raise ValueError(f"'{proto.name}' holds {info['length']} bytes, but its shape {list(shape)} of "
+                         f"{dtype.name} needs {count * dtype.itemsize}")
     with open(location, "rb") as handle:
         handle.seek(offset)
         array = np.fromfile(handle, dtype=dtype.newbyteorder("<"), count=count)

@@ -179,3 +179,36 @@ def test_group_scores_in_slices_equal_the_whole_array_computation(monkeypatch, k
     scores = groupwise.group_scores(weight, kind, group, criterion, trans_b)
     assert scores.shape == reference.shape
     np.testing.assert_array_equal(scores, reference)  # bit for bit: the same sums in the same order
+
+
+def test_loading_checks_the_graph_without_parsing_the_weights_again(tmp_path, monkeypatch):
+    checked = []
+    real = onnx.checker.check_model
+
+    def check(model, *args, **kwargs):
+        checked.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.checker, "check_model", check)
+    model = load_model(chain(tmp_path))
+    assert len(checked) == 1 and isinstance(checked[0], onnx.ModelProto)  # not the file, parsed whole
+    assert not checked[0].graph.initializer  # the weights were declared as inputs, not copied
+    assert large_arrays(model)["W1"].shape == (32, 32, 3, 3)
+
+
+def test_a_weight_whose_bytes_do_not_fit_its_shape_is_refused(tmp_path):
+    from onnx import numpy_helper
+
+    from sparsecc.errors import ModelLoadError
+
+    weight = numpy_helper.from_array(np.ones((40, 40), np.float32), "W")
+    weight.raw_data = weight.raw_data[:-400]  # 100 floats short
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 40])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 40])], [weight])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    path = tmp_path / "short.onnx"
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(ModelLoadError, match="holds 6000 bytes, but its shape"):
+        load_model(path)
