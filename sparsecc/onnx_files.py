@@ -290,18 +290,14 @@ def _origin(array: np.ndarray) -> tuple[Path, int] | None:
     return known[1], known[2]
 
 
-def prefer_resident(initializers: list[tuple[str, np.ndarray]], pool: list[tuple[str, np.ndarray]]
-                    ) -> list[tuple[str, np.ndarray]]:
-    """``initializers`` with each file-mapped array (see :func:`release_to_files`) replaced by an
-    in-memory array of ``pool`` that holds the same bytes of the same file: the pages of the file
-    are then not read into memory a second time."""
+def _resident_by_origin() -> dict[tuple[Path, int], np.ndarray]:
+    """In-memory arrays (not file mappings) by where their bytes lie in a file."""
     resident = {}
-    for _, array in pool:
-        origin = None if isinstance(array, np.memmap) else _origin(array)
-        if origin is not None:
-            resident[origin] = array
-    return [(name, resident.get(_origin(array), array) if isinstance(array, np.memmap) else array)
-            for name, array in initializers]
+    for ref, path, offset in list(_ORIGINS.values()):
+        array = ref()
+        if array is not None and not isinstance(array, np.memmap):
+            resident[(path, offset)] = array
+    return resident
 
 
 def release_to_files(graph: gs.Graph, keep: tuple[gs.Graph, ...] = ()) -> int:
@@ -396,9 +392,22 @@ class SessionFiles:
 
     def initializers(self, path) -> list[tuple[str, np.ndarray]]:
         """The large initializers of a file :meth:`write` made, as (name, the graph's array); those
-        whose array is gone (or cannot be referenced weakly) are left out: they are in the file."""
+        whose array is gone (or cannot be referenced weakly) are left out: they are in the file.
+        A mapped array (:func:`release_to_files`) is given as the in-memory array of the same bytes
+        where one is alive."""
         pairs = [(name, ref()) for name, ref in self._arrays.get(Path(path), [])]
-        return [(name, array) for name, array in pairs if array is not None]
+        resident = _resident_by_origin()
+        found = []
+        for name, array in pairs:
+            if isinstance(array, np.memmap):
+                # a copy's mapped weight that an in-memory array (the working model's) still holds:
+                # that one, so the file's pages are not read into memory a second time
+                twin = resident.get(_origin(array))
+                if twin is not None and twin.shape == array.shape and twin.dtype == array.dtype:
+                    array = twin
+            if array is not None:
+                found.append((name, array))
+        return found
 
     def outputs(self, path, inputs_key) -> Any:
         """What :meth:`keep_outputs` kept for a graph identical to ``path``'s on these inputs, or None."""

@@ -212,3 +212,29 @@ def test_a_weight_whose_bytes_do_not_fit_its_shape_is_refused(tmp_path):
     path.write_bytes(proto.SerializeToString())
     with pytest.raises(ModelLoadError, match="holds 6000 bytes, but its shape"):
         load_model(path)
+
+
+def test_verification_sessions_run_from_the_graphs_arrays(tmp_path, monkeypatch):
+    import sparsecc.verify as verify
+
+    given = []
+    real = verify.verification_session
+
+    def session(source, initializers=None):
+        given.append(dict(initializers or []))
+        return real(source, initializers)
+
+    monkeypatch.setattr(verify, "verification_session", session)
+    model = load_model(chain(tmp_path))
+    arrays = large_arrays(model)
+    copy = model.copy()
+    release_to_files(copy.graph)  # as the pass manager keeps its "before": mapped from the file
+    with SessionFiles() as files:
+        changed = model.copy()
+        changed.graph.tensors()["W1"].values = changed.graph.tensors()["W1"].values * 1.0
+        verify.compare_models(files.write(copy.graph), files.write(changed.graph), verify.input_specs(model),
+                              verify.VerifyConfig(), "onnxruntime", files=files)
+    assert len(given) == 2 and all(set(g) == set(arrays) for g in given)
+    # the mapped copy runs from the in-memory arrays of the same bytes: no page of the file read again
+    assert all(given[0][n] is arrays[n] for n in arrays)
+    assert given[1]["W1"] is changed.graph.tensors()["W1"].values

@@ -53,6 +53,21 @@ def _refuse_plugin_nodes(model, err: Exception) -> None:
                 "the lower-tensorrt pass on ONNX Runtime") from err
 
 
+def add_initializers(options, initializers: list[tuple[str, Any]] | None) -> list:
+    """Give ONNX Runtime these (name, array) weights from memory (``SessionOptions.add_initializer``,
+    no copy); the OrtValues returned must outlive the session. Arrays that are not aligned and
+    C-contiguous (a weight mapped at an odd offset of its file) are left for it to read from the file."""
+    import onnxruntime as ort
+
+    values = []
+    for name, array in initializers or []:
+        if isinstance(array, np.ndarray) and array.flags.aligned and array.flags.c_contiguous and array.size:
+            value = ort.OrtValue.ortvalue_from_numpy(array)
+            options.add_initializer(name, value)
+            values.append(value)
+    return values
+
+
 class OrtSession(Session):
     def __init__(self, session, settings: dict):
         self._session = session
@@ -104,9 +119,7 @@ class OrtBackend(Backend):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        values = [ort.OrtValue.ortvalue_from_numpy(array) for _, array in initializers or []]
-        for (name, _), value in zip(initializers or [], values):
-            options.add_initializer(name, value)
+        values = add_initializers(options, initializers)
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

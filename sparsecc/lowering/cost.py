@@ -233,7 +233,7 @@ def _time_models(dense, rewritten, runs: int, threads: int) -> dict[str, Any]:
     """
     from sparsecc.backends.ort import OrtBackend
     from sparsecc.bench import Timing, time_interleaved
-    from sparsecc.onnx_files import SessionFiles, prefer_resident
+    from sparsecc.onnx_files import SessionFiles
     from sparsecc.verify import input_specs, random_feeds
 
     backend = OrtBackend(threads=threads)
@@ -244,8 +244,7 @@ def _time_models(dense, rewritten, runs: int, threads: int) -> dict[str, Any]:
         paths = {"dense": files.write(dense.graph), "rewritten": files.write(rewritten.graph)}
         # ONNX Runtime takes the weights from memory (no copy; it prepacks as deployed); the dense
         # model's layers that were not rewritten use the rewritten model's arrays of the same bytes
-        arrays = {"rewritten": files.initializers(paths["rewritten"])}
-        arrays["dense"] = prefer_resident(files.initializers(paths["dense"]), arrays["rewritten"])
+        arrays = {label: files.initializers(path) for label, path in paths.items()}
         for label, block_runs in (("dense", half), ("rewritten", 2 * half), ("dense", half)):
             session = backend.load(paths[label], arrays[label])
             block = time_interleaved({label: session}, {label: feed}, warmup=1, runs=block_runs)
