@@ -21,6 +21,7 @@ numpy arrays of the graph and the file, one tensor at a time:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import shutil
@@ -330,6 +331,10 @@ def release_to_files(graph: gs.Graph, keep: tuple[gs.Graph, ...] = ()) -> int:
         _remember_origin(mapped, origin[0], origin[1])
         tensor._values = mapped
         count += 1
+    if count:
+        # graph copies leave cyclic garbage (nodes and tensors refer to each other) that can still
+        # hold the replaced arrays: collect it now, not whenever the collector next runs
+        gc.collect()
     return count
 
 
