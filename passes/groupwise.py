@@ -40,6 +40,7 @@ from sparsecc.lowering import (AnalyticCost, Candidate, Emitter, LayerToLower, M
                               choose_lowering, describe_candidates, get_lowering, lowerings, propose_all,
                               whole_model_check)
 from sparsecc.lowering.gather import FAMILY, conv_kept_rows, dense_candidate
+from sparsecc.onnx_files import release_to_files
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
 from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan, gemm_weight_kn, merge_into
 from sparsecc.shapes import infer_shapes
@@ -229,6 +230,8 @@ class GroupwiseRewrite(Pass):
         cost = AnalyticCost() if cost_model == "analytic" else MeasuredCost(self.runs, self.threads, ctx.timing_cache)
         # a forced lowering is the user's call; only the cost model's own choices are checked
         before = model.copy() if cost_model == "measured" and self.lowering == "auto" else None
+        if before is not None:  # timed from files: the arrays rewritten layers drop are freed
+            release_to_files(before.graph)
         graph = model.graph
         layers, unsupported = find_weight_layers(model)
         wanted = {name for layer in layers for name in (layer.input, layer.output)}

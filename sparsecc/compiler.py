@@ -21,7 +21,7 @@ from sparsecc.errors import OptionError, OutputError, VerificationError
 from sparsecc.inspect import inspect_model
 from sparsecc.log import progress
 from sparsecc.model import Model, load_model
-from sparsecc.onnx_files import SessionFiles, external_data_path, write_model
+from sparsecc.onnx_files import SessionFiles, external_data_path, release_to_files, write_model
 from sparsecc.passes.canonicalize import CANONICAL_PASSES
 from sparsecc.passmanager import PassContext, PassManager, PassRecord
 from sparsecc.plan import SparsityPlan
@@ -174,7 +174,10 @@ def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_
         records = manager.run(ctx, stop=len(CANONICAL_PASSES))
         inspected: dict = {}  # weights the passes leave as they were are inspected once
         before = inspect_model(ctx.model, inspected)  # the canonical input; one sparsecc cannot work on fails here
-        records += manager.run(ctx, start=len(CANONICAL_PASSES))
+        for index in range(len(CANONICAL_PASSES), len(passes)):
+            records += manager.run(ctx, start=index, stop=index + 1)
+            _release_references(original, ctx)
+        manager.close()
 
         specialized = _specialize_input_shapes(original, ctx.model, records, passes)
         # streamed from the graph's arrays; the check below runs the same export, with the weights
@@ -194,6 +197,16 @@ def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_
         shutil.rmtree(staging, ignore_errors=True)
         files.close()
     return CompileResult(out, ctx.model, records, report)
+
+
+def _release_references(original: Model, ctx: PassContext) -> None:
+    """The unpruned and the masked originals are only compared against (ONNX Runtime reads their
+    weights from files): their arrays already in a file are mapped from it, so the memory of those
+    the working model has replaced is freed, not kept for the final check."""
+    release_to_files(original.graph)
+    masked = ctx.state.get("masked")
+    if masked is not None:
+        release_to_files(masked.graph)
 
 
 def _specialize_input_shapes(original: Model, model: Model, records: list[PassRecord], passes) -> dict:

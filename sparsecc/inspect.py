@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 from typing import Any
 
 import onnx_graphsurgeon as gs
@@ -123,8 +125,13 @@ def _detect(layer, values, cache: dict | None):
         return detect_layer(layer, values)
     key = (id(values), layer.node, layer.op, layer.kind)
     known = cache.get(key)
-    if known is not None and known[0] is values:
+    if known is not None and known[0]() is values:
         return known[1]
     detected = detect_layer(layer, values)
-    cache[key] = (values, detected)  # holds the array, so its id is not reused by another
+    try:
+        # a weak reference: the cache must not keep weights a pass replaced alive (a whole model's
+        # worth after pruning); a dead entry cannot match a new array that reuses the id
+        cache[key] = (weakref.ref(values), detected)
+    except TypeError:  # not weakly referenceable: detected again next time
+        pass
     return detected

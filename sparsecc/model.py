@@ -208,8 +208,10 @@ def load_model(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | Non
     try:
         read_weights(model.graph, path.parent)
     except (OSError, ValueError) as exc:
+        fix = ("re-export the model: a weight's data does not match its shape" if isinstance(exc, ValueError)
+               else "keep the .data file(s) the model names next to the .onnx file")
         raise ModelLoadError(f"the model's external data cannot be read ({type(exc).__name__}: {exc})", where=where,
-                             fix="keep the .data file(s) the model names next to the .onnx file") from None
+                             fix=fix) from None
     return model
 
 
@@ -235,7 +237,8 @@ def model_from_proto(proto: onnx.ModelProto, source: str = "<memory>",
             fix="convert it first: onnx.version_converter.convert_version(model, 17), "
                 "or re-export from PyTorch with opset_version=17")
     try:
-        onnx.checker.check_model(str(file) if file is not None else proto)
+        if file is None or not _check_as_read(proto, file):
+            onnx.checker.check_model(str(file) if file is not None else proto)
     except Exception as exc:
         raise ModelLoadError(f"the model is not valid ONNX: {exc}".strip(), where=source,
                              fix="re-export the model; `python -m onnx.checker` shows the same error") from None
@@ -247,6 +250,36 @@ def model_from_proto(proto: onnx.ModelProto, source: str = "<memory>",
     model = Model(graph, source)
     model.input_shapes = resolve_input_shapes(graph, shapes or {}, source)
     return model
+
+
+def _check_as_read(proto: onnx.ModelProto, file: Path) -> bool:
+    """Check a model read by ``read_onnx`` without the checker parsing the whole file again.
+
+    The proto as read refers to its large weights in ``file`` (offset and length). The checker
+    refuses external data outside the model's folder and hard links, so the graph is checked with
+    those weights declared as graph inputs of the same type and shape; their sizes are checked as
+    they are read (read_weights). Returns False where that does not apply (external data in other
+    files): the caller then checks the file itself.
+    """
+    from onnx.external_data_helper import uses_external_data
+
+    external = [t for t in proto.graph.initializer if uses_external_data(t)]
+    locations = {e.value for t in external for e in t.external_data if e.key == "location"}
+    if locations != {file.name}:
+        return False
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)  # small: the weights are not in it
+    names = {t.name for t in external}
+    kept = [t for t in copy.graph.initializer if t.name not in names]
+    copy.graph.ClearField("initializer")
+    copy.graph.initializer.extend(kept)
+    inputs = {i.name for i in copy.graph.input}
+    for tensor in external:
+        if tensor.name not in inputs:
+            copy.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type,
+                                                                       list(tensor.dims)))
+    onnx.checker.check_model(copy)
+    return True
 
 
 def resolve_input_shapes(graph: gs.Graph, overrides: dict[str, tuple[int, ...]], source: str) -> dict:

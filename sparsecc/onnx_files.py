@@ -21,6 +21,7 @@ numpy arrays of the graph and the file, one tensor at a time:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import shutil
@@ -86,7 +87,9 @@ def export_skeleton(graph: gs.Graph, threshold: int = INLINE_THRESHOLD
     graph.cleanup().toposort()
     large = {name: t for name, t in graph.tensors().items()
              if isinstance(t, gs.Constant) and _nbytes(t) > threshold and _exportable(t)}
-    arrays = {name: np.asarray(t.values) for name, t in large.items()}
+    # the array objects themselves (a file-backed np.memmap stays one: SessionFiles links its file)
+    arrays = {name: t.values if isinstance(t.values, np.ndarray) else np.asarray(t.values)
+              for name, t in large.items()}
     try:
         for name, tensor in large.items():
             tensor._values = np.empty(0, arrays[name].dtype)
@@ -245,6 +248,9 @@ def _read_external(proto: onnx.TensorProto, base_dir: Path) -> np.ndarray:
     location = base_dir / info["location"]
     count = int(np.prod(shape, dtype=np.int64))
     offset = int(info.get("offset", 0))
+    if "length" in info and int(info["length"]) != count * dtype.itemsize:
+        raise ValueError(f"'{proto.name}' holds {info['length']} bytes, but its shape {list(shape)} of "
+                         f"{dtype.name} needs {count * dtype.itemsize}")
     with open(location, "rb") as handle:
         handle.seek(offset)
         array = np.fromfile(handle, dtype=dtype.newbyteorder("<"), count=count)
@@ -258,6 +264,13 @@ def _read_external(proto: onnx.TensorProto, base_dir: Path) -> np.ndarray:
 # Arrays read from a file, and where their bytes lie in it: SessionFiles links that file instead of
 # writing the bytes again (id(array) -> (weak reference, resolved path, offset)).
 _ORIGINS: dict[int, tuple[weakref.ref, Path, int]] = {}
+
+
+def _weak(array: np.ndarray):
+    try:
+        return weakref.ref(array)
+    except TypeError:
+        return lambda: None
 
 
 def _remember_origin(array: np.ndarray, path: Path, offset: int) -> None:
@@ -276,6 +289,53 @@ def _origin(array: np.ndarray) -> tuple[Path, int] | None:
     if known is None or known[0]() is not array:
         return None
     return known[1], known[2]
+
+
+def _resident_by_origin() -> dict[tuple[Path, int], np.ndarray]:
+    """In-memory arrays (not file mappings) by where their bytes lie in a file."""
+    resident = {}
+    for ref, path, offset in list(_ORIGINS.values()):
+        array = ref()
+        if array is not None and not isinstance(array, np.memmap):
+            resident[(path, offset)] = array
+    return resident
+
+
+def release_to_files(graph: gs.Graph, keep: tuple[gs.Graph, ...] = ()) -> int:
+    """Let the weights of ``graph`` that lie in a file be read from it again, freeing their memory.
+
+    Every large array whose exact bytes are in a file (the input model, or the data file of a
+    :class:`SessionFiles` that wrote it) and that no graph in ``keep`` uses is replaced by a
+    read-only ``np.memmap`` of those bytes: the same values, nothing resident until read, and
+    SessionFiles links the file instead of writing them. For copies kept only to be compared or
+    timed against (the unpruned original, the masked original, the graph before a rewrite):
+    once the working model replaces an array, the in-memory one is freed. Returns the number of
+    arrays replaced.
+    """
+    used = {id(t.values) for g in keep for t in g.tensors().values()
+            if isinstance(t, gs.Constant) and not isinstance(t._values, gs.ir.tensor.LazyValues)}
+    count = 0
+    for tensor in graph.tensors().values():
+        if not isinstance(tensor, gs.Constant) or not isinstance(tensor._values, np.ndarray):
+            continue
+        array = tensor._values
+        if isinstance(array, np.memmap) or array.nbytes <= INLINE_THRESHOLD or id(array) in used:
+            continue
+        origin = _origin(array)
+        if origin is None:
+            continue
+        try:
+            mapped = np.memmap(origin[0], dtype=array.dtype, mode="r", offset=origin[1], shape=array.shape)
+        except (OSError, ValueError):  # the file is gone (a closed SessionFiles): keep the array
+            continue
+        _remember_origin(mapped, origin[0], origin[1])
+        tensor._values = mapped
+        count += 1
+    if count:
+        # graph copies leave cyclic garbage (nodes and tensors refer to each other) that can still
+        # hold the replaced arrays: collect it now, not whenever the collector next runs
+        gc.collect()
+    return count
 
 
 class SessionFiles:
@@ -299,6 +359,8 @@ class SessionFiles:
         self._digests: dict[Path, str] = {}
         self._links: dict[Path, str] = {}  # input file -> its hard link in the folder ("" if impossible)
         self._outputs: dict[tuple, Any] = {}  # (digest, inputs) -> outputs of that graph on those inputs
+        # file -> its large initializers, weakly: a file must not keep arrays its graph dropped alive
+        self._arrays: dict[Path, list[tuple[str, weakref.ref]]] = {}
 
     def write(self, graph_or_proto, emptied=None) -> Path:
         """A file for ``graph`` (a gs.Graph), or for a skeleton proto with its emptied arrays."""
@@ -310,11 +372,11 @@ class SessionFiles:
         path = self._dir / f"model{self._count}.onnx"
         with open(self._data, "ab") as handle:
             for init, array in emptied:
-                linked = self._linked(array)
+                offset = self._offset(array)
+                linked = self._linked(array) if offset is None else None
                 if linked is not None:  # still the bytes of the file it was read from
                     _set_external(init, linked[0], linked[1], int(array.nbytes))
                     continue
-                offset = self._offset(array)
                 if offset is None:
                     pad = -self._size % ALIGNMENT
                     handle.write(b"\0" * pad)
@@ -322,13 +384,35 @@ class SessionFiles:
                     handle.write(_raw(array))
                     self._size = offset + int(array.nbytes)
                     self._remember(array, offset)
+                    # release_to_files can map these bytes instead of keeping the array
+                    _remember_origin(array, self._data, offset)
                 _set_external(init, self._data.name, offset, int(array.nbytes))
         skeleton = proto.SerializeToString()
         with open(path, "wb") as handle:
             handle.write(skeleton)
+        self._arrays[path] = [(init.name, _weak(array)) for init, array in emptied]
         # same skeleton (graph, and weights at the same places of the data file) = same function
         self._digests[path] = hashlib.sha256(skeleton).hexdigest()
         return path
+
+    def initializers(self, path) -> list[tuple[str, np.ndarray]]:
+        """The large initializers of a file :meth:`write` made, as (name, the graph's array); those
+        whose array is gone (or cannot be referenced weakly) are left out: they are in the file.
+        A mapped array (:func:`release_to_files`) is given as the in-memory array of the same bytes
+        where one is alive."""
+        pairs = [(name, ref()) for name, ref in self._arrays.get(Path(path), [])]
+        resident = _resident_by_origin()
+        found = []
+        for name, array in pairs:
+            if isinstance(array, np.memmap):
+                # a copy's mapped weight that an in-memory array (the working model's) still holds:
+                # that one, so the file's pages are not read into memory a second time
+                twin = resident.get(_origin(array))
+                if twin is not None and twin.shape == array.shape and twin.dtype == array.dtype:
+                    array = twin
+            if array is not None:
+                found.append((name, array))
+        return found
 
     def outputs(self, path, inputs_key) -> Any:
         """What :meth:`keep_outputs` kept for a graph identical to ``path``'s on these inputs, or None."""
@@ -353,6 +437,8 @@ class SessionFiles:
         if origin is None:
             return None
         path, offset = origin
+        if path == self._data.resolve():  # mapped from this folder's own data file
+            return self._data.name, offset
         name = self._links.get(path)
         if name is None:
             name = f"input{len(self._links) + 1}.data"
@@ -376,10 +462,15 @@ class SessionFiles:
     def release(self, path: Path | None) -> None:
         if path is not None and Path(path).parent == self._dir:
             Path(path).unlink(missing_ok=True)
+            self._arrays.pop(Path(path), None)
 
     def close(self) -> None:
+        for key, (_, path, _) in list(_ORIGINS.items()):
+            if path.parent == self._dir.resolve():
+                _ORIGINS.pop(key, None)
         self._written.clear()
         self._outputs.clear()
+        self._arrays.clear()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> "SessionFiles":

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from sparsecc.errors import OptionError, SparseccError, VerificationError
 from sparsecc.log import logger
 from sparsecc.model import Model
-from sparsecc.onnx_files import SessionFiles
+from sparsecc.onnx_files import SessionFiles, release_to_files
 from sparsecc.verify import VerifyConfig, compare_models, input_specs, verification_backend
 
 
@@ -237,6 +237,10 @@ class PassManager:
 
     def _run_one(self, index: int, pass_: Pass, ctx: PassContext, earlier: list[PassRecord]) -> PassRecord:
         before = ctx.model.copy() if self.verify is not None else None
+        if before is not None:
+            # kept only to be compared against: weights already in a file are mapped from it, so
+            # those the pass replaces do not stay in memory twice
+            release_to_files(before.graph)
         start = time.perf_counter()
         try:
             pass_.requires(ctx)

@@ -272,22 +272,29 @@ def _agreements(ref_iters, cand_iters, config: VerifyConfig) -> dict[str, Output
     return agreements
 
 
-def verification_session(source: bytes | str):
+def verification_session(source: bytes | str, initializers: list | None = None):
     """An ONNX Runtime CPU session that runs the graph as written, holding one copy of its weights.
 
     Graph optimisations are off (the check is of sparsecc's graph, not of ONNX Runtime's
     rewrite of it), and so are weight prepacking and the memory arena: with them a VGG-16
     session took 3-4 s to build and peaked at 1.8x its weights, without them 0.1 s and 1.1x,
-    and the memory goes back when the session is closed.
+    and the memory goes back when the session is closed. ``initializers`` ((name, array) pairs,
+    :meth:`SessionFiles.initializers`) are run from the graph's own arrays: with nothing prepacked,
+    the session then holds no copy of them at all.
     """
     import onnxruntime as ort
 
+    from sparsecc.backends.ort import add_initializers
+
     options = ort.SessionOptions()
+    values = add_initializers(options, initializers)
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.enable_cpu_mem_arena = False
     options.add_session_config_entry("session.disable_prepacking", "1")
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    session._sparsecc_initializers = values  # the buffers ONNX Runtime runs from, for the session's life
+    return session
 
 
 def _run(label: str, source, feeds, files: SessionFiles, inputs_key) -> list:
@@ -299,7 +306,8 @@ def _run(label: str, source, feeds, files: SessionFiles, inputs_key) -> list:
     cached = files.outputs(source, inputs_key)
     if cached is None:
         source_arg = str(source) if isinstance(source, (str, os.PathLike)) else source
-        runner = OnnxrtRunner(lambda: verification_session(source_arg), name=label)
+        arrays = files.initializers(source) if isinstance(source, (str, os.PathLike)) else None
+        runner = OnnxrtRunner(lambda: verification_session(source_arg, arrays), name=label)
         cached = Comparator.run([runner], data_loader=feeds)[0][1]  # the session is released after the run
         files.keep_outputs(source, inputs_key, cached)
     return [IterationResult(outputs={name: it[name] for name in it.keys()}, runtime=it.runtime, runner_name=label)

@@ -92,11 +92,23 @@ def build_mlp(path: Path, gigabytes: float, d_model: int = 4096, tokens: int = 1
 
 
 def weight_bytes(path: Path) -> int:
+    """Bytes of the model's initializers, counted in a child process.
+
+    Not in this process: a child's ``ru_maxrss`` starts from its parent's peak (Linux carries the
+    high-water mark of the memory a child is forked with across ``exec``), so parsing a large model
+    here would raise the peak every compile reports.
+    """
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_scale; " \
+           f"print(bench_scale._weight_bytes({str(path)!r}))"
+    return int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
+
+
+def _weight_bytes(path: str) -> int:
     """Bytes of the model's initializers (external data counted by its declared length)."""
     import onnx
     from onnx.external_data_helper import uses_external_data
 
-    proto = onnx.load(str(path), load_external_data=False)
+    proto = onnx.load(path, load_external_data=False)
     total = 0
     for tensor in proto.graph.initializer:
         if uses_external_data(tensor):
@@ -162,9 +174,16 @@ def main(argv: list[str] | None = None) -> int:
                     row = {"model": name, "recipe": recipe, "tree": label, "weight_mb": round(size / 2**20, 1),
                            "load": os.getloadavg()[0], **result}
                     row["rss_per_weight"] = round(result["peak_rss_mb"] / (size / 2**20), 2) if size else None
+                    row["parent_peak_mb"] = _own_peak_mb()  # a child's figure cannot be below this (see weight_bytes)
                     rows.append(row)
                     print(json.dumps(row) if args.json else _line(row), flush=True)
     return 0 if all(r["exit"] == 0 for r in rows) else 1
+
+
+def _own_peak_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _model(name: str, workdir: Path) -> Path:
@@ -188,7 +207,8 @@ def _line(row: dict) -> str:
     status = "ok" if row["exit"] == 0 else f"exit {row['exit']}: {' '.join(row.get('error', []))[:200]}"
     return (f"{row['model']:>10} {row['recipe']:>14} {row['tree']:>8}: weights {row['weight_mb']:8.1f} MB, "
             f"peak RSS {row['peak_rss_mb']:8.1f} MB ({row['rss_per_weight']}x), wall {row['wall_s']:6.1f} s, "
-            f"cpu {row['cpu_s']:6.1f} s, load {row['load']:.1f}; {status}")
+            f"cpu {row['cpu_s']:6.1f} s, load {row['load']:.1f} (this process's peak {row['parent_peak_mb']:.0f} MB); "
+            f"{status}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 
 from sparsecc.backends.base import Backend, Session, TensorSpec
@@ -49,6 +51,21 @@ def _refuse_plugin_nodes(model, err: Exception) -> None:
             where=str(model) if isinstance(model, (str, Path)) else "<ONNX bytes>",
             fix="run it with --backend tensorrt (sparsecc build / validate), or use the portable model from before "
                 "the lower-tensorrt pass on ONNX Runtime") from err
+
+
+def add_initializers(options, initializers: list[tuple[str, Any]] | None) -> list:
+    """Give ONNX Runtime these (name, array) weights from memory (``SessionOptions.add_initializer``,
+    no copy); the OrtValues returned must outlive the session. Arrays that are not aligned and
+    C-contiguous (a weight mapped at an odd offset of its file) are left for it to read from the file."""
+    import onnxruntime as ort
+
+    values = []
+    for name, array in initializers or []:
+        if isinstance(array, np.ndarray) and array.flags.aligned and array.flags.c_contiguous and array.size:
+            value = ort.OrtValue.ortvalue_from_numpy(array)
+            options.add_initializer(name, value)
+            values.append(value)
+    return values
 
 
 class OrtSession(Session):
@@ -91,10 +108,18 @@ class OrtBackend(Backend):
         self.providers = providers or ["CPUExecutionProvider"]
         self.optimization = optimization or "default"
 
-    def load(self, model) -> OrtSession:
+    def load(self, model, initializers: list[tuple[str, Any]] | None = None) -> OrtSession:
+        """A session for a model (path or bytes).
+
+        ``initializers``: (name, numpy array) pairs ONNX Runtime takes from memory instead of
+        reading them from the file (``SessionOptions.add_initializer``, no copy; prepacking still
+        makes its own blocked copy, as when deployed). The arrays must outlive the session (the
+        returned session holds them). Defaults to none.
+        """
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        values = add_initializers(options, initializers)
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -110,7 +135,9 @@ class OrtBackend(Backend):
         except Exception as err:  # noqa: BLE001 - re-raised unless it is the plugin case
             _refuse_plugin_nodes(model, err)
             raise
-        return OrtSession(session, self.describe())
+        wrapped = OrtSession(session, self.describe())
+        wrapped._initializers = values  # ONNX Runtime reads these buffers for the session's life
+        return wrapped
 
     def describe(self) -> dict:
         import onnxruntime as ort

@@ -83,17 +83,37 @@ def group_scores(weight: np.ndarray, kind: str, group: int = 1, criterion: str =
     """
     if criterion not in CRITERIA:
         raise OptionError(f"unknown group-wise criterion '{criterion}'", fix=f"use one of {list(CRITERIA)}")
-    rows = np.abs(group_rows(weight, kind, group, trans_b).astype(np.float64))
+    rows = group_rows(weight, kind, group, trans_b)
     length = rows.shape[2]
+    # in slices of rows: a float64 copy of a whole 400 MB FC weight would take 1.6 GB for a moment;
+    # each row's score is computed exactly as on the whole array (the same elements, in the same order)
+    # (no slice one row wide unless the weight is: numpy would then sum that row in another order)
+    step = max(2, SCORE_CHUNK_ELEMENTS // max(1, rows.shape[0] * length))
+    bounds = list(range(0, rows.shape[1], step)) + [rows.shape[1]]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    parts = [_row_scores(np.abs(rows[:, start:stop].astype(np.float64)), criterion)
+             for start, stop in zip(bounds, bounds[1:])]
+    scores = np.concatenate(parts, axis=1) if len(parts) != 1 else parts[0]
+    if normalized and criterion == "l2":
+        return scores / np.sqrt(length)
+    if normalized and criterion == "l1":
+        return scores / length
+    return scores
+
+
+# float64 elements scored at once by group_scores (32 MB)
+SCORE_CHUNK_ELEMENTS = 1 << 22
+
+
+def _row_scores(rows: np.ndarray, criterion: str) -> np.ndarray:
     if criterion == "zeros":
         return np.any(rows != 0, axis=2).astype(np.float64)
     if criterion == "l2":
-        scores = np.sqrt(np.sum(rows * rows, axis=2))
-        return scores / np.sqrt(length) if normalized else scores
+        return np.sqrt(np.sum(rows * rows, axis=2))
     if criterion == "mean":
         return rows.mean(axis=2)
-    scores = rows.sum(axis=2)
-    return scores / length if normalized else scores
+    return rows.sum(axis=2)
 
 
 def aligned_count(total: int, keep: float, alignment: int = 1) -> int:
