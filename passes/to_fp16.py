@@ -76,7 +76,13 @@ def convert_to_fp16(proto: onnx.ModelProto, keep_io_types: bool = True, op_block
     Raises:
         UnsupportedModelError: A plugin node does not match its signature after the cast.
     """
-    from onnxconverter_common import float16
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        from sparsecc.errors import BackendUnavailableError, install_hint
+
+        raise BackendUnavailableError("the FP16 cast for TensorRT needs onnxconverter-common, which is not installed",
+                                      fix=install_hint("tensorrt", "onnxconverter-common")) from None
 
     converted = float16.convert_float_to_float16(
         proto, keep_io_types=keep_io_types, op_block_list=list(op_block_list or []),
