@@ -25,7 +25,7 @@ from sparsecc.log import progress
 
 DEFAULT_MODEL = "resnet18-digits"
 DETECT_RECIPE = "zeros"  # zero-detect mode (also known as `detect`)
-_DETECT_NAMES = ("zeros", "detect")  # recipes that prune nothing: they exploit zeros already there
+_DETECT_NAMES = ("zeros", "detect", "deprune-zeros")  # recipes that prune nothing: they exploit zeros already there
 CHANCE_MARGIN = 0.05  # within 5 points of 1/classes counts as chance
 
 
