@@ -43,7 +43,8 @@ from sparsecc.sparsity.deprune import (HsrLayer, bwt_mask, channel_first_mask, d
                                        imbalance_overhead, real_dw_ratio, subgemm_ratios)
 
 from sparsecc.lowering import (AnalyticCost, Candidate, Emitter, LayerToLower, MeasuredCost, choose_lowering,
-                              describe_candidates, get_lowering, lowerings, propose_all, whole_model_check)
+                              describe_candidates, get_lowering, lowerings, propose_all, undo_unless_faster,
+                              whole_model_check)
 from sparsecc.lowering.depthwise import DEPTHWISE, FAMILY
 
 PATTERN = "depthwise-taps"
@@ -458,14 +459,9 @@ class DeprunRewrite(Pass):
             lowered += 1
         model.graph.cleanup().toposort()
         notes = [f"{lowered} depthwise layer(s) lowered"]
-        if before is not None and lowered:
-            check = whole_model_check(before, model, self.runs, self.threads, ctx.timing_cache)
-            details["model_check"] = check
-            if not check["kept"]:
-                model.graph = before.graph
-                skipped.append(Skipped("(whole model)", check["reason"]))
-                notes.append(check["reason"])
-                lowered = 0
+        if before is not None and lowered and not undo_unless_faster(
+                before, model, self.runs, self.threads, ctx.timing_cache, details, skipped, notes):
+            lowered = 0
         if ctx.timing_cache is not None:
             ctx.timing_cache.save()
             details["timing_cache"] = ctx.timing_cache.describe()

@@ -38,7 +38,7 @@ from sparsecc.errors import OptionError, PlanError, ShapeError, UnsupportedModel
 from sparsecc.layers import WeightLayer, find_weight_layers
 from sparsecc.lowering import (AnalyticCost, Candidate, Emitter, LayerToLower, MeasuredCost,
                               choose_lowering, describe_candidates, get_lowering, lowerings, propose_all,
-                              whole_model_check)
+                              undo_unless_faster)
 from sparsecc.lowering.gather import FAMILY, conv_kept_rows, dense_candidate
 from sparsecc.onnx_files import release_to_files
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
@@ -265,15 +265,10 @@ class GroupwiseRewrite(Pass):
                 replaced.add(layer.weight)
                 rewrites += 1
         notes = []
-        if before is not None and rewrites + folded > 0:
-            check = whole_model_check(before, model, self.runs, self.threads, ctx.timing_cache)
-            details["model_check"] = check
-            if not check["kept"]:
-                model.graph = before.graph
-                skipped.append(Skipped("(whole model)", check["reason"]))
-                notes.append(check["reason"])
-                replaced.clear()
-                rewrites = folded = 0
+        if before is not None and rewrites + folded > 0 and not undo_unless_faster(
+                before, model, self.runs, self.threads, ctx.timing_cache, details, skipped, notes):
+            replaced.clear()
+            rewrites = folded = 0
         if ctx.timing_cache is not None:
             ctx.timing_cache.save()
             details["timing_cache"] = ctx.timing_cache.describe()

@@ -28,7 +28,7 @@ forces it); ``unregister_lowering(name)`` removes it.
 """
 
 from sparsecc.lowering.cost import (AnalyticCost, MeasuredCost, analytic_seconds, choose_lowering, describe_candidates,
-                                    layer_graph, whole_model_check)
+                                    layer_graph, undo_unless_faster, whole_model_check)
 from sparsecc.lowering.emitter import Emitter, emit_conv, emit_gather, emit_gather_features, emit_gemm
 from sparsecc.lowering.geometry import ConvGeometry, conv_geometry
 from sparsecc.lowering.registry import (Candidate, LayerToLower, Lowering, Proposals, get_lowering, lowerings,
@@ -43,6 +43,6 @@ __all__ = [
     "AnalyticCost", "Candidate", "ConvGeometry", "Emitter", "LayerToLower", "Lowering", "MeasuredCost", "Proposals",
     "TimingCache", "analytic_seconds", "choose_lowering", "conv_geometry", "default_timing_cache_path",
     "describe_candidates", "emit_conv", "emit_gather", "emit_gather_features", "emit_gemm", "get_lowering",
-    "layer_graph", "lowerings",
-    "open_timing_cache", "propose_all", "register_lowering", "unregister_lowering", "whole_model_check",
+    "layer_graph", "lowerings", "open_timing_cache", "propose_all", "register_lowering", "undo_unless_faster",
+    "unregister_lowering", "whole_model_check",
 ]

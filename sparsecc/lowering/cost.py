@@ -237,6 +237,25 @@ def whole_model_check(dense, rewritten, runs: int, threads: int, cache: TimingCa
                       f"(median of {entry['runs']}, spread {spread:.1%}, ONNX Runtime CPU, {source}): {verdict}"}
 
 
+def undo_unless_faster(before, model, runs: int, threads: int, cache: TimingCache | None, details: dict,
+                       skipped: list, notes: list) -> bool:
+    """A lowering pass's last step: keep the rewritten ``model`` only if the whole model is faster.
+
+    Runs :func:`whole_model_check`, records it in ``details["model_check"]``; when the rewrite is not
+    kept, puts ``before``'s graph back and lists the reason in ``skipped`` and ``notes``. True when kept.
+    """
+    from sparsecc.passmanager import Skipped
+
+    check = whole_model_check(before, model, runs, threads, cache)
+    details["model_check"] = check
+    if check["kept"]:
+        return True
+    model.graph = before.graph
+    skipped.append(Skipped("(whole model)", check["reason"]))
+    notes.append(check["reason"])
+    return False
+
+
 def _time_models(dense, rewritten, runs: int, threads: int) -> dict[str, Any]:
     """Median times of the two models, each loaded as deployed (prepacked weights, optimised graph).
 

@@ -383,7 +383,7 @@ def test_unnamed_layer_is_rewritten():
 
 @pytest.mark.parametrize("model_faster", [True, False])
 def test_whole_model_check_keeps_or_undoes_the_cost_models_choice(monkeypatch, model_faster):
-    import sparsecc.passes.groupwise as groupwise
+    import sparsecc.lowering.cost as lowering_cost
     from sparsecc.lowering import MeasuredCost
 
     def tap_gather_wins(self, candidates, *args, **kwargs):  # per layer, the rewrite looks 4x faster
@@ -394,7 +394,7 @@ def test_whole_model_check_keeps_or_undoes_the_cost_models_choice(monkeypatch, m
         return {"kept": model_faster, "reason": "whole model: test verdict"}
 
     monkeypatch.setattr(MeasuredCost, "time", tap_gather_wins)
-    monkeypatch.setattr(groupwise, "whole_model_check", whole_model)
+    monkeypatch.setattr(lowering_cost, "whole_model_check", whole_model)  # what undo_unless_faster calls
     ctx, records = _compile(_conv_model(c_in=16, c_out=16, size=12, pads=[1, 1, 1, 1]), {"keep": 0.25, **ONE}, {})
     result = records["groupwise-rewrite"].result
     assert result.details["layers"]["conv"]["lowering"] != "dense"  # the cost model chose a rewrite
