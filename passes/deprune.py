@@ -33,7 +33,7 @@ import onnx_graphsurgeon as gs
 
 from sparsecc.dependency import build_channel_groups, reindex_groups
 from sparsecc.dsc import DscBlock, find_dsc_blocks
-from sparsecc.errors import OptionError
+from sparsecc.errors import OptionError, ShapeError
 from sparsecc.layers import WeightLayer, analyse_layers, find_weight_layers
 from sparsecc.model import Model
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
@@ -269,7 +269,7 @@ class DeadChannels(Pass):
         for block in blocks:
             layer = by_node[block.dw]
             weight = nodes[layer.output].inputs[1].values
-            dead = np.flatnonzero(~np.any(weight.reshape(weight.shape[0], -1) != 0, axis=1))
+            dead = dead_channels(weight != 0)
             found = int(dead.size)
             kept = -(-(weight.shape[0] - dead.size) // self.round_to) * self.round_to
             dead = dead[:max(0, weight.shape[0] - max(kept, self.round_to))]
@@ -298,12 +298,12 @@ class DeadChannels(Pass):
         edited = {u.tensor for g, _ in edits for u in g.producers + g.consumers}
         reindex_groups(model, edits)
         model.graph.cleanup().toposort()
-        if ctx.plan is not None:
-            for name in [n for n in ctx.plan.entries if n in edited]:
-                del ctx.plan.entries[name]
+        invalidated = ctx.plan.invalidate(edited) if ctx.plan is not None else []
         removed = sum(d["removed"] for d in details.values())
-        return PassResult(True, len(edits), skipped, [f"{removed} dead depthwise channel(s) removed in "
-                                                      f"{len(edits)} block(s)"], details)
+        notes = [f"{removed} dead depthwise channel(s) removed in {len(edits)} block(s)"]
+        if invalidated:
+            notes.append(f"{len(invalidated)} plan entr(ies) invalidated: their weights were reindexed")
+        return PassResult(True, len(edits), skipped, notes, details)
 
     @staticmethod
     def _check(model, block, layer, nodes, groups, dead, by_node):
@@ -388,7 +388,7 @@ def _add_bias(graph: gs.Graph, conv: gs.Node, shift: np.ndarray, name: str) -> N
 # ----------------------------------------------------------------------------------------------
 
 @register_pass
-class DeprunRewrite(Pass):
+class DepruneRewrite(Pass):
     """Lower each depthwise layer with the candidate the cost model picks (exact).
 
     The candidates are the registered lowerings of the ``deprune`` family
@@ -433,10 +433,14 @@ class DeprunRewrite(Pass):
         # a forced lowering is the user's call; only the cost model's own choices are checked
         before = model.copy() if self.lowering == "auto" and cost_model == "measured" else None
         layers, _ = find_weight_layers(model)
-        shapes = infer_shapes(model, {n for layer in layers for n in (layer.input, layer.output)})
+        skipped, lowered = [], 0
+        try:
+            shapes = infer_shapes(model, {n for layer in layers for n in (layer.input, layer.output)})
+        except ShapeError as err:  # each layer is then left as it was, with the reason (below)
+            shapes = {}
+            skipped.append(Skipped("(all layers)", f"activation shapes unknown ({err.what})"))
         layers, _ = find_weight_layers(model, shapes)
         nodes = {n.outputs[0].name: n for n in model.graph.nodes if n.outputs}
-        skipped, lowered = [], 0
         details: dict[str, Any] = {"cost_model": cost_model, "layers": {}}
         for layer in layers:
             if layer.kind != "depthwise":
@@ -523,9 +527,8 @@ class DepruneModelCheck(Pass):
         masked = ctx.state.get("masked")
         if masked is None:
             return PassResult(False, 0, notes=["no masked model to compare with (apply-plan did not run)"])
-        check = whole_model_check(masked, ctx.model, self.runs, self.threads, ctx.timing_cache)
-        check["reason"] = check["reason"].replace("so every layer was left dense", "so the masked model is kept") \
-            .replace("vs dense", "vs masked").replace("rewritten", "compiled")
+        check = whole_model_check(masked, ctx.model, self.runs, self.threads, ctx.timing_cache,
+                                  labels=("masked", "compiled"), fallback="the masked model is kept")
         ctx.state[self.name] = check
         if ctx.timing_cache is not None:
             ctx.timing_cache.save()

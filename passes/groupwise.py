@@ -39,10 +39,10 @@ from sparsecc.layers import WeightLayer, find_weight_layers
 from sparsecc.lowering import (AnalyticCost, Candidate, Emitter, LayerToLower, MeasuredCost,
                               choose_lowering, describe_candidates, get_lowering, lowerings, propose_all,
                               undo_unless_faster)
-from sparsecc.lowering.gather import FAMILY, conv_kept_rows, dense_candidate
+from sparsecc.lowering.gather import FAMILY, conv_kept_rows, dense_candidate, gemm_kept_features
 from sparsecc.onnx_files import release_to_files
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
-from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan, gemm_weight_kn, merge_into
+from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan, merge_into
 from sparsecc.shapes import infer_shapes
 from sparsecc.sparsity.groupwise import CRITERIA, check_keep, global_groupwise_masks, groupwise_result
 
@@ -398,7 +398,7 @@ def _why_dense(node: gs.Node, layer: WeightLayer, weight: np.ndarray, in_shape, 
         if not rows.any():
             return "every group is pruned (the layer computes only its bias); left dense"
     else:
-        used = np.any(gemm_weight_kn(layer, weight) != 0, axis=1)
+        used = gemm_kept_features(layer, weight)
         if used.all():
             return "dense: no all-zero input feature (row of W[K, N]) in the weight"
         if not used.any():

@@ -169,7 +169,8 @@ def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_
     files = SessionFiles()
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".sparsecc-staging-"))
     try:
-        manager = PassManager(passes, disabled=tuple(disable), dump_dir=dump_dir, verify=verify,
+        # tolerances not given are resolved per pass, from the graph being checked (to-fp16 changes it)
+        manager = PassManager(passes, disabled=tuple(disable), dump_dir=dump_dir, verify=given,
                               session_files=files)
         records = manager.run(ctx, stop=len(CANONICAL_PASSES))
         inspected: dict = {}  # weights the passes leave as they were are inspected once
@@ -255,7 +256,7 @@ def _final_verification(original: Model, ctx: PassContext, compiled: Path, confi
     original: comparing the two would check the model against itself. The exact result is then
     the exact passes' own checks, each against the graph before it.
     """
-    from sparsecc.verify_options import precision_explanation
+    from sparsecc.verify_options import raise_if_too_tight
 
     specs = input_specs(ctx.model)
     masked = ctx.state.get("masked")
@@ -268,10 +269,7 @@ def _final_verification(original: Model, ctx: PassContext, compiled: Path, confi
     else:
         exact = compare_models(files.write(reference.graph), compiled, specs, config, backend, files=files)
         if not exact.passed:
-            rounding = precision_explanation(exact)
-            if rounding is not None:
-                raise VerificationError(f"the compiled model was checked at a tolerance too tight to pass: "
-                                        f"{rounding[0]}", where=original.source, fix=rounding[1])
+            raise_if_too_tight(exact, "the compiled model", where=original.source)
             raise VerificationError(
                 f"the compiled model does not match the {'masked' if masked is not None else ''} original: "
                 f"{exact.describe_worst()}",

@@ -36,7 +36,7 @@ def _compile(checkpoint: Path, recipe, out_dir: Path, shapes: dict, plan: Path |
     return compile_model(checkpoint, recipe, out_dir, shapes=shapes, plan=plan, force=True)  # a re-run replaces
 
 
-def _replay_filters():
+def replay_filters_recipe():
     """Removes the filters a bundled plan names, physically (the plan made while fine-tuning)."""
     from sparsecc.recipe import parse_recipe
 
@@ -58,7 +58,7 @@ def _variants(model_name: str, recipes: list[str], checkpoint: Path) -> list[dic
         if entry["recipe"].startswith("filter") and entry.get("plan_path"):
             # zero-detect mode skips the inputs of the zeroed filters; the plan removes the filters too
             variants.append({"variant": f"{entry['recipe']} + fine-tune, plan", "recipe": entry["recipe"],
-                             "kind": "fine-tuned", "compile_recipe": _replay_filters(), "plan": entry["plan_path"],
+                             "kind": "fine-tuned", "compile_recipe": replay_filters_recipe(), "plan": entry["plan_path"],
                              "checkpoint": entry["path"], "folder": f"finetuned-{entry['recipe']}-plan",
                              "finetune": facts})
     for name in recipes:

@@ -176,6 +176,16 @@ def parse_shape_overrides(specs: list[str] | None) -> dict[str, tuple[int, ...]]
     return shapes
 
 
+def check_model_file(path: str | os.PathLike) -> Path:
+    """The path, if it names a file; else the one error every command gives for a missing model."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError("the file does not exist", where=str(path), fix="check the path")
+    if not path.is_file():
+        raise ModelLoadError("this is not a file", where=str(path), fix="give the path of an .onnx file")
+    return path
+
+
 def load_model(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | None = None) -> Model:
     """Read, check and import an ONNX model; never modifies the file.
 
@@ -188,12 +198,8 @@ def load_model(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | Non
         ModelLoadError: the file is missing, not ONNX, truncated, invalid, or of an unsupported opset.
         ShapeError: a given shape does not fit its input.
     """
-    path = Path(path)
+    path = check_model_file(path)
     where = str(path)
-    if not path.exists():
-        raise ModelLoadError("the file does not exist", where=where, fix="check the path")
-    if not path.is_file():
-        raise ModelLoadError("this is not a file", where=where, fix="give the path of an .onnx file")
     try:
         # the weights stay in their file(s) until read_weights puts each straight into its array
         proto = read_onnx(path)

@@ -48,11 +48,6 @@ KEPT_OUTPUTS = 4
 ALIGNMENT = 4096
 
 
-def weight_bytes(graph: gs.Graph) -> int:
-    """Total bytes of the graph's constant tensors (its weights)."""
-    return sum(_nbytes(t) for t in graph.tensors().values() if isinstance(t, gs.Constant))
-
-
 def _nbytes(constant: gs.Constant) -> int:
     values = constant._values  # LazyValues know their size without loading
     return int(values.nbytes)

@@ -266,7 +266,7 @@ class PassManager:
         return record
 
     def _verify(self, pass_: Pass, before: Model, after: Model, earlier: list[PassRecord]) -> dict[str, Any]:
-        from sparsecc.verify_options import precision_explanation
+        from sparsecc.verify_options import raise_if_too_tight
 
         specs = input_specs(after)
         # the graph a verified pass left is the graph the next pass starts from: written once, to a
@@ -285,10 +285,7 @@ class PassManager:
         data["mode"] = "exact" if pass_.exact else "agreement"
         if pass_.exact and not outcome.passed:
             ran = ", ".join(r.name for r in earlier if r.status != "disabled") or "none"
-            rounding = precision_explanation(outcome)
-            if rounding is not None:
-                raise VerificationError(f"pass '{pass_.name}' was checked at a tolerance too tight to pass: "
-                                        f"{rounding[0]}", where=f"after passes: {ran}", fix=rounding[1])
+            raise_if_too_tight(outcome, f"pass '{pass_.name}'", where=f"after passes: {ran}")
             raise VerificationError(
                 f"pass '{pass_.name}' claims to be exact but changed the outputs: {outcome.describe_worst()}",
                 where=f"after passes: {ran}",

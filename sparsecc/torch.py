@@ -57,7 +57,7 @@ except ImportError:  # pragma: no cover - exercised only where torch is absent
 
 __all__ = ["plan_for_module", "masks_for_module", "MaskKeeper", "check_masks", "export_onnx", "finetune",
            "FinetuneResult", "planning_passes", "evaluate", "recalibrate_batchnorm", "gradual_fractions",
-           "load_onnx_weights", "random_shift"]
+           "load_onnx_weights", "pruned_share", "random_shift"]
 
 _PLAN_PASSES = ("plan-groupwise", "plan-filters", "plan-24", "plan-deprune")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
@@ -314,8 +314,13 @@ class MaskKeeper:
 
     def sparsity(self) -> float:
         """Share of the masked parameters' weights that are pruned."""
-        total = sum(m.numel() for m in self.masks.values())
-        return float(sum(int((~m).sum()) for m in self.masks.values()) / total) if total else 0.0
+        return pruned_share(self.masks)
+
+
+def pruned_share(masks: dict) -> float:
+    """Share of the weights that ``{parameter: bool mask}`` prunes (0 for no masks)."""
+    total = sum(m.numel() for m in masks.values())
+    return float(sum(int((~m).sum()) for m in masks.values()) / total) if total else 0.0
 
 
 def export_onnx(module, path, example=None, *, masks: dict | None = None, dynamo: bool = False,
@@ -365,7 +370,9 @@ def load_onnx_weights(module, path) -> int:
 
     from sparsecc.errors import ModelLoadError
 
-    graph = onnx.load(str(path)).graph
+    from sparsecc.model import check_model_file
+
+    graph = onnx.load(str(check_model_file(path))).graph
     weights = {t.name: t for t in graph.initializer}
     # the TorchScript exporter may give equal weights one initializer, reached through Identity nodes
     weights.update({n.output[0]: weights[n.input[0]] for n in graph.node

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsecc.errors import OptionError, UnsupportedModelError
+from sparsecc.backends.ort import refuse_plugin_nodes
+from sparsecc.errors import OptionError
 
 __all__ = ["Tolerances", "parse_tolerances", "validate"]
 
@@ -58,20 +59,6 @@ def parse_tolerances(atol: list[str] | None, rtol: list[str] | None, default_ato
     return tol
 
 
-def _refuse_plugin_model(path: Path) -> None:
-    import onnx
-
-    from sparsecc.plugins.ops import find_plugin_nodes
-
-    nodes = find_plugin_nodes(onnx.load(str(path), load_external_data=False))
-    if nodes:
-        listed = ", ".join(f"'{n}' ({op})" for n, op, _ in nodes[:3])
-        raise UnsupportedModelError(f"the model has sparsecc TensorRT plugin nodes ({listed}), which ONNX Runtime "
-                                    "cannot run", where=str(path),
-                                    fix="validate it with --backend tensorrt on a machine with TensorRT and a GPU, "
-                                        "or validate the portable model from before lower-tensorrt")
-
-
 def original_session(path: Path):
     """A CPU session of the model an engine is validated against, and what runs it.
 
@@ -86,7 +73,7 @@ def original_session(path: Path):
 
     proto = onnx.load(str(path), load_external_data=False)
     if custom_nodes(proto):
-        backend = reference_backend_for(onnx.load(str(path)))
+        backend = reference_backend_for(proto)  # the graph decides; its weights are not needed for that
         return backend.load(str(path)), f"{backend.name} (CPU; plugin nodes through their numpy references)"
     return get_backend("ort").load(path), "onnxruntime (CPU)"
 
@@ -110,8 +97,8 @@ def validate(candidate: str | Path, against: str | Path, backend: str | None = N
         {"passed", "backend", "outputs": [{name, max_abs_error, max_abs_reference, atol, rtol, passed}]}.
     """
     from sparsecc.backends.tensorrt import ENGINE_SUFFIXES
-    from sparsecc.model import load_model
-    from sparsecc.verify import VerifyConfig, _agreement, compare_models, input_specs, random_feeds
+    from sparsecc.model import check_model_file, load_model
+    from sparsecc.verify import VerifyConfig, compare_models, input_specs, random_feeds, worst_agreements
 
     candidate, against = Path(candidate), Path(against)
     tolerances = tolerances or Tolerances()
@@ -122,16 +109,13 @@ def validate(candidate: str | Path, against: str | Path, backend: str | None = N
     if is_engine and backend != "tensorrt":
         raise OptionError(f"{candidate} is a TensorRT engine; it runs only with --backend tensorrt",
                           fix="drop --backend ort, or validate the ONNX model instead")
-    if not candidate.is_file():
-        from sparsecc.errors import ModelLoadError
-
-        raise ModelLoadError(f"no such file: {candidate}", where=str(candidate), fix="check the path")
+    check_model_file(candidate)
     original = load_model(against, shapes)
     specs = input_specs(original)
     config = VerifyConfig(atol=tolerances.atol, rtol=tolerances.rtol, seed=seed, iterations=iterations)
 
     if backend == "ort":
-        _refuse_plugin_model(candidate)
+        refuse_plugin_nodes(candidate)
         result = compare_models(original, load_model(candidate, shapes), specs, config)
         agreements = result.outputs
         runtime = {"candidate": "onnxruntime (CPU)", "original": "onnxruntime (CPU)",
@@ -142,16 +126,9 @@ def validate(candidate: str | Path, against: str | Path, backend: str | None = N
         trt_session = get_backend("tensorrt", shapes=shapes).load(candidate)
         ort_session, original_runtime = original_session(against)
         try:
-            worst = {}
-            for feed in random_feeds(specs, seed, iterations):
-                expected, actual = ort_session.run(feed), trt_session.run(feed)
-                for name, ref in expected.items():
-                    got = actual.get(name)
-                    agreement = _agreement(name, np.asarray(ref), np.asarray(got if got is not None else np.empty(0)),
-                                           config)
-                    if name not in worst or agreement.relative_error > worst[name].relative_error:
-                        worst[name] = agreement
-            agreements = list(worst.values())
+            feeds = random_feeds(specs, seed, iterations)
+            agreements = list(worst_agreements([ort_session.run(f) for f in feeds],
+                                               [trt_session.run(f) for f in feeds], config).values())
             runtime = {"candidate": "tensorrt", "original": original_runtime, "engine": trt_session.describe()}
         finally:
             trt_session.close()

@@ -167,13 +167,12 @@ def verification_backend(*models: Model) -> str:
     custom ops), or "onnx-reference" (ONNX's ReferenceEvaluator) without onnxruntime-extensions.
     (tools/bench_verify_backends.py measured the two: the first was faster on 3 of 4 models and runs the
     standard nodes on the very kernels the graph before the pass ran on.)"""
-    from sparsecc.backends.reference_ops import OrtReferencesBackend, custom_ops_use_float16, graph_has_custom_ops
+    from sparsecc.backends.reference_ops import custom_ops_use_float16, graph_has_custom_ops, reference_backend_name
 
-    if not any(graph_has_custom_ops(m.graph) for m in models if isinstance(m, Model)):
+    graphs = [m.graph for m in models if isinstance(m, Model)]
+    if not any(graph_has_custom_ops(g) for g in graphs):
         return "onnxruntime"
-    if any(custom_ops_use_float16(m.graph) for m in models if isinstance(m, Model)):
-        return "onnx-reference"  # the extensions' Python custom ops take no float16
-    return "ort-references" if OrtReferencesBackend.unavailable_reason() is None else "onnx-reference"
+    return reference_backend_name(any(custom_ops_use_float16(g) for g in graphs))
 
 
 def compare_models(reference: Model | bytes | str | os.PathLike, candidate: Model | bytes | str | os.PathLike,
@@ -199,7 +198,7 @@ def compare_models(reference: Model | bytes | str | os.PathLike, candidate: Mode
         config = config.for_model(reference)
     backend = backend or verification_backend(reference, candidate)
     if backend != "onnxruntime":
-        return _compare_with_references(reference, candidate, specs, config, backend)
+        return _compare_with_references(reference, candidate, specs, config, backend, files)
     from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.comparator.struct import RunResults
     from polygraphy.logger import G_LOGGER
@@ -220,7 +219,7 @@ def compare_models(reference: Model | bytes | str | os.PathLike, candidate: Mode
         if owned:
             files.close()
     config = _resolve_tolerances(config, results[0][1])
-    agreements = _agreements(results[0][1], results[1][1], config)
+    agreements = worst_agreements(results[0][1], results[1][1], config)
 
     # Polygraphy's comparator makes the pass/fail call, with a per-output absolute tolerance
     # that encodes "atol + rtol * max |reference|".
@@ -236,16 +235,23 @@ def compare_models(reference: Model | bytes | str | os.PathLike, candidate: Mode
     return VerifyResult(passed, config.atol, config.rtol, list(agreements.values()), dtype=config.dtype)
 
 
-def _compare_with_references(reference, candidate, specs, config: VerifyConfig, backend: str) -> VerifyResult:
+def _compare_with_references(reference, candidate, specs, config: VerifyConfig, backend: str,
+                             files: SessionFiles | None) -> VerifyResult:
     """Both graphs on a backend that runs sparsecc-domain nodes through their numpy references."""
     from sparsecc.backends.reference_ops import OnnxReferenceBackend, OrtReferencesBackend
 
     runner = OrtReferencesBackend() if backend == "ort-references" else OnnxReferenceBackend()
     feeds = random_feeds(specs, config.seed, config.iterations)
-    sessions = [runner.load(m.to_bytes() if isinstance(m, Model) else m) for m in (reference, candidate)]
+    owned = files is None
+    files = files or SessionFiles()
+    try:  # Models go through the shared weight file, as on the plain path: no serialised copy of the weights
+        sessions = [runner.load(files.write(m.graph) if isinstance(m, Model) else m) for m in (reference, candidate)]
+    finally:
+        if owned:
+            files.close()
     ref_iters = [sessions[0].run(f) for f in feeds]
     config = _resolve_tolerances(config, ref_iters)
-    agreements = _agreements(ref_iters, [sessions[1].run(f) for f in feeds], config)
+    agreements = worst_agreements(ref_iters, [sessions[1].run(f) for f in feeds], config)
     return VerifyResult(all(a.passed for a in agreements.values()), config.atol, config.rtol,
                         list(agreements.values()), backend, config.dtype)
 
@@ -257,7 +263,7 @@ def _resolve_tolerances(config: VerifyConfig, ref_iters) -> VerifyConfig:
     return config.for_dtype(lowest_precision(np.asarray(v).dtype for out in ref_iters for v in out.values()))
 
 
-def _agreements(ref_iters, cand_iters, config: VerifyConfig) -> dict[str, OutputAgreement]:
+def worst_agreements(ref_iters, cand_iters, config: VerifyConfig) -> dict[str, OutputAgreement]:
     """The worst agreement of each output over the input sets."""
     agreements: dict[str, OutputAgreement] = {}
     for ref_out, cand_out in zip(ref_iters, cand_iters):

@@ -115,3 +115,13 @@ def precision_explanation(outcome: VerifyResult) -> tuple[str, str] | None:
             f"epsilon is {eps:.3g}), while atol {outcome.atol:g} + rtol {outcome.rtol:g} allows {allowed:.3g}; "
             f"an exact rewrite that reorders floating-point sums differs by this much, so this is rounding, "
             f"not a wrong rewrite", f"use --rtol {suggested} or more (the default for {dtype} is {DTYPE_TOLERANCES.get(dtype, DTYPE_TOLERANCES['float32'])[1]:g})")
+
+
+def raise_if_too_tight(outcome: VerifyResult, subject: str, where: str | None) -> None:
+    """A VerificationError saying the check's tolerance, not ``subject``, is at fault, when a failure is rounding."""
+    from sparsecc.errors import VerificationError
+
+    rounding = precision_explanation(outcome)
+    if rounding is not None:
+        raise VerificationError(f"{subject} was checked at a tolerance too tight to pass: {rounding[0]}",
+                                where=where, fix=rounding[1])

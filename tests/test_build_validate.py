@@ -152,3 +152,11 @@ def test_plugin_engine_matches_reference(tmp_path, aot):
         np.testing.assert_allclose(reloaded.run({"x": x})["y"], expected, atol=1e-4, rtol=1e-4)
     finally:
         reloaded.close()
+
+
+def test_a_missing_model_or_engine_is_said_first_by_build_and_validate(cli, tmp_path):
+    model = _export(tmp_path / "a.onnx")
+    build = cli("build", tmp_path / "nosuch.onnx", "-o", tmp_path / "e.engine")
+    assert build.returncode == 2 and "the file does not exist" in build.stderr
+    validate = cli("validate", tmp_path / "nosuch.engine", "--against", model)
+    assert validate.returncode == 2 and "the file does not exist" in validate.stderr

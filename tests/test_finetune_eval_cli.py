@@ -79,3 +79,14 @@ def test_the_next_step_names_the_detect_recipe_that_finds_the_plans_structure(tm
         plan.save(tmp_path / pattern / "plan.json")
         assert detect_recipe(tmp_path / pattern) == expected
     assert detect_recipe(tmp_path / "missing") == "zeros"
+
+
+def test_finetune_of_a_missing_file_or_with_a_bad_recipe_is_exit_2_and_leaves_no_folder(cli, tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "o"
+    result = cli("finetune", tmp_path / "nosuch.onnx", "--arch", "resnet18-digits", "--data", "digits",
+                 "--recipe", "groupwise-50", "-o", out)
+    assert result.returncode == 2 and "the file does not exist" in result.stderr and "Traceback" not in result.stderr
+    result = cli("finetune", "vgg16-digits", "--data", "digits", "--recipe", "nosuch", "-o", out)
+    assert result.returncode == 2 and "nosuch" in result.stderr
+    assert not out.exists()  # refused before the output folder was made

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from sparsecc.bench import time_interleaved
     from sparsecc.compiler import compile_model
     from sparsecc.data import load_dataset
+    from sparsecc.demo import replay_filters_recipe
     from sparsecc.evaluate import accuracy
     from sparsecc.plan import SparsityPlan
     from sparsecc.verify import input_specs, random_feeds
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         dense = st.finetune(dense, split, plan=SparsityPlan(), epochs=args.dense_epochs, lr=3e-3,
                             log=say).module
     work = Path(tempfile.mkdtemp(prefix="sparsecc-study-"))
-    replay = _recipe("replay-filters", ["apply-plan", "remove-filters"])
+    replay = replay_filters_recipe()  # the demo's: apply the saved plan, remove its filters
     backend = OrtBackend(threads=args.threads, allow_spinning=False)
     st.export_onnx(dense, work / "dense.onnx", example)
     compiled = compile_model(work / "dense.onnx", "none", work / "dense", shapes=shapes)
@@ -177,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                                     log=say)
                 row["top1_one_shot"] = tuned.top1_before_finetune
                 row["top1_one_shot_bn"] = tuned.top1_one_shot_bn
-                row["pruned_share"] = round(sum(int((~m).sum()) for m in tuned.masks.values())
-                                            / max(1, sum(m.numel() for m in tuned.masks.values())), 4)
+                row["pruned_share"] = round(st.pruned_share(tuned.masks), 4)
                 path = st.export_onnx(tuned.module, folder.with_suffix(".onnx"), example, masks=tuned.masks)
                 tuned.plan.save(folder.with_suffix(".plan.json"))
                 if variant["compile"] == "replay-filters":

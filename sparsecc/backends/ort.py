@@ -28,10 +28,9 @@ def numpy_dtype_of_input(node_arg) -> np.dtype:
     return np.dtype(_ORT_TYPES.get(node_arg.type, np.float32))
 
 
-def _refuse_plugin_nodes(model, err: Exception) -> None:
-    """Raise a clear error when ONNX Runtime failed because the model has sparsecc (TensorRT plugin) nodes."""
-    if "sparsecc" not in str(err):
-        return
+def refuse_plugin_nodes(model, cause: Exception | None = None) -> None:
+    """Raise a clear error if the model (a path, ONNX bytes or a ModelProto) has sparsecc (TensorRT plugin) nodes,
+    which ONNX Runtime cannot run."""
     import onnx
 
     from sparsecc.errors import UnsupportedModelError
@@ -50,7 +49,7 @@ def _refuse_plugin_nodes(model, err: Exception) -> None:
             f"the model has {len(nodes)} sparsecc TensorRT plugin node(s), which ONNX Runtime cannot run: {listed}",
             where=str(model) if isinstance(model, (str, Path)) else "<ONNX bytes>",
             fix="run it with --backend tensorrt (sparsecc build / validate), or use the portable model from before "
-                "the lower-tensorrt pass on ONNX Runtime") from err
+                "the lower-tensorrt pass on ONNX Runtime") from cause
 
 
 def add_initializers(options, initializers: list[tuple[str, Any]] | None) -> list:
@@ -133,7 +132,8 @@ class OrtBackend(Backend):
         try:
             session = ort.InferenceSession(source, options, providers=self.providers)
         except Exception as err:  # noqa: BLE001 - re-raised unless it is the plugin case
-            _refuse_plugin_nodes(model, err)
+            if "sparsecc" in str(err):
+                refuse_plugin_nodes(model, err)
             raise
         wrapped = OrtSession(session, self.describe())
         wrapped._initializers = values  # ONNX Runtime reads these buffers for the session's life

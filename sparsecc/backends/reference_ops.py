@@ -48,14 +48,20 @@ def custom_ops_use_float16(graph) -> bool:
                for node in graph.nodes)
 
 
+def reference_backend_name(uses_float16: bool) -> str:
+    """Which backend runs sparsecc-domain nodes: "ort-references" (ONNX Runtime + extensions), or
+    "onnx-reference" (ONNX's ReferenceEvaluator) when a custom node takes float16 (the extensions'
+    Python custom ops abort on it) or the extensions are missing."""
+    if uses_float16 or OrtReferencesBackend.unavailable_reason() is not None:
+        return "onnx-reference"
+    return "ort-references"
+
+
 def reference_backend_for(proto: onnx.ModelProto) -> "Backend":
-    """A backend that runs this model's sparsecc-domain nodes: ONNX Runtime + extensions, or ONNX's
-    ReferenceEvaluator when the extensions are missing or a custom node takes float16."""
+    """A backend that runs this model's sparsecc-domain nodes (see :func:`reference_backend_name`)."""
     types = _tensor_dtypes(proto)
     fp16 = any(types.get(name) == np.float16 for node in custom_nodes(proto) for name in node.input)
-    if fp16 or OrtReferencesBackend.unavailable_reason() is not None:
-        return OnnxReferenceBackend()
-    return OrtReferencesBackend()
+    return OrtReferencesBackend() if reference_backend_name(fp16) == "ort-references" else OnnxReferenceBackend()
 
 
 def _reference_for(node: onnx.NodeProto, source: str):

@@ -31,7 +31,7 @@ from sparsecc.errors import (BackendUnavailableError, ModelLoadError, OptionErro
 __all__ = ["TensorRTBackend", "TensorRTSession", "TensorRTBuildError", "SparsityBuildReport", "parse_sparsity_log"]
 
 _INSTALL_FIX = ("install the tensorrt wheel with its libnvinfer on a machine with an NVIDIA GPU "
-                "(pip install tensorrt), or use --backend ort")
+                "(pip install tensorrt); `sparsecc bench` and `validate` run on ONNX Runtime with --backend ort")
 
 
 class TensorRTBuildError(SparseccError):

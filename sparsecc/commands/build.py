@@ -24,8 +24,9 @@ def run(args) -> int:
     from sparsecc.backends import get_backend
     from sparsecc.backends.tensorrt import TensorRTBackend
     from sparsecc.errors import BackendUnavailableError, OptionError
-    from sparsecc.model import parse_shape_overrides
+    from sparsecc.model import check_model_file, parse_shape_overrides
 
+    check_model_file(args.model)  # a missing model is said first, whatever the machine has
     if Path(args.output).resolve() == Path(args.model).resolve():
         raise OptionError("the engine would overwrite the input model", where=args.output,
                           fix="choose another -o path, e.g. model.engine")

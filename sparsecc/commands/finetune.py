@@ -100,6 +100,7 @@ def finetune_model(args) -> dict | None:
     from sparsecc.log import progress
     from sparsecc.model import write_bytes_atomic
     from sparsecc.plan import SparsityPlan
+    from sparsecc.recipe import load_recipe
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -118,10 +119,12 @@ def finetune_model(args) -> dict | None:
         name, source = args.model, zoo.checkpoint_path(args.model)
         module = zoo.build_model(name, pretrained=True)
     split = load_dataset(args.data)
+    # a bad recipe or plan is refused before the output folder is made
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    plan = SparsityPlan.load(args.plan) if args.plan else None
     out = prepare_output_dir(args.output, Path(source))
     dense = st.evaluate(module, split.x_test, split.y_test)
-    plan = SparsityPlan.load(args.plan) if args.plan else None
-    result = st.finetune(module, split, args.recipe, plan=plan, epochs=args.epochs, schedule=args.schedule,
+    result = st.finetune(module, split, recipe, plan=plan, epochs=args.epochs, schedule=args.schedule,
                          lr=args.lr, batch_size=args.batch_size, seed=args.seed, train_limit=args.train_limit)
     if result.rank != 0:
         return None
@@ -137,8 +140,7 @@ def finetune_model(args) -> dict | None:
                "rank_mask_digests": result.rank_mask_digests, "n": result.n, "dense_top1": dense,
                "top1_before_finetune": result.top1_before_finetune,
                "top1_one_shot_bn": result.top1_one_shot_bn, "top1": result.top1, "onnx_top1": onnx_top1,
-               "pruned_share_of_planned_weights": round(sum(int((~m).sum()) for m in result.masks.values())
-                                                        / max(1, sum(m.numel() for m in result.masks.values())), 4),
+               "pruned_share_of_planned_weights": round(st.pruned_share(result.masks), 4),
                "history": result.history, "exporter": "dynamo" if args.dynamo else "torchscript",
                "torch_version": torch.__version__}
     write_bytes_atomic(out / "finetune.json", (json.dumps(summary, indent=2) + "\n").encode())

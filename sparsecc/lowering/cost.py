@@ -199,8 +199,9 @@ def choose_lowering(candidates: list[Candidate], min_gain: float, remeasure: Cal
                    f"{dense.seconds * 1e3:.3f} ms (needs {min_gain:.0%} gain)")
 
 
-def whole_model_check(dense, rewritten, runs: int, threads: int, cache: TimingCache | None = None
-                      ) -> dict[str, Any]:
+def whole_model_check(dense, rewritten, runs: int, threads: int, cache: TimingCache | None = None,
+                      labels: tuple[str, str] = ("dense", "rewritten"),
+                      fallback: str = "every layer was left dense") -> dict[str, Any]:
     """Time the whole rewritten model against the model it came from, interleaved, through the cache.
 
     Layers are chosen one at a time, but a rewrite can win on each layer and lose in the model
@@ -228,12 +229,13 @@ def whole_model_check(dense, rewritten, runs: int, threads: int, cache: TimingCa
     if kept:
         verdict = "kept"
     elif margin > 0:
-        verdict = f"faster by {margin:.1%}, inside the measured spread {spread:.1%}, so every layer was left dense"
+        verdict = f"faster by {margin:.1%}, inside the measured spread {spread:.1%}, so {fallback}"
     else:
-        verdict = "not faster, so every layer was left dense"
+        verdict = f"not faster, so {fallback}"
+    base, candidate = labels
     return {"dense_ms": dense_ms, "rewritten_ms": rewritten_ms, "runs": entry["runs"], "spread": spread,
             "source": source, "kept": kept,
-            "reason": f"whole model: rewritten {rewritten_ms:.3f} ms vs dense {dense_ms:.3f} ms "
+            "reason": f"whole model: {candidate} {rewritten_ms:.3f} ms vs {base} {dense_ms:.3f} ms "
                       f"(median of {entry['runs']}, spread {spread:.1%}, ONNX Runtime CPU, {source}): {verdict}"}
 
 

@@ -31,6 +31,11 @@ def conv_kept_rows(weight: np.ndarray, group: int) -> np.ndarray:
     return np.any(weight.reshape(group, c_out // group, c_in_g, kh, kw) != 0, axis=1)
 
 
+def gemm_kept_features(layer, weight: np.ndarray) -> np.ndarray:
+    """[K]: whether any output of a Gemm/MatMul reads that input feature (a row of W[K, N] with a non-zero)."""
+    return np.any(gemm_weight_kn(layer, weight) != 0, axis=1)
+
+
 def dense_candidate(view: LayerToLower) -> Candidate:
     """The layer as it is (re-emitted with its own weight)."""
     node, weight = view.node, view.weight
@@ -74,7 +79,7 @@ def _conv_channel_gather(view: LayerToLower) -> Candidate | str:
 def _gemm_feature_gather(view: LayerToLower) -> Candidate | str:
     node, weight, in_shape = view.node, view.weight, view.in_shape
     kn = gemm_weight_kn(view.layer, weight)
-    used = np.any(kn != 0, axis=1)
+    used = gemm_kept_features(view.layer, weight)
     if used.all():
         return "no all-zero input feature"
     rows = int(np.prod(in_shape[:-1])) if in_shape else 1

@@ -32,7 +32,7 @@ import onnx_graphsurgeon as gs
 
 from sparsecc.lowering.emitter import Emitter, emit_conv, emit_gemm
 from sparsecc.lowering.geometry import conv_geometry
-from sparsecc.lowering.gather import conv_kept_rows
+from sparsecc.lowering.gather import conv_kept_rows, gemm_kept_features
 from sparsecc.lowering.registry import Candidate, LayerToLower, Lowering, register_lowering
 from sparsecc.plan import gemm_weight_kn
 from sparsecc.plugins.ops import (DEPTHWISE_SUBGEMM, DW_GROUP, GROUPWISE_CONV, GROUPWISE_LINEAR, NAMESPACE,
@@ -85,9 +85,9 @@ def conv_kept_positions(weight: np.ndarray) -> np.ndarray:
     return np.flatnonzero(conv_kept_rows(weight, 1).reshape(-1)).astype(np.int32)
 
 
-def gemm_kept_features(layer, weight: np.ndarray) -> np.ndarray:
+def gemm_kept_positions(layer, weight: np.ndarray) -> np.ndarray:
     """Input features some output reads (rows of W[K, N] with a non-zero), as int32, ascending."""
-    return np.flatnonzero(np.any(gemm_weight_kn(layer, weight) != 0, axis=1)).astype(np.int32)
+    return np.flatnonzero(gemm_kept_features(layer, weight)).astype(np.int32)
 
 
 def emit_groupwise_conv(em: Emitter, x, y, node: gs.Node, weight: np.ndarray, kept: np.ndarray, bias,
@@ -205,7 +205,7 @@ def _linear_plugin(view: LayerToLower) -> Candidate | str:
             return f"bias of shape {list(bias.values.shape)} is not per output feature ([{n}])"
     if weight.ndim != 2:
         return f"{weight.ndim}-D MatMul weight: the plugin takes W[K, N]"
-    kept = gemm_kept_features(layer, weight)
+    kept = gemm_kept_positions(layer, weight)
     k, n = gemm_weight_kn(layer, weight).shape
     if kept.size == k:
         return "no all-zero input feature in the weight"

@@ -308,10 +308,11 @@ def test_cpu_recipe_empties_whole_channels_and_removes_them_exactly():
 def test_model_check_keeps_the_masked_model_when_the_compiled_one_is_slower(monkeypatch, compiled_faster):
     import sparsecc.passes.deprune as deprune
 
-    def timed(reference, candidate, runs, threads, cache=None):
+    def timed(reference, candidate, runs, threads, cache=None, labels=("dense", "rewritten"),
+              fallback="every layer was left dense"):
         kept = compiled_faster
-        return {"kept": kept, "reason": f"whole model: rewritten 1 ms vs dense 2 ms: "
-                                        f"{'kept' if kept else 'not faster, so every layer was left dense'}"}
+        return {"kept": kept, "reason": f"whole model: {labels[1]} 1 ms vs {labels[0]} 2 ms: "
+                                        f"{'kept' if kept else 'not faster, so ' + fallback}"}
 
     monkeypatch.setattr(deprune, "whole_model_check", timed)
     from sparsecc.passes.canonicalize import CANONICAL_PASSES
