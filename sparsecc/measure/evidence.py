@@ -1,0 +1,134 @@
+"""What paired runs showed (evidence), and the verdict it supports at a threshold.
+
+A :class:`RatioEvidence` is what a timing cache entry holds: the paired speedup of a candidate
+over its baseline by wall clock and by CPU time, each with its interval, the medians, the load
+around the runs, when they were taken, the thread count and whether ONNX Runtime's threads could
+spin. It holds no verdict: :func:`judge` reaches one from it at whatever threshold a decision
+needs, the same way every time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sparsecc.measure.machine import LoadReading
+from sparsecc.measure.stats import Interval
+
+MEASURE_NAMES = {"cpu": "CPU time", "wall": "wall clock"}
+OUTCOMES = ("faster", "slower", "inconclusive")
+
+
+def deciding_measure(threads: int, level: str) -> str:
+    """The measure a verdict is read from: "cpu" or "wall".
+
+    With one thread, CPU time is the time of the run minus the time spent waiting for a core: on
+    a quiet machine the two agree, under load CPU time stays and wall clock grows. With more
+    threads, CPU time also counts the work of every thread (a candidate that parallelises worse
+    looks better by it than by wall clock), so on a quiet machine wall clock decides; under load
+    it cannot, and CPU time does (BENCHMARKS.md has the figures).
+    """
+    return "cpu" if threads == 1 or level != "quiet" else "wall"
+
+
+@dataclass(frozen=True)
+class RatioEvidence:
+    """Paired runs of a baseline and one candidate: speedups (baseline time / candidate time).
+
+    Attributes:
+        baseline: Label of the baseline.
+        candidate: Label of the candidate.
+        pairs: Paired runs taken.
+        wall: Paired median speedup by wall clock, with its interval.
+        cpu: Paired median speedup by CPU time of the process, with its interval.
+        wall_ms: Median wall-clock time of (baseline, candidate) per run, ms.
+        cpu_ms: Median CPU time of (baseline, candidate) per run, ms.
+        load: Load averages before and after.
+        threads: ONNX Runtime intra-op threads.
+        spinning: Whether ONNX Runtime's worker threads could spin (CPU time means work done only without).
+        cpu_per_wall: Total CPU time over total wall time of the runs (about 1 with one thread on a
+            quiet machine; below that, the runs waited for a core).
+        taken_at: When the runs ended (UTC, ISO 8601).
+        stopped: Why the runs stopped ("decided", "time budget", "max pairs", "fixed count", "too busy").
+    """
+
+    baseline: str
+    candidate: str
+    pairs: int
+    wall: Interval
+    cpu: Interval
+    wall_ms: tuple[float, float]
+    cpu_ms: tuple[float, float]
+    load: LoadReading
+    threads: int
+    spinning: bool
+    cpu_per_wall: float
+    taken_at: str
+    stopped: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "candidate": self.candidate, "pairs": self.pairs,
+                "wall": self.wall.to_dict(), "cpu": self.cpu.to_dict(),
+                "wall_ms": [round(v, 5) for v in self.wall_ms], "cpu_ms": [round(v, 5) for v in self.cpu_ms],
+                "load": self.load.to_dict(), "threads": self.threads, "spinning": self.spinning,
+                "cpu_per_wall": round(self.cpu_per_wall, 4), "taken_at": self.taken_at, "stopped": self.stopped}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RatioEvidence":
+        """Read evidence back (as stored by :meth:`to_dict`).
+
+        Raises:
+            KeyError, TypeError, ValueError: ``data`` is not evidence in this form.
+        """
+        return cls(str(data["baseline"]), str(data["candidate"]), int(data["pairs"]),
+                   Interval.from_dict(data["wall"]), Interval.from_dict(data["cpu"]),
+                   (float(data["wall_ms"][0]), float(data["wall_ms"][1])),
+                   (float(data["cpu_ms"][0]), float(data["cpu_ms"][1])),
+                   LoadReading.from_dict(data["load"]), int(data["threads"]), bool(data["spinning"]),
+                   float(data["cpu_per_wall"]), str(data["taken_at"]), str(data["stopped"]))
+
+    def summary(self) -> str:
+        """One line: both ratios with their intervals, pairs, threads and load."""
+        return (f"wall {self.wall}, CPU {self.cpu} ({self.wall.confidence:.0%} CI, {self.pairs} pairs, "
+                f"{self.threads} thread{'s' if self.threads != 1 else ''}, {self.load})")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Where the evidence puts a candidate against a threshold.
+
+    Attributes:
+        outcome: "faster" (the interval lies above the threshold), "slower" (below it) or
+            "inconclusive" (it straddles it, or the machine was too busy to trust it).
+        measure: "cpu" or "wall": the measure read; None when the machine was too busy.
+        interval: That measure's interval, or None.
+        threshold: The speedup the candidate had to beat.
+        reason: One sentence a report can show.
+    """
+
+    outcome: str
+    measure: str | None
+    interval: Interval | None
+    threshold: float
+    reason: str
+
+    @property
+    def conclusive(self) -> bool:
+        return self.outcome != "inconclusive"
+
+
+def judge(evidence: RatioEvidence, threshold: float) -> Verdict:
+    """The verdict ``evidence`` supports at ``threshold`` (a speedup, e.g. 1.1 = 10% faster needed)."""
+    level = evidence.load.level
+    if level == "heavy":
+        return Verdict("inconclusive", None, None, threshold,
+                       f"the machine was too busy to trust the timing ({evidence.load}); "
+                       f"wall {evidence.wall}, CPU {evidence.cpu}")
+    measure = deciding_measure(evidence.threads, level)
+    interval = evidence.cpu if measure == "cpu" else evidence.wall
+    side = interval.side(threshold)
+    outcome = {"above": "faster", "below": "slower", "straddles": "inconclusive"}[side]
+    words = {"above": "above", "below": "below", "straddles": "straddles"}[side]
+    return Verdict(outcome, measure, interval, threshold,
+                   f"{MEASURE_NAMES[measure]} speedup {interval} ({interval.confidence:.0%} CI, {evidence.pairs} "
+                   f"pairs, {evidence.load}) {words} {threshold:.3g}")
