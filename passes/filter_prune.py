@@ -24,6 +24,7 @@ import numpy as np
 from sparsecc.dependency import (ChannelGroup, ChannelUse, build_channel_groups, consumer_weights,
                                  producer_weights, reindex_groups)
 from sparsecc.errors import OptionError, PlanError
+from sparsecc.latency.target import SpeedTarget
 from sparsecc.layers import WeightLayer, find_weight_layers
 from sparsecc.model import Model
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
@@ -85,6 +86,17 @@ class PlanFilters(Pass):
             whose weights are larger overall (fan-in, initialisation) are not emptied first;
             "none" ranks the raw scores. The hybrid metrics are left as they are: their rank and
             distance-to-minimum transforms are taken over all groups together. Defaults to "mean".
+        target_speedup: Instead of ``ratio``: prune to this speedup over the unpruned model, keeping
+            the most importance per unit of latency saved (:mod:`sparsecc.latency`). Defaults to none.
+        target_latency: Instead of ``ratio``: prune to this latency, ms (CPU time of one run at one
+            thread with the measured timer). Defaults to none.
+        target_share: Share of the saving to the target planned now (gradual schedules). Defaults to 1.0.
+        timer: How the latency tables are made: "measured" (ONNX Runtime CPU, through the timing
+            cache), "analytic" or "gpu-roofline" (``lower-tensorrt``'s GPU model). ``--cost-model
+            analytic`` turns "measured" into "analytic". Defaults to "measured".
+        min_keep: With a target, the least share of each group kept. Defaults to 0.1.
+        target_rounds: With a target and the measured timer, rounds of measuring the pruned model and
+            correcting the budget, at most. Defaults to 3.
 
     The 2:4-aware metrics see only the producer weights ``plan-24`` would prune (see
     :func:`two_four_prunable`). Weight-layer look-alikes that are not weight layers (Gemm
@@ -97,7 +109,9 @@ class PlanFilters(Pass):
 
     def __init__(self, metric: str = "l1", ratio: float = 0.4, scope: str = "global", k: float = 0.5,
                  round_to: int = 8, layers: dict | None = None, layout: str = "input-channel",
-                 normalize: str = "mean"):
+                 normalize: str = "mean", target_speedup: float | None = None,
+                 target_latency: float | None = None, target_share: float = 1.0, timer: str = "measured",
+                 min_keep: float = 0.1, target_rounds: int = 3):
         if metric not in METRICS:
             raise OptionError(f"unknown filter metric '{metric}'", where="plan-filters: metric",
                               fix=f"use one of {', '.join(METRICS)}")
@@ -120,6 +134,14 @@ class PlanFilters(Pass):
         self.metric, self.ratio, self.scope, self.k = metric, float(ratio), scope, float(k)
         self.normalize = normalize
         self.round_to, self.layers, self.layout = round_to, dict(layers or {}), layout
+        self.target_speedup, self.target_latency, self.target_share = target_speedup, target_latency, target_share
+        self.timer, self.min_keep, self.target_rounds = timer, min_keep, target_rounds
+        self._target = None
+        if target_speedup is not None or target_latency is not None:
+            if scope != "global":
+                raise OptionError("a speed target allocates channels over all groups at once", where="plan-filters: "
+                                  "scope", fix="use scope: global with target_speedup / target_latency")
+            self._target = SpeedTarget(target_speedup, target_latency, target_share, timer, min_keep, target_rounds)
 
     def run(self, ctx: PassContext) -> PassResult:
         model = ctx.model
@@ -134,17 +156,42 @@ class PlanFilters(Pass):
                           for label, g in candidates.items()}, k=self.k, layout=self.layout, scope=self.scope)
         if self.scope == "global" and self.normalize == "mean" and not self.metric.startswith("hybrid"):
             scores = {label: normalize_by_mean(s) for label, s in scores.items()}
-        rank = rank_global if self.scope == "global" else rank_per_layer
-        removed = rank(scores, self.ratio, multiple=self.round_to)
+        speed = None
+        if self._target is not None:
+            removed, speed = self._to_target(ctx, candidates, scores)
+        else:
+            rank = rank_global if self.scope == "global" else rank_per_layer
+            removed = rank(scores, self.ratio, multiple=self.round_to)
         ctx.plan = self._plan(ctx, candidates, removed)
         total = sum(g.size for g in candidates.values())
         gone = sum(len(r) for r in removed.values())
         per_group = {label: {"before": candidates[label].size, "after": candidates[label].size - len(r),
                              "group": candidates[label].id} for label, r in removed.items()}
+        how = f"to the speed target {self._target.describe()}" if self._target else self.scope
+        details = {"groups": per_group, "removed": gone, "total": total}
+        if speed is not None:
+            details["speed_target"] = speed.details
         return PassResult(False, 0, skipped,
                           notes=[f"{gone} of {total} channels in {len(candidates)} group(s) planned for removal "
-                                 f"({self.metric}, {self.scope}, kept counts multiples of {self.round_to})"],
-                          details={"groups": per_group, "removed": gone, "total": total})
+                                 f"({self.metric}, {how}, kept counts multiples of {self.round_to})"]
+                          + (speed.notes if speed is not None else []), details=details)
+
+    def _to_target(self, ctx: PassContext, candidates: dict[str, ChannelGroup], scores: dict[str, np.ndarray]):
+        """The channels to remove to meet the speed target (:func:`sparsecc.latency.plan_to_target`)."""
+        from dataclasses import replace
+
+        from sparsecc.latency.target import plan_to_target
+        from sparsecc.log import progress
+
+        target = self._target
+        if ctx.cost_model == "analytic" and target.timer == "measured":
+            target = replace(target, timer="analytic")  # --cost-model analytic: nothing is timed
+        speed = plan_to_target(ctx.model, candidates, scores, self.round_to, target, ctx.timing_cache, progress)
+        if ctx.timing_cache is not None:
+            ctx.timing_cache.save()
+        removed = {label: np.setdiff1d(np.arange(candidates[label].size), kept).astype(np.int64)
+                   for label, kept in speed.kept.items()}
+        return removed, speed
 
     def _candidates(self, ctx: PassContext, groups: list[ChannelGroup]):
         layers, unsupported = find_weight_layers(ctx.model)

@@ -324,11 +324,22 @@ def _build_report(model_path: Path, recipe: Recipe, original: Model, before: dic
             "params_before": before["totals"]["weight_params"], "params_after": after["totals"]["weight_params"],
             "compile_seconds": round(time.perf_counter() - started, 3),
             "warnings": warnings,
+            **_speed_target(records),
         },
         "shape_changes": explain_shape_changes(before, after, records, ctx.state.get("applied_plans")),
         "skipped": skipped,
         "environment": environment(),
     }
+
+
+def _speed_target(records: list[PassRecord]) -> dict[str, Any]:
+    """The speed target's line (target, achieved, predicted, ideal) for the summary, when a pass had one."""
+    for record in records:
+        result = record.result.details.get("speed_target") if record.result else None
+        if result:
+            return {"speed_target": next((n for n in record.result.notes if n.startswith("speed target")), ""),
+                    "speed_target_result": result["result"]}
+    return {}
 
 
 def _no_gain_warnings(recipe: Recipe, records: list[PassRecord], ctx: PassContext, macs_before: int,

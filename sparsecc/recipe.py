@@ -45,6 +45,19 @@ class Recipe:
 
         return [make_pass(n) for n in CANONICAL_PASSES] + [make_pass(n, **o) for n, o in self.passes]
 
+    def with_options(self, pass_name: str, options: dict[str, Any], why: str) -> "Recipe":
+        """A copy with ``options`` added to every ``pass_name`` pass (e.g. a speed target on ``plan-filters``).
+
+        Raises:
+            OptionError: The recipe has no such pass (``why`` names the option that needed it).
+        """
+        if not any(name == pass_name for name, _ in self.passes):
+            raise OptionError(f"{why} needs a recipe with a {pass_name} pass; recipe '{self.name}' has none",
+                              where=self.source, fix="use a filter recipe (filter-l1, filter-l2, hybrid-24) or your "
+                                                     f"own with {pass_name}")
+        passes = [(name, {**opts, **options} if name == pass_name else dict(opts)) for name, opts in self.passes]
+        return Recipe(self.name, self.description, passes, dict(self.verify), self.source)
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "source": self.source,
                 "passes": [{n: o} if o else n for n, o in self.passes], "verify": self.verify}

@@ -108,7 +108,9 @@ def planning_passes(recipe, fraction: float = 1.0) -> list[tuple[str, dict[str, 
                 options["keep"] = 1.0 - fraction * (1.0 - float(options.get("keep", 0.5)))
                 if options.get("ratios"):
                     options["ratios"] = {k: 1.0 - fraction * (1.0 - v) for k, v in options["ratios"].items()}
-            if name == "plan-filters":
+            if name == "plan-filters" and (options.get("target_speedup") or options.get("target_latency")):
+                options["target_share"] = fraction * float(options.get("target_share", 1.0))  # of the saving
+            elif name == "plan-filters":
                 options["ratio"] = fraction * float(options.get("ratio", 0.4))
             if name == "plan-deprune":  # depthwise taps and PW2 filters ramp together
                 options["dw_ratio"] = fraction * float(options.get("dw_ratio", 0.8))
@@ -162,7 +164,8 @@ def _export_bytes(module, example, dynamo: bool = False, opset: int = 17, dynami
         module.train(was_training)
 
 
-def plan_for_module(module, recipe, example=None, fraction: float = 1.0):
+def plan_for_module(module, recipe, example=None, fraction: float = 1.0, timing_cache=None,
+                    report: dict | None = None):
     """Makes the recipe's sparsity plan on an ONNX export of ``module``, as ``compile`` would.
 
     Args:
@@ -171,6 +174,9 @@ def plan_for_module(module, recipe, example=None, fraction: float = 1.0):
             :func:`planning_passes`).
         example: One input batch (batch 1) for the export.
         fraction: Share of the recipe's pruning, for gradual schedules. Defaults to 1.0.
+        timing_cache: The timing cache file of measured choices (speed targets), or "off". Defaults to
+            ``$SPARSECC_TIMING_CACHE``, else ``~/.cache/sparsecc/timing-cache.json``.
+        report: A dict to receive what a speed target found (``plan-filters``' result). Defaults to none.
 
     Returns:
         A :class:`~sparsecc.plan.SparsityPlan` keyed by ONNX initializer names, which are the
@@ -178,6 +184,7 @@ def plan_for_module(module, recipe, example=None, fraction: float = 1.0):
     """
     import onnx
 
+    from sparsecc.lowering import open_timing_cache
     from sparsecc.model import clamp_ir_version, load_model
     from sparsecc.passes.canonicalize import CANONICAL_PASSES
     from sparsecc.passmanager import PassContext, PassManager, make_pass
@@ -190,8 +197,11 @@ def plan_for_module(module, recipe, example=None, fraction: float = 1.0):
         path.write_bytes(proto.SerializeToString())
         model = load_model(path)
         passes = [make_pass(n) for n in CANONICAL_PASSES] + [make_pass(n, **o) for n, o in stage]
-        ctx = PassContext(model)
-        PassManager(passes).run(ctx)
+        ctx = PassContext(model, timing_cache=open_timing_cache(timing_cache))  # speed targets time layers
+        records = PassManager(passes).run(ctx)
+    for record in records:
+        if report is not None and record.result is not None and "speed_target" in record.result.details:
+            report.update(record.result.details["speed_target"]["result"])
     if ctx.plan is None or not len(ctx.plan):
         raise PlanError("the recipe planned no weight of this model", where="plan_for_module",
                         fix="check the recipe's layer selection against `sparsecc inspect` of the export")
@@ -417,6 +427,7 @@ class FinetuneResult:
         rank, world_size: This process in a distributed run (0 and 1 otherwise).
         mask_digest: SHA-256 of the final masks (names and bits), to compare runs.
         rank_mask_digests: Every rank's digest, gathered (one entry when not distributed).
+        speed_target: With a speed target, the last plan's result: target, predicted, measured, ideal.
     """
 
     module: Any
@@ -431,6 +442,7 @@ class FinetuneResult:
     world_size: int = 1
     mask_digest: str = ""
     rank_mask_digests: list[str] = field(default_factory=list)
+    speed_target: dict = field(default_factory=dict)
 
 
 def evaluate(module, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
@@ -530,7 +542,7 @@ def random_shift(batch, generator, pad: int = 2):
 def finetune(module, split, recipe=None, *, plan=None, epochs: int = 3, schedule: str = "one-shot",
              lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 5e-4, seed: int = 0,
              augment: bool = True, train_limit: int | None = None,
-             log: Callable[[str], None] | None = None) -> FinetuneResult:
+             log: Callable[[str], None] | None = None, timing_cache=None) -> FinetuneResult:
     """Prunes ``module`` by a recipe (or applies a given plan) and fine-tunes it with the masks kept.
 
     Runs unchanged under ``torchrun``: with ``WORLD_SIZE > 1`` it joins the process group (gloo
@@ -554,6 +566,8 @@ def finetune(module, split, recipe=None, *, plan=None, epochs: int = 3, schedule
         augment: Random shifts of up to 2 pixels. Defaults to True.
         train_limit: Use only the first N training images (quick checks). Defaults to all.
         log: Progress callback (rank 0 only). Defaults to sparsecc's progress lines on stderr.
+        timing_cache: Timing cache file for a speed target's measurements, or "off". Defaults to the
+            user's (see :func:`plan_for_module`).
 
     Raises:
         OptionError: Neither or both of recipe and plan; unknown schedule; a gradual plan.
@@ -585,9 +599,12 @@ def finetune(module, split, recipe=None, *, plan=None, epochs: int = 3, schedule
                              fix="use a model made for this data set's input shape, or another data set") from None
 
     fractions = gradual_fractions(epochs) if schedule == "gradual" and epochs else [1.0]
+    speed_target: dict = {}
 
     def make_plan(fraction: float):
-        return plan if plan is not None else plan_for_module(inner, recipe, example, fraction)
+        if plan is not None:
+            return plan
+        return plan_for_module(inner, recipe, example, fraction, timing_cache, report=speed_target)
 
     current = make_plan(fractions[0])
     masks = masks_for_module(current, inner)
@@ -597,7 +614,8 @@ def finetune(module, split, recipe=None, *, plan=None, epochs: int = 3, schedule
     training = torch.nn.parallel.DistributedDataParallel(inner) if world > 1 else inner
     optimizer = torch.optim.AdamW(inner.parameters(), lr=lr, weight_decay=weight_decay)
     keeper = MaskKeeper(inner, masks, optimizer)
-    result = FinetuneResult(inner, current, keeper.masks, n=int(len(split.y_test)), rank=rank, world_size=world)
+    result = FinetuneResult(inner, current, keeper.masks, n=int(len(split.y_test)), rank=rank, world_size=world,
+                            speed_target=speed_target)
     result.top1_before_finetune = evaluate(inner, split.x_test, split.y_test)
     if epochs:  # what one-shot pruning gives once BatchNorm has seen the pruned weights (no training)
         recalibrate_batchnorm(inner, x_train)

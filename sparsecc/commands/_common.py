@@ -17,3 +17,23 @@ def print_json(data: Any) -> None:
 
     json.dump(data, sys.stdout, indent=2, default=_json_default)
     sys.stdout.write("\n")
+
+
+def add_speed_target_options(parser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--target-speedup", type=float, metavar="X",
+                       help="filter recipes: remove filters until the model runs X times faster on the target "
+                            "(latency tables measured on ONNX Runtime CPU, a knapsack keeping the most importance "
+                            "per ms saved, the result measured and reported); the recipe's ratio is not used")
+    group.add_argument("--target-latency", type=float, metavar="MS",
+                       help="filter recipes: remove filters until one run takes MS milliseconds (CPU time at one "
+                            "thread on ONNX Runtime CPU)")
+
+
+def with_speed_target(recipe, args):
+    """The recipe with the command line's speed target set on its plan-filters passes (unchanged without one)."""
+    if args.target_speedup is None and args.target_latency is None:
+        return recipe
+    option = "--target-speedup" if args.target_speedup is not None else "--target-latency"
+    return recipe.with_options("plan-filters", {"target_speedup": args.target_speedup,
+                                                "target_latency": args.target_latency}, option)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparsecc.commands._common import add_shape_option, print_json
+from sparsecc.commands._common import add_shape_option, add_speed_target_options, print_json, with_speed_target
 
 
 def register(subparsers) -> None:
@@ -28,6 +28,7 @@ def register(subparsers) -> None:
     parser.add_argument("--timing-cache", metavar="FILE",
                         help="timing cache of measured choices ('off' to measure afresh and keep nothing). "
                              "Default: $SPARSECC_TIMING_CACHE, else ~/.cache/sparsecc/timing-cache.json")
+    add_speed_target_options(parser)
     parser.add_argument("--trace", action="store_true",
                         help="print, after each pass, why each rewrite did not fire on each layer (stderr)")
     parser.add_argument("--list-passes", action="store_true", help="list the registered passes and exit")
@@ -47,7 +48,7 @@ def run(args) -> int:
     from sparsecc.recipe import load_recipe
     from sparsecc.verify_options import verify_config
 
-    recipe = load_recipe(args.recipe)
+    recipe = with_speed_target(load_recipe(args.recipe), args)
     given = {"atol": args.atol, "rtol": args.rtol}
     verify_config(given, where="command line (--atol/--rtol)")  # refused before any work, whatever the recipe
     result = compile_model(args.model, recipe, args.output, shapes=parse_shape_overrides(args.shape),
@@ -61,6 +62,8 @@ def run(args) -> int:
     exact = result.report["verification"]["exact"]
     print(f"compiled {args.model} with recipe '{recipe.name}' in {summary['compile_seconds']} s")
     print(f"  MACs {summary['macs_before']:,} -> {summary['macs_after']:,} (ideal speedup {summary['ideal_speedup']}x)")
+    if summary.get("speed_target"):
+        print(f"  {summary['speed_target']}")
     for warning in summary.get("warnings", []):
         print(f"  warning: {warning}")
     print(f"  verified against the {result.report['verification']['against']}: worst relative error "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
+    from sparsecc.commands._common import add_speed_target_options
     from sparsecc.data import DATASETS
 
     parser = subparsers.add_parser("finetune", help="prune by a recipe or plan and fine-tune in PyTorch "
@@ -25,6 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--data", required=True, metavar="NAME", help="data set: " + ", ".join(DATASETS))
     parser.add_argument("--recipe", help="recipe whose planning passes make the masks (e.g. groupwise-50)")
     parser.add_argument("--plan", help="plan.json made on MODEL's ONNX file, applied instead of a recipe")
+    add_speed_target_options(parser)
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs. Default: 3")
     parser.add_argument("--schedule", choices=["one-shot", "gradual"], default="one-shot",
                         help="prune once then train, or ramp the pruning up (cubic) over the first "
@@ -35,6 +37,9 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="data order and augmentation seed. Default: 0")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads per process (1 keeps runs repeatable). Default: 1")
+    parser.add_argument("--timing-cache", metavar="FILE",
+                        help="timing cache of a speed target's measurements ('off': measure afresh, keep nothing). "
+                             "Default: $SPARSECC_TIMING_CACHE, else ~/.cache/sparsecc/timing-cache.json")
     parser.add_argument("--dynamo", action="store_true", help="export with the torch.export-based exporter")
     parser.add_argument("-o", "--output", required=True, help="output folder (model.onnx, plan.json, finetune.json)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -50,6 +55,9 @@ def run(args) -> int:
     if (args.recipe is None) == (args.plan is None):
         raise OptionError("give either --recipe or --plan", where="finetune",
                           fix="--recipe groupwise-50 prunes here; --plan plan.json applies a plan made elsewhere")
+    if args.plan is not None and (args.target_speedup is not None or args.target_latency is not None):
+        raise OptionError("a speed target plans the filters, so it needs --recipe, not --plan", where="finetune",
+                          fix="e.g. --recipe filter-l2 --target-speedup 2")
     if Path(args.model).suffix == ".onnx" and not args.arch:
         raise OptionError("an .onnx MODEL needs --arch, the zoo architecture it was exported from",
                           where=args.model, fix="e.g. --arch resnet18-digits (sparsecc zoo list)")
@@ -68,10 +76,21 @@ def run(args) -> int:
               f"{summary['schedule']}, {summary['epochs']} epochs): top-1 dense {summary['dense_top1']:.4f}, "
               f"pruned {summary['top1_before_finetune']:.4f}, fine-tuned {summary['top1']:.4f} "
               f"on {summary['n']} test images (ONNX Runtime: {summary['onnx_top1']:.4f})")
+        if summary.get("speed_target"):
+            print(f"  {speed_line(summary['speed_target'])}")
         print(f"wrote {args.output}/: model.onnx, plan.json, plan.npz, finetune.json")
         print(f"next: sparsecc compile {args.output}/model.onnx --recipe {detect_recipe(Path(args.output))} "
               "--shape input:1x1x32x32 -o OUT")
     return 0
+
+
+def speed_line(result: dict) -> str:
+    """The speed target's outcome in one line (measured on the pruned export before fine-tuning)."""
+    if "achieved" not in result:
+        return f"speed target {result['target']}: predicted {result['predicted']}x (not measured), ideal {result['ideal']}x"
+    return (f"speed target {result['target']}: {'reached' if result['reached'] else 'NOT reached'}: "
+            f"{result['achieved']:.3f}x measured (CPU time, 1 thread; wall {result['wall']:.3f}x), predicted "
+            f"{result['predicted']}x, ideal {result['ideal']}x")
 
 
 def detect_recipe(folder: Path) -> str:
@@ -93,6 +112,7 @@ def finetune_model(args) -> dict | None:
 
     import sparsecc.torch as st
     from sparsecc import zoo
+    from sparsecc.commands._common import with_speed_target
     from sparsecc.compiler import prepare_output_dir
     from sparsecc.data import load_dataset
     from sparsecc.errors import OptionError
@@ -120,12 +140,13 @@ def finetune_model(args) -> dict | None:
         module = zoo.build_model(name, pretrained=True)
     split = load_dataset(args.data)
     # a bad recipe or plan is refused before the output folder is made
-    recipe = load_recipe(args.recipe) if args.recipe else None
+    recipe = with_speed_target(load_recipe(args.recipe), args) if args.recipe else None
     plan = SparsityPlan.load(args.plan) if args.plan else None
     out = prepare_output_dir(args.output, Path(source))
     dense = st.evaluate(module, split.x_test, split.y_test)
     result = st.finetune(module, split, recipe, plan=plan, epochs=args.epochs, schedule=args.schedule,
-                         lr=args.lr, batch_size=args.batch_size, seed=args.seed, train_limit=args.train_limit)
+                         lr=args.lr, batch_size=args.batch_size, seed=args.seed, train_limit=args.train_limit,
+                         timing_cache=args.timing_cache)
     if result.rank != 0:
         return None
     example = torch.from_numpy(split.x_test[:1].copy())
@@ -134,6 +155,7 @@ def finetune_model(args) -> dict | None:
     result.plan.save(out / "plan.json")
     onnx_top1 = evaluate_onnx(out / "model.onnx", args.data)["top1"]
     summary = {"model": name, "source": str(source), "data": args.data, "recipe": args.recipe, "plan": args.plan,
+               "target_speedup": args.target_speedup, "target_latency_ms": args.target_latency,
                "schedule": args.schedule, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
                "train_images": int(min(len(split.y_train), args.train_limit or len(split.y_train))),
                "seed": args.seed, "world_size": result.world_size, "mask_digest": result.mask_digest,
@@ -141,7 +163,7 @@ def finetune_model(args) -> dict | None:
                "top1_before_finetune": result.top1_before_finetune,
                "top1_one_shot_bn": result.top1_one_shot_bn, "top1": result.top1, "onnx_top1": onnx_top1,
                "pruned_share_of_planned_weights": round(st.pruned_share(result.masks), 4),
-               "history": result.history, "exporter": "dynamo" if args.dynamo else "torchscript",
+               "speed_target": result.speed_target or None, "history": result.history, "exporter": "dynamo" if args.dynamo else "torchscript",
                "torch_version": torch.__version__}
     write_bytes_atomic(out / "finetune.json", (json.dumps(summary, indent=2) + "\n").encode())
     progress(f"wrote {out}")

@@ -36,10 +36,11 @@ Seconds = Callable[[np.ndarray, np.ndarray], np.ndarray]
 @dataclass(frozen=True)
 class Term:
     """How one group's kept count enters a layer's channel dimension: ``stride`` elements per channel
-    (a Flatten into a Gemm makes each channel a block of H*W features)."""
+    (a Flatten into a Gemm makes each channel a block of H*W features; a layer that reads part of a
+    group gets that share of it)."""
 
     group: str
-    stride: int = 1
+    stride: float = 1
 
 
 @dataclass
@@ -67,9 +68,9 @@ class LayerCost:
         return {t.group for t in self.inputs + self.outputs}
 
     def dims(self, kept: Mapping[str, int | np.ndarray]) -> tuple:
-        c_in = self.fixed_in + sum(t.stride * kept[t.group] for t in self.inputs)
-        c_out = self.fixed_out + sum(t.stride * kept[t.group] for t in self.outputs)
-        return c_in, c_out
+        c_in = self.fixed_in + sum(t.stride * np.asarray(kept[t.group]) for t in self.inputs)
+        c_out = self.fixed_out + sum(t.stride * np.asarray(kept[t.group]) for t in self.outputs)
+        return np.round(c_in, 6), np.round(c_out, 6)  # a share of a group can leave 63.9999999
 
     def at(self, kept: Mapping[str, int | np.ndarray]):
         c_in, c_out = self.dims(kept)

@@ -1,0 +1,348 @@
+"""Filter pruning to a speed target: tables, allocation, removal on a copy, measurement, correction.
+
+What ``plan-filters`` does with ``target_speedup`` or ``target_latency``:
+
+1. Latency tables of every layer whose channels a candidate group makes or reads
+   (:mod:`~sparsecc.latency.sampling`), on the target backend at the compile shapes.
+2. Allowed kept counts per group: multiples of the alignment asked for (``round_to``) and of the
+   steps the group's kernels were found to prefer, at least ``min_keep`` of the group, and none
+   that would bring back a dead channel (a channel whose filters are all zero stays removed).
+3. The allocation (:func:`~sparsecc.latency.allocate.allocate`): the most importance (the filter
+   metric's scores) within ``budget = tables' dense latency / target``.
+4. With a measuring timer, the allocation is checked: the filters are removed on a copy, the copy
+   is timed against the unpruned model (paired, interleaved, CPU time at one thread: the stable
+   measure; wall clock reported beside it; through the timing cache), and the budget is corrected
+   by what was measured (a model is more than its tables: other ops, caches) for a few rounds.
+   The round whose measured speedup reaches the target with the most importance kept is taken.
+
+The result reports the target, what the tables predicted, what was measured (with its interval
+and the load) and the ideal (MAC ratio), for every round.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from sparsecc.dependency import ChannelGroup, reindex_groups
+from sparsecc.errors import OptionError
+from sparsecc.latency.allocate import Allocation, GroupOptions, allocate, network_seconds
+from sparsecc.latency.network import PrunableLayer, layer_costs, prunable_layers
+from sparsecc.latency.sampling import build_tables
+from sparsecc.latency.tables import LayerTable
+from sparsecc.latency.timers import TIMERS, make_timer
+from sparsecc.model import Model
+
+__all__ = ["SpeedTarget", "TargetResult", "plan_to_target", "allowed_counts", "group_steps"]
+
+REACHED = 0.99  # a measured speedup within 1% under the target counts as reaching it (the intervals are wider)
+
+
+@dataclass(frozen=True)
+class SpeedTarget:
+    """What to reach, and how to get there.
+
+    Attributes:
+        speedup: Target speedup over the unpruned model (e.g. 2.0), or None.
+        latency_ms: Target latency in ms (CPU time of one run at one thread with a measuring
+            timer; the timer's unit otherwise), or None. Exactly one of the two is given.
+        share: Share of the saving to the target to plan now (gradual schedules ramp it). Defaults to 1.0.
+        timer: "measured" (ONNX Runtime CPU), "analytic" or "gpu-roofline" (lower-tensorrt's GPU
+            model). Defaults to "measured".
+        min_keep: Least share of a group's channels kept. Defaults to 0.1.
+        rounds: Measured rounds of correction at most (0: take the tables' allocation as it is).
+            Defaults to 3.
+        tolerance: A measured speedup up to this much over the target is accepted without another
+            round. Defaults to 0.04.
+    """
+
+    speedup: float | None = None
+    latency_ms: float | None = None
+    share: float = 1.0
+    timer: str = "measured"
+    min_keep: float = 0.1
+    rounds: int = 3
+    tolerance: float = 0.04
+
+    def __post_init__(self):
+        where = "plan-filters"
+        if (self.speedup is None) == (self.latency_ms is None):
+            raise OptionError("give one of target_speedup and target_latency", where=where,
+                              fix="e.g. --target-speedup 2, or --target-latency 5 (ms)")
+        if self.speedup is not None and not (isinstance(self.speedup, (int, float)) and 1.0 < self.speedup < 1e3):
+            raise OptionError(f"target speedup {self.speedup!r} is not a number above 1", where=f"{where}: target_speedup",
+                              fix="e.g. 2 for twice as fast")
+        if self.latency_ms is not None and not (isinstance(self.latency_ms, (int, float)) and self.latency_ms > 0):
+            raise OptionError(f"target latency {self.latency_ms!r} ms is not a positive number",
+                              where=f"{where}: target_latency", fix="give milliseconds, e.g. 5")
+        if not 0.0 < self.share <= 1.0:
+            raise OptionError(f"target share {self.share!r} is not in (0, 1]", where=f"{where}: target_share")
+        if self.timer not in TIMERS:
+            raise OptionError(f"unknown latency timer {self.timer!r}", where=f"{where}: timer",
+                              fix=f"use one of {', '.join(TIMERS)}")
+        if not 0.0 < self.min_keep <= 1.0:
+            raise OptionError(f"min_keep {self.min_keep!r} is not in (0, 1]", where=f"{where}: min_keep",
+                              fix="e.g. 0.1: every group keeps at least 10% of its channels")
+        if not isinstance(self.rounds, int) or self.rounds < 0 or not 0.0 <= self.tolerance < 1.0:
+            raise OptionError("target rounds must be an integer >= 0 and tolerance in [0, 1)", where=where)
+
+    def describe(self) -> str:
+        what = f"{self.speedup:g}x faster" if self.speedup is not None else f"{self.latency_ms:g} ms"
+        return what + (f" ({self.share:.0%} of the way there)" if self.share < 1.0 else "")
+
+
+@dataclass
+class TargetResult:
+    """The channels to keep per group, and how the target was met (for the pass's report)."""
+
+    kept: dict[str, np.ndarray]
+    details: dict[str, Any]
+    notes: list[str]
+
+
+def group_steps(layers: list[PrunableLayer], tables: Mapping[str, LayerTable]) -> dict[str, int]:
+    """Per group, the largest step any of its layers' kernels was found to prefer on the group's side."""
+    steps: dict[str, int] = {}
+    for layer in layers:
+        table = tables.get(layer.name)
+        if table is None:
+            continue
+        sides = [(layer.outputs, table.outputs)] + ([] if layer.geometry.depthwise else [(layer.inputs, table.inputs)])
+        for terms, axis in sides:
+            if axis is None or len(terms) != 1 or terms[0].stride != 1:
+                continue  # a side made of several groups, or a Flatten: no one group's step
+            steps[terms[0].group] = max(steps.get(terms[0].group, 1), axis.step)
+    return steps
+
+
+def allowed_counts(size: int, alignment: int, min_keep: float, dead: int = 0) -> np.ndarray:
+    """Kept counts a group may take: multiples of ``alignment`` from ``min_keep`` of the group up, plus
+    the whole group, none above ``size - dead`` (dead channels stay removed); never empty."""
+    ceiling = size - dead
+    low = max(alignment, int(math.ceil(min_keep * size / alignment)) * alignment)
+    counts = [c for c in range(low, ceiling + 1, alignment)]
+    if ceiling == size:
+        counts.append(size)
+    if not counts:  # the group is smaller than one multiple, or the dead channels leave less than one
+        counts = [max(1, min(ceiling, alignment))]
+    return np.unique(np.asarray(counts, dtype=np.int64))
+
+
+def _options(candidates: Mapping[str, ChannelGroup], scores: Mapping[str, np.ndarray], steps: Mapping[str, int],
+             round_to: int, min_keep: float) -> tuple[list[GroupOptions], dict[str, dict]]:
+    options, described = [], {}
+    for label, group in candidates.items():
+        found = steps.get(label, 1)
+        alignment = math.lcm(max(1, round_to), found)
+        dead = int(np.count_nonzero(np.asarray(scores[label]) == 0.0))
+        counts = allowed_counts(group.size, alignment, min_keep, dead)
+        options.append(GroupOptions(label, scores[label], counts))
+        described[label] = {"size": group.size, "step_found": found, "alignment": alignment, "dead": dead,
+                            "counts": f"{counts[0]}..{counts[-1]}" if len(counts) > 1 else str(counts[0])}
+    return options, described
+
+
+def _kept_channels(scores: Mapping[str, np.ndarray], counts: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """The ``count`` highest-scoring channels of each group, in channel order (ties: lower index kept)."""
+    kept = {}
+    for label, count in counts.items():
+        order = np.argsort(-np.asarray(scores[label], dtype=np.float64), kind="stable")
+        kept[label] = np.sort(order[:count]).astype(np.int64)
+    return kept
+
+
+def pruned_copy(model: Model, candidates: Mapping[str, ChannelGroup], kept: Mapping[str, np.ndarray]) -> Model:
+    """A copy of ``model`` with only the ``kept`` channels of each group (the edit ``remove-filters`` makes)."""
+    copy = model.copy()
+    edits = [(candidates[label], indices) for label, indices in kept.items() if len(indices) < candidates[label].size]
+    if edits:
+        reindex_groups(copy, edits)
+    return copy
+
+
+def _macs(model: Model) -> int:
+    from sparsecc.layers import analyse_layers
+
+    return sum(layer.macs or 0 for layer in analyse_layers(model)[0])
+
+
+def plan_to_target(model: Model, candidates: Mapping[str, ChannelGroup], scores: Mapping[str, np.ndarray],
+                   round_to: int, target: SpeedTarget, cache=None,
+                   progress: Callable[[str], None] | None = None) -> TargetResult:
+    """The channels each candidate group keeps to meet ``target`` with the most importance kept.
+
+    Args:
+        model: The model (canonical; not modified).
+        candidates: Label -> the editable channel groups that may be pruned.
+        scores: Label -> importance of each channel (higher = keep), comparable across groups.
+        round_to: Kept counts are multiples of this (and of the step the kernels were found to prefer).
+        target: What to reach.
+        cache: The timing cache. Defaults to one kept in memory.
+        progress: Called with progress lines. Defaults to none.
+    """
+    timer = make_timer(target.timer, cache=cache)
+    layers = prunable_layers(model, candidates)
+    tables = build_tables(layers, timer, progress)
+    costs = layer_costs(layers, tables)
+    options, groups_described = _options(candidates, scores, group_steps(layers, tables), round_to, target.min_keep)
+    dense_kept = {g.id: g.size for g in options}
+    dense_seconds = network_seconds(costs, dense_kept)
+    details: dict[str, Any] = {
+        "target": target.describe(), "timer": timer.describe(), "layers_timed": len(tables),
+        "tables": {name: table.to_dict() for name, table in tables.items()}, "groups": groups_described,
+        "tables_dense_ms": round(dense_seconds * 1e3, 4), "rounds": []}
+    measuring = timer.measured and target.rounds > 0
+    dense_macs = _macs(model)
+    speedup = _planned_speedup(target, dense_seconds)
+    share, rounds, dense_ms = 1.0 / speedup, [], None
+    for index in range(max(1, target.rounds if measuring else 1)):
+        allocation = allocate(options, costs, share * dense_seconds)
+        if any(allocation.kept == earlier.kept for _, earlier, _ in rounds):
+            break  # the corrected budget gives an allocation already measured: nothing new to learn
+        kept = _kept_channels(scores, allocation.kept)
+        pruned = pruned_copy(model, candidates, kept)
+        row = _round_row(index, share, allocation, dense_macs, _macs(pruned))
+        if measuring:
+            evidence = _measure(model, pruned, cache, _pairs(dense_seconds))
+            row["measured"] = evidence
+            dense_ms = dense_ms or evidence["cpu_ms"][0]
+            if target.latency_ms is not None and index == 0:
+                # the latency target is on the measured scale: now that the dense model was timed, it is a speedup
+                speedup = max(1.0 + 1e-6, dense_ms / _latency_goal(target, dense_ms))
+            row["target_speedup"] = round(speedup, 4)
+        rounds.append((row, allocation, kept))
+        if progress:
+            progress(_round_line(row))
+        if not measuring or not allocation.feasible:
+            break
+        achieved = row["measured"]["cpu"]["estimate"]
+        if speedup * REACHED <= achieved <= speedup * (1 + target.tolerance):
+            break
+        share = _corrected_share(rounds, dense_seconds, speedup)
+    chosen = _choose(rounds, speedup, measuring)
+    row, allocation, kept = rounds[chosen]
+    details["rounds"] = [r for r, _, _ in rounds]
+    details["chosen_round"] = chosen
+    details["result"] = _result(row, speedup, target, measuring, allocation)
+    notes = [_summary(details["result"], target)]
+    if not allocation.feasible:
+        notes.append(f"the target cannot be reached by removing filters: even the smallest allowed counts "
+                     f"(min_keep {target.min_keep:g}, alignment) leave the timed layers at "
+                     f"{allocation.least_seconds * 1e3:.3f} ms of {allocation.dense_seconds * 1e3:.3f} ms")
+    return TargetResult(kept, details, notes)
+
+
+def _corrected_share(rounds: list, dense_seconds: float, speedup: float) -> float:
+    """The next budget, as a share of the tables' dense latency, from what was measured so far.
+
+    A model is more than its tables (a per-run overhead, ops no table covers, caches), so its measured
+    time is taken as affine in the tables' latency: the dense model (time 1) and the measured round
+    closest to the target fix the line, and the budget is where it meets ``1 / speedup``.
+    """
+    row, allocation, _ = min(rounds, key=lambda r: abs(r[0]["measured"]["cpu"]["estimate"] - speedup))
+    measured = 1.0 / row["measured"]["cpu"]["estimate"]
+    planned = allocation.seconds / dense_seconds
+    if planned >= 1.0 or measured >= 1.0:
+        return max(allocation.least_seconds / dense_seconds, planned * 0.8)
+    slope = (1.0 - measured) / (1.0 - planned)
+    share = 1.0 - (1.0 - 1.0 / speedup) / slope
+    return float(np.clip(share, allocation.least_seconds / dense_seconds, 1.0))
+
+
+def _planned_speedup(target: SpeedTarget, dense_seconds: float) -> float:
+    """The speedup the allocation first aims at: the target's, ramped by ``share``; a latency target is
+    first taken on the tables' scale (corrected once the dense model is measured)."""
+    goal = target.speedup if target.speedup is not None else max(1.0 + 1e-6, dense_seconds * 1e3 / target.latency_ms)
+    return 1.0 / (1.0 - target.share * (1.0 - 1.0 / goal))
+
+
+def _latency_goal(target: SpeedTarget, dense_ms: float) -> float:
+    return dense_ms - target.share * (dense_ms - target.latency_ms)
+
+
+def _round_row(index: int, share: float, allocation: Allocation, dense_macs: int, macs: int) -> dict[str, Any]:
+    return {"round": index + 1, "budget_share": round(share, 5),
+            "predicted_speedup": round(allocation.dense_seconds / allocation.seconds, 4) if allocation.seconds else None,
+            "ideal": round(dense_macs / macs, 4) if macs else None, "macs": macs, "kept": dict(allocation.kept),
+            "importance_kept": round(allocation.value, 4), "feasible": allocation.feasible}
+
+
+def _measure(dense: Model, pruned: Model, cache, pairs: int) -> dict[str, Any]:
+    """Paired timing of the pruned copy against the unpruned model (one thread), through the timing cache.
+
+    A fixed number of pairs (a small model's runs are short and noisy, so it gets more), whatever the
+    load: the decision reads CPU time, which load leaves steady at one thread.
+    """
+    import onnxruntime as ort
+
+    from sparsecc.environment import cpu_model
+    from sparsecc.lowering.timing_cache import TimingCache, graph_signature
+    from sparsecc.measure import MeasureSettings, measure_models
+
+    key = TimingCache.key({"what": "speed-target model", "dense": graph_signature(dense.graph),
+                           "pruned": graph_signature(pruned.graph), "backend": f"onnxruntime {ort.__version__} CPU",
+                           "threads": 1, "cpu": cpu_model()})
+    entry = cache.get(key) if cache is not None else None
+    if entry is not None:
+        return {**entry, "source": "timing cache"}
+    result = measure_models({"dense": dense, "pruned": pruned}, "dense", threshold=None, threads=1,
+                            settings=MeasureSettings.fixed(pairs))
+    entry = result.evidence["pruned"].to_dict()
+    if cache is not None:
+        cache.put(key, entry)
+    return {**entry, "source": "measured"}
+
+
+def _pairs(dense_seconds: float) -> int:
+    """Pairs for a whole-model measurement: about 4 s of runs, 20 to 200 pairs."""
+    return int(np.clip(4.0 / max(2 * dense_seconds, 1e-6), 20, 200))
+
+
+def _choose(rounds: list, speedup: float, measuring: bool) -> int:
+    """The round that reaches the target with the most importance kept; else the fastest measured."""
+    if not measuring:
+        return len(rounds) - 1
+    reached = [i for i, (row, _, _) in enumerate(rounds) if row["measured"]["cpu"]["estimate"] >= speedup * REACHED]
+    if reached:
+        return max(reached, key=lambda i: (rounds[i][0]["importance_kept"], -i))
+    return max(range(len(rounds)), key=lambda i: (rounds[i][0]["measured"]["cpu"]["estimate"], -i))
+
+
+def _result(row: dict, speedup: float, target: SpeedTarget, measuring: bool, allocation: Allocation) -> dict[str, Any]:
+    result = {"target": target.describe(), "target_speedup": round(speedup, 4), "predicted": row["predicted_speedup"],
+              "ideal": row["ideal"], "feasible": allocation.feasible, "round": row["round"]}
+    if measuring:
+        measured = row["measured"]
+        result.update(achieved=measured["cpu"]["estimate"], achieved_interval=[measured["cpu"]["low"],
+                                                                               measured["cpu"]["high"]],
+                      wall=measured["wall"]["estimate"], dense_ms=measured["cpu_ms"][0],
+                      pruned_ms=measured["cpu_ms"][1], load=measured["load"], pairs=measured["pairs"],
+                      source=measured["source"], reached=measured["cpu"]["estimate"] >= speedup * REACHED)
+    return result
+
+
+def _round_line(row: dict[str, Any]) -> str:
+    line = (f"speed target round {row['round']}: budget {row['budget_share']:.3f} of the timed layers, predicted "
+            f"{row['predicted_speedup']}x, ideal {row['ideal']}x")
+    if "measured" in row:
+        m = row["measured"]
+        line += (f", measured {m['cpu']['estimate']:.3f}x [{m['cpu']['low']:.3f}, {m['cpu']['high']:.3f}] CPU time "
+                 f"(wall {m['wall']['estimate']:.3f}x, load {m['load']['before'][0]:.2f}->{m['load']['after'][0]:.2f},"
+                 f" {m['source']})")
+    return line
+
+
+def _summary(result: dict[str, Any], target: SpeedTarget) -> str:
+    if "achieved" not in result:
+        return (f"speed target {result['target']}: predicted {result['predicted']}x by the {target.timer} tables "
+                f"(not measured), ideal {result['ideal']}x")
+    low, high = result["achieved_interval"]
+    verdict = "reached" if result["reached"] else "NOT reached"
+    return (f"speed target {result['target']} (= {result['target_speedup']:.3f}x): {verdict}: achieved "
+            f"{result['achieved']:.3f}x [{low:.3f}, {high:.3f}] (CPU time, 1 thread, paired; wall clock "
+            f"{result['wall']:.3f}x; {result['dense_ms']:.3f} -> {result['pruned_ms']:.3f} ms; load "
+            f"{result['load']['before'][0]:.2f}->{result['load']['after'][0]:.2f}), predicted {result['predicted']}x, "
+            f"ideal {result['ideal']}x")

@@ -1,0 +1,161 @@
+"""Filter pruning to a speed target: plan-filters' target options, coupled groups, dead channels, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sparsecc.errors import OptionError
+from sparsecc.latency.target import SpeedTarget, allowed_counts
+from sparsecc.passmanager import PassContext, PassManager, make_pass
+from sparsecc.verify import VerifyConfig
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+EXACT = VerifyConfig(atol=1e-5, rtol=1e-5)
+
+
+class Block(nn.Module):
+    def __init__(self, c: int, width: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, width, 1), nn.BatchNorm2d(width), nn.ReLU(),
+                                  nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                                  nn.Conv2d(width, c, 1), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return torch.relu(x + self.body(x))
+
+
+def residual_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), Block(32, 64), Block(32, 64),
+                         nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, 10)).eval()
+
+
+def export(module: nn.Module, path, size: int = 16):
+    from sparsecc.model import load_model
+
+    torch.onnx.export(module, torch.randn(1, 3, size, size), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"])
+    return load_model(path)
+
+
+def compile_passes(model, passes):
+    ctx = PassContext(model, cost_model="analytic")
+    records = PassManager([make_pass("constants-to-initializers"), make_pass("fold-batchnorm")] + passes,
+                          verify=EXACT).run(ctx)
+    return ctx, {r.name: r for r in records}
+
+
+def test_analytic_target_plans_aligned_counts_and_removes_coupled_channels_exactly(tmp_path):
+    model = export(residual_net(), tmp_path / "net.onnx")
+    ctx, records = compile_passes(model, [
+        make_pass("plan-filters", metric="l2", target_speedup=2.0, round_to=8, layers={"exclude_first_last": False}),
+        make_pass("apply-plan"), make_pass("remove-filters")])
+    assert records["remove-filters"].verification["passed"]  # the residual group edited everywhere at once
+    speed = records["plan-filters"].result.details["speed_target"]
+    result = speed["result"]
+    assert "achieved" not in result  # analytic: predicted, not measured
+    assert result["predicted"] >= 2.0 and result["feasible"]
+    assert result["ideal"] > 1.0
+    for label, group in records["remove-filters"].result.details["groups"].items():
+        assert group["after"] % 8 == 0 or group["after"] == group["before"], label
+    # the residual group (stem and the two blocks' last convs) keeps one channel count in all three
+    widths = {n.name: n.inputs[1].values.shape[0] for n in ctx.model.graph.nodes
+              if n.op == "Conv" and n.name in ("/0/Conv", "/3/body/body.6/Conv", "/4/body/body.6/Conv")}
+    assert len(widths) == 3 and len(set(widths.values())) == 1, widths
+    assert any("speed target 2x faster" in note for note in records["plan-filters"].result.notes)
+
+
+def test_dead_channels_stay_removed(tmp_path):
+    net = residual_net()
+    with torch.no_grad():  # zero some filters of the first 3x3 conv of block 1, as a gradual schedule's earlier step did
+        net[3].body[3].weight[:8] = 0.0
+    model = export(net, tmp_path / "net.onnx")
+    ctx, records = compile_passes(model, [
+        make_pass("plan-filters", metric="l2", target_speedup=1.2, round_to=8, min_keep=0.5,
+                  layers={"exclude_first_last": False})])
+    entries = [e for e in ctx.plan.entries.values() if e.layer.endswith("3/body/body.3/Conv")]
+    assert entries, "the block's 3x3 conv is planned"
+    mask = entries[0].mask
+    assert not mask[:8].any()  # the zero filters are among the removed
+
+
+def test_allowed_counts():
+    assert allowed_counts(64, 16, 0.1).tolist() == [16, 32, 48, 64]
+    assert allowed_counts(64, 8, 0.5).tolist() == [32, 40, 48, 56, 64]
+    assert allowed_counts(64, 16, 0.1, dead=8).tolist() == [16, 32, 48]  # 64 and 56 would bring back dead channels
+    assert allowed_counts(12, 16, 0.1).tolist() == [12]  # smaller than one multiple: left whole
+    assert allowed_counts(100, 16, 0.1).tolist() == [16, 32, 48, 64, 80, 96, 100]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"target_speedup": 2.0, "target_latency": 5.0}, "one of target_speedup"),
+    ({"target_speedup": 0.9}, "above 1"),
+    ({"target_latency": -1.0}, "positive"),
+    ({"target_speedup": 2.0, "scope": "per-layer"}, "all groups at once"),
+    ({"target_speedup": 2.0, "timer": "stopwatch"}, "unknown latency timer"),
+    ({"target_speedup": 2.0, "min_keep": 0.0}, "min_keep"),
+])
+def test_bad_target_options_are_refused(options, message):
+    with pytest.raises(OptionError, match=message):
+        make_pass("plan-filters", **options)
+
+
+def test_target_description():
+    assert SpeedTarget(speedup=2.0).describe() == "2x faster"
+    assert SpeedTarget(latency_ms=5.0, share=0.5).describe() == "5 ms (50% of the way there)"
+
+
+def test_gradual_schedule_ramps_the_saving_not_the_ratio():
+    from sparsecc.recipe import load_recipe
+    from sparsecc.torch import planning_passes
+
+    recipe = load_recipe("filter-l2").with_options("plan-filters", {"target_speedup": 2.0}, "--target-speedup")
+    (name, options), = planning_passes(recipe, fraction=0.25)
+    assert name == "plan-filters" and options["target_share"] == 0.25 and options["ratio"] == 0.4
+
+
+def test_a_recipe_without_filter_planning_refuses_a_target():
+    from sparsecc.recipe import load_recipe
+
+    with pytest.raises(OptionError, match="needs a recipe with a plan-filters pass"):
+        load_recipe("groupwise-50").with_options("plan-filters", {"target_speedup": 2.0}, "--target-speedup")
+
+
+def test_measured_target_reports_target_measured_and_ideal(tmp_path, cli):
+    """The measured path end to end on a small model: structure only, never a timing bound."""
+    path = tmp_path / "net.onnx"
+    export(residual_net(), path, size=32)
+    out = tmp_path / "out"
+    result = cli("compile", path, "--recipe", "filter-l2", "--target-speedup", "1.5", "-o", out, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    speed = report["summary"]["speed_target_result"]
+    assert speed["target_speedup"] == 1.5
+    assert {"achieved", "achieved_interval", "wall", "predicted", "ideal", "load", "pairs"} <= set(speed)
+    low, high = speed["achieved_interval"]
+    assert low <= speed["achieved"] <= high
+    details = next(p for p in report["passes"] if p["name"] == "plan-filters")["details"]["speed_target"]
+    assert details["rounds"] and all("measured" in r for r in details["rounds"])
+    assert report["summary"]["macs_after"] < report["summary"]["macs_before"]
+    # the MAC ratio the report states is the one of the round chosen
+    assert speed["ideal"] == pytest.approx(report["summary"]["macs_before"] / report["summary"]["macs_after"], rel=1e-3)
+
+
+def test_cli_speed_target_errors(tmp_path, cli):
+    path = tmp_path / "net.onnx"
+    export(residual_net(), path)
+    result = cli("compile", path, "--recipe", "groupwise-50", "--target-speedup", "2", "-o", tmp_path / "o")
+    assert result.returncode == 2 and "needs a recipe with a plan-filters pass" in result.stderr
+    result = cli("compile", path, "--recipe", "filter-l2", "--target-speedup", "2", "--target-latency", "3",
+                 "-o", tmp_path / "o")
+    assert result.returncode == 2 and "not allowed with" in result.stderr
+    result = cli("finetune", "vgg16-digits", "--data", "digits", "--plan", str(path), "--target-speedup", "2",
+                 "-o", tmp_path / "ft")
+    assert result.returncode == 2 and "needs --recipe, not --plan" in result.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "ft").exists()
