@@ -1,0 +1,224 @@
+"""Accuracy at a speed target: sparsecc's latency-aware filter pruning against Torch-Pruning, after fine-tuning.
+
+On a zoo model with a trained checkpoint and a data set of ``sparsecc.data`` (MNIST-5k: 1,000 test
+images, digits: 360), every variant is fine-tuned for the same epochs (AdamW, cosine, BatchNorm
+re-estimated, ``sparsecc.torch.finetune``), exported, compiled (filters removed physically, BatchNorm
+folded) and scored on ONNX Runtime; then all are timed in one process, interleaved, against the
+dense model (``sparsecc.measure``: paired rounds, ONNX Runtime spinning off, one thread, CPU time
+and wall clock with 90% intervals, the load before and after).
+
+- sparsecc: ``filter-l2`` (and ``hybrid2``) with ``--target-speedup X``, one-shot and gradual
+  (the latency saving ramped over the first two thirds of the epochs), as ``sparsecc finetune`` runs it:
+  latency tables measured on the export at the data set's shape, the allocation measured and
+  corrected before fine-tuning.
+- Torch-Pruning (global and per-layer ``MagnitudePruner``, L2, ``round_to=8``, the classifier left
+  whole) at several MAC reductions (``--tp-ideals``) and at sparsecc's MACs.
+
+Verdict: is each sparsecc row within 1 point of dense, and faster (paired CPU-time ratio against the
+rival, from the same rounds) than the fastest Torch-Pruning variant that is also within 1 point?
+
+Usage: python tools/accuracy_speed_target.py --model resnet18-digits --data mnist5k digits --epochs 3
+       [--target 2] [--out docs/speed-target] (about 25 minutes per data set on a quiet 2-core machine)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_speed_target import bisect, onnx_macs, say, torch_pruned  # noqa: E402
+
+POINT = 0.01
+
+
+def sparsecc_variants(target: float) -> list[dict]:
+    from sparsecc.recipe import parse_recipe
+
+    found = []
+    for metric in ("l2", "hybrid2"):
+        for schedule in ("one-shot", "gradual"):
+            recipe = parse_recipe(json.dumps({"name": f"filter-{metric}", "passes": [
+                {"plan-filters": {"metric": metric, "scope": "global", "target_speedup": target}}, "apply-plan",
+                "remove-filters"]}), "variant.json")
+            found.append({"label": f"sparsecc {metric} {target:g}x {schedule}", "recipe": recipe, "schedule": schedule,
+                          "family": "sparsecc"})
+    return found
+
+
+def compile_tuned(module, example, plan, folder: Path, shapes, split, backend):
+    """Export the fine-tuned module, remove its planned filters (or fold BatchNorm only), score it on ONNX Runtime."""
+    import sparsecc.torch as st
+    from sparsecc.compiler import compile_model
+    from sparsecc.demo import replay_filters_recipe
+    from sparsecc.evaluate import accuracy
+
+    path = st.export_onnx(module, folder.with_suffix(".onnx"), example)
+    if plan is not None and len(plan):
+        plan.save(folder.with_suffix(".plan.json"))
+        result = compile_model(path, replay_filters_recipe(), folder, shapes=shapes, force=True,
+                               plan=folder.with_suffix(".plan.json"))
+    else:
+        result = compile_model(path, "none", folder, shapes=shapes, force=True)
+    session = backend.load(result.model_path)
+    return result.model_path, accuracy(session, split.x_test, split.y_test), onnx_macs(result.model_path)
+
+
+def run_data(args, data: str, work: Path) -> dict:
+    import torch
+
+    import sparsecc.torch as st
+    from sparsecc import zoo
+    from sparsecc.data import load_dataset
+    from sparsecc.measure import MeasureSettings, measure_models, ratio_interval, timing_backend
+    from sparsecc.plan import SparsityPlan
+
+    split = load_dataset(data)
+    entry = zoo.get_entry(args.model)
+    shapes = {spec.name: tuple(spec.shape) for spec in entry.inputs}
+    example = torch.from_numpy(split.x_test[:1].copy())
+    backend = timing_backend(1)
+    dense = zoo.build_model(args.model, pretrained=True)
+    if data != "digits" and args.dense_epochs:
+        say(f"{data}: adapting dense {args.model} ({args.dense_epochs} epochs)")
+        dense = st.finetune(dense, split, plan=SparsityPlan(), epochs=args.dense_epochs, lr=3e-3, log=say).module
+    dense_path, dense_top1, dense_macs = compile_tuned(dense, example, None, work / "dense", shapes, split, backend)
+    rows = {"dense": {"family": "dense", "top1": dense_top1, "macs": dense_macs}}
+    paths = {"dense": dense_path}
+    say(f"{data}: dense top-1 {dense_top1:.4f}, {dense_macs:,} MACs")
+
+    def finetuned(label: str, module, recipe=None, schedule="one-shot", **facts):
+        say(f"{data}: {label}: fine-tuning {args.epochs} epochs")
+        tuned = st.finetune(module, split, recipe, plan=None if recipe else SparsityPlan(), epochs=args.epochs,
+                            schedule=schedule, lr=args.lr, log=say, timing_cache=args.timing_cache)
+        folder = work / label.replace(" ", "_")
+        path, top1, macs = compile_tuned(tuned.module, example, tuned.plan if recipe else None, folder, shapes, split,
+                                         backend)
+        rows[label] = {"top1": top1, "macs": macs, "top1_before_finetune": tuned.top1_before_finetune,
+                       "speed_target": tuned.speed_target or None, **facts}
+        paths[label] = path
+        say(f"{data}: {label}: top-1 {top1:.4f}, {macs:,} MACs")
+
+    for variant in sparsecc_variants(args.target):
+        finetuned(variant["label"], copy.deepcopy(dense), variant["recipe"], variant["schedule"], family="sparsecc",
+                  schedule=variant["schedule"])
+    ours_macs = rows[f"sparsecc l2 {args.target:g}x one-shot"]["macs"]
+    dense.eval()
+    for global_pruning, kind in ((True, "global"), (False, "per-layer")):
+        for ideal in [*args.tp_ideals, dense_macs / ours_macs]:
+            ratio, _ = bisect(lambda r: dense_macs / macs_of(torch_pruned(dense, example, r, global_pruning), example,
+                                                            work), ideal, 0.0, 0.95, 14, 0.005)
+            label = f"tp {kind} {ideal:.2f}x MACs"
+            finetuned(label, torch_pruned(dense, example, ratio, global_pruning), family="torch-pruning",
+                      ratio=round(ratio, 4), kind=kind)
+    say(f"{data}: timing {len(paths)} models interleaved, 1 thread, {args.pairs} pairs")
+    timing = measure_models(paths, "dense", threads=1, settings=MeasureSettings.fixed(args.pairs), one_at_a_time=False)
+    for label, evidence in timing.evidence.items():
+        rows[label].update(cpu=evidence.cpu.to_dict(), wall=evidence.wall.to_dict())
+    verdicts = judge(rows, timing, args.target, ratio_interval)
+    return {"data": data, "n": int(len(split.y_test)), "dense_top1": dense_top1, "rows": rows, "verdicts": verdicts,
+            "load": timing.load.to_dict(), "pairs": args.pairs}
+
+
+def macs_of(module, example, work: Path) -> int:
+    from speed_target_models import export
+
+    path = work / "probe.onnx"
+    export(module, example, path)
+    return onnx_macs(path)
+
+
+def judge(rows: dict, timing, target: float, ratio_interval) -> list[str]:
+    dense = rows["dense"]["top1"]
+    close = {label: row for label, row in rows.items() if row.get("family") == "torch-pruning"
+             and dense - row["top1"] <= POINT}
+    fastest = max(close, key=lambda label: rows[label]["cpu"]["estimate"], default=None)
+    out = [f"fastest Torch-Pruning variant within 1 point of dense: "
+           + (f"{fastest} ({rows[fastest]['top1']:.3f}, {rows[fastest]['cpu']['estimate']:.3f}x CPU time)"
+              if fastest else "none")]
+    for label, row in rows.items():
+        if row.get("family") != "sparsecc":
+            continue
+        gap = dense - row["top1"]
+        within = gap <= POINT
+        line = (f"{label}: top-1 {row['top1']:.3f} ({-100 * gap:+.1f} points vs dense: "
+                f"{'within' if within else 'NOT within'} 1 point), {row['cpu']['estimate']:.3f}x CPU time "
+                f"({'reaches' if row['cpu']['estimate'] >= 0.95 * target else 'below'} {target:g}x within 5%)")
+        if fastest:
+            versus = ratio_interval(timing.cpu_ms[fastest], timing.cpu_ms[label])
+            line += (f"; against {fastest}: {versus.estimate:.3f}x [{versus.low:.3f}, {versus.high:.3f}] "
+                     f"({'faster' if versus.low > 1 else 'not conclusively faster'})")
+        out.append(line)
+    return out
+
+
+def render(report: dict) -> str:
+    lines = [f"# Accuracy at a speed target: `{report['model']}`", "",
+             f"Fine-tuning {report['epochs']} epochs for every variant (AdamW lr {report['lr']:g}, cosine, BatchNorm "
+             f"re-estimated); speed: batch 1, ONNX Runtime CPU, 1 thread, paired interleaved rounds against dense, "
+             f"median speedup with 90% bootstrap interval; CPU time decides, wall clock beside it. Run took "
+             f"{report['seconds']} s.", ""]
+    for data in report["data"]:
+        load = data["load"]
+        lines += [f"## {data['data']} ({data['n']} test images; 1 point = {data['n'] / 100:g} images)", "",
+                  f"{data['pairs']} pairs, load {load['before'][0]:.2f} -> {load['after'][0]:.2f} on {load['cores']} "
+                  f"cores ({load['level']}).", "",
+                  "| variant | top-1 % | vs dense | MACs | ideal | speedup CPU [90% CI] | speedup wall |",
+                  "|---|---|---|---|---|---|---|"]
+        dense = data["rows"]["dense"]
+        for label, row in data["rows"].items():
+            cpu = row.get("cpu")
+            speed = f"{cpu['estimate']:.3f} [{cpu['low']:.3f}, {cpu['high']:.3f}]" if cpu else "1"
+            wall = f"{row['wall']['estimate']:.3f}" if row.get("wall") else "1"
+            lines.append(f"| {label} | {100 * row['top1']:.1f} | {100 * (row['top1'] - dense['top1']):+.1f} | "
+                         f"{row['macs']:,} | {dense['macs'] / row['macs']:.2f}x | {speed} | {wall} |")
+        lines += ["", "Verdicts:", ""] + [f"- {v}" for v in data["verdicts"]] + [""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18-digits")
+    parser.add_argument("--data", nargs="+", default=["mnist5k", "digits"])
+    parser.add_argument("--target", type=float, default=2.0)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--dense-epochs", type=int, default=3, help="epochs adapting the dense model to --data")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--tp-ideals", type=float, nargs="+", default=[1.5, 2.0, 3.0, 4.0],
+                        help="MAC reductions of the Torch-Pruning variants (and sparsecc's, always)")
+    parser.add_argument("--pairs", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=Path("docs/speed-target"))
+    parser.add_argument("--timing-cache", help="timing cache of the speed targets (default OUT/timing-cache.json)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.timing_cache = args.timing_cache or str(args.out / "timing-cache.json")
+    started = time.perf_counter()
+    report = {"model": args.model, "target": args.target, "epochs": args.epochs, "lr": args.lr,
+              "load_at_start": list(os.getloadavg()), "data": []}
+    with tempfile.TemporaryDirectory(prefix="sparsecc-accuracy-target-") as folder:
+        for data in args.data:
+            work = Path(folder) / data
+            work.mkdir()
+            report["data"].append(run_data(args, data, work))
+            report["seconds"] = round(time.perf_counter() - started)
+            (args.out / f"accuracy-{args.model}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (args.out / f"accuracy-{args.model}.md").write_text(render(report))
+    say(f"wrote {args.out}/accuracy-{args.model}.md ({report['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
