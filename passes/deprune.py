@@ -45,6 +45,7 @@ from sparsecc.sparsity.deprune import (HsrLayer, bwt_mask, channel_first_mask, d
 from sparsecc.lowering import (AnalyticCost, Candidate, Emitter, LayerToLower, MeasuredCost, check_removed_work,
                               choose_lowering, describe_candidates, get_lowering, keep_lowerings_unless_slower,
                               lowerings, propose_all)
+from sparsecc.lowering.model_check import fix_slowdown_by_alignment
 from sparsecc.lowering.depthwise import DEPTHWISE, FAMILY
 
 PATTERN = "depthwise-taps"
@@ -517,15 +518,20 @@ class DepruneModelCheck(Pass):
         threads: ONNX Runtime intra-op threads. Defaults to 1.
         cost_model: "measured" (time the two) or "analytic" (time nothing); ``compile --cost-model``
             overrides it. Defaults to "measured".
+        align: On a conclusive slowdown, the multiple the pruned channel counts are rounded up to
+            with zero channels (exact), kept if timing finds it faster. Defaults to 8.
     """
 
     name = "deprune-model-check"
     exact = True
     description = "Time the compiled graph against the masked model for the report (removed work is never undone)"
 
-    def __init__(self, runs: int = 20, threads: int = 1, cost_model: str = "measured"):
+    def __init__(self, runs: int = 20, threads: int = 1, cost_model: str = "measured", align: int = 8):
         if not isinstance(runs, int) or runs < 1:
             raise OptionError(f"runs {runs!r} is not a positive integer", where=self.name)
+        if not isinstance(align, int) or align < 1:
+            raise OptionError(f"align {align!r} is not a positive integer", where=self.name)
+        self.align = align
         if cost_model not in ("measured", "analytic"):
             raise OptionError(f"unknown cost_model '{cost_model}'", where=self.name, fix="use measured or analytic")
         self.runs, self.threads, self.cost_model = runs, int(threads), cost_model
@@ -537,6 +543,13 @@ class DepruneModelCheck(Pass):
         check = check_removed_work(masked, ctx.model, ctx.cost_model or self.cost_model, self.threads,
                                    ctx.timing_cache)
         ctx.state[self.name] = check
+        notes, changed = [check["reason"]], False
+        if check["slowdown"]:  # fixed where it comes from: channel counts, not by undoing
+            kept, check["alignment"] = fix_slowdown_by_alignment(masked, ctx.model, self.threads, ctx.timing_cache,
+                                                                 self.align)
+            notes.append(check["alignment"]["reason"])
+            if kept is not ctx.model:
+                ctx.model.graph, changed = kept.graph, True
         if ctx.timing_cache is not None and ctx.cost_model != "analytic":
             ctx.timing_cache.save()
-        return PassResult(False, 0, notes=[check["reason"]], details=check)
+        return PassResult(changed, int(changed), notes=notes, details=check)

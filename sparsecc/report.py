@@ -118,13 +118,18 @@ def _md_table(rows: list[list[Any]], headers: list[str]) -> list[str]:
 
 
 def format_bench(result: dict[str, Any]) -> str:
-    rows = [[label, m["path"], f"{m['median_ms']:.3f}", f"{m['min_ms']:.3f}", human(m["macs"])]
-            for label, m in result["models"].items()]
-    text = format_table(rows, ["model", "path", "median ms", "min ms", "MACs"])
+    from sparsecc.measure.readout import speedup_text
+
+    rows = [[label, m["path"], f"{m['median_ms']:.3f}", f"{m['min_ms']:.3f}", f"{m['cpu_median_ms']:.3f}",
+             human(m["macs"])] for label, m in result["models"].items()]
+    text = format_table(rows, ["model", "path", "median ms", "min ms", "CPU ms", "MACs"])
     backend = result["backend"]
-    text += (f"\n\n{result['runs']} interleaved runs after {result['warmup']} warm-up, {result['clock']}; "
-             f"backend {backend.get('backend')} ({backend.get('intra_op_num_threads', '?')} threads)")
+    load = result["load"]
+    text += (f"\n\n{result['runs']} paired rounds after {result['warmup']} warm-up; {result['clock']}; "
+             f"backend {backend.get('backend')} ({backend.get('intra_op_num_threads', '?')} threads, spinning off); "
+             f"load {load['before'][0]:.2f} -> {load['after'][0]:.2f} on {load['cores']} cores ({load['level']})")
     if "speedup" in result:
-        text += (f"\nspeedup {result['speedup']:.3f}x (median baseline / median candidate); ideal "
+        text += (f"\nspeedup {speedup_text(result)}, {result['confidence']:.0%} intervals; ideal "
                  f"{result['ideal']:.3f}x (MAC ratio); efficiency {result['efficiency']:.2f}")
+        text += "".join(f"\nNote: {note}" for note in result["notes"])
     return text

@@ -18,7 +18,8 @@ from sparsecc.lowering.registry import Candidate
 from sparsecc.lowering.timing_cache import TimingCache, graph_signature
 from sparsecc.measure import MeasureSettings, Verdict, judge
 from sparsecc.measure.cached import Sourced, compare_through_cache
-from sparsecc.policy import ANALYTIC, Decision, WorkProfile, judge_removal, keep_or_undo, op_counts, removes_work
+from sparsecc.policy import (ANALYTIC, Decision, Option, WorkProfile, choose, judge_removal, keep_or_undo, op_counts,
+                             removes_work)
 
 # a whole model: at least 20 pairs, more while the interval straddles 1, for 15 s at most
 MODEL_SETTINGS = MeasureSettings(min_pairs=20, max_pairs=200, batch=10, budget_s=15.0)
@@ -118,3 +119,31 @@ def check_removed_work(reference, model, cost_model: str, threads: int, cache: T
     record = _record(sourced, verdict, decision, reason)
     record.update(removes_work=less, slowdown=decision.slowdown)
     return record
+
+
+def fix_slowdown_by_alignment(reference, model, threads: int, cache: TimingCache | None, multiple: int = 8
+                              ) -> tuple[Any, dict[str, Any]]:
+    """A conclusive slowdown from removed channels, fixed where it comes from: counts off ``multiple``.
+
+    The groups pruning shrank get zero channels back up to the next multiple
+    (:func:`sparsecc.dependency.padding.align_pruned_channels`, exact). That is a trade-off (a
+    few more MACs for kernels that run faster), so timing decides between the two, and an
+    inconclusive timing defers to the analytic model (fewer MACs: no padding). Returns the model
+    to keep (``model`` or the padded copy) and a record of what was tried.
+    """
+    from sparsecc.dependency.padding import align_pruned_channels
+
+    padded = model.copy()
+    changes = align_pruned_channels(padded, reference, multiple)
+    if not any("not_padded" not in c for c in changes):
+        return model, {"applied": False, "changes": changes,
+                       "reason": f"no pruned channel count to round up to a multiple of {multiple}"}
+    sourced = model_evidence(model, padded, threads, cache, ("compiled", "aligned"))
+    verdict = judge(sourced.evidence, 1.0)
+    estimate = work_profile(model).macs / max(1, work_profile(padded).macs)
+    decision = choose("compiled", [Option("aligned", verdict, estimate)], 1.0)
+    applied = decision.choice == "aligned"
+    record = {"applied": applied, "changes": changes, "evidence": sourced.evidence.to_dict(),
+              "decided_by": decision.by, "reason": f"channel counts rounded up to multiples of {multiple} with zero "
+                                                   f"channels: {'kept' if applied else 'not kept'} ({decision.reason})"}
+    return (padded if applied else model), record
