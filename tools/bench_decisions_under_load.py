@@ -50,6 +50,8 @@ from sparsecc.tables import markdown_table  # noqa: E402
 CASES = {"efficientnet-b0": ("own-efficientnet-b0", "deprune-bh"), "mobilenetv2": ("own-mobilenetv2", "deprune-bh"),
          "resnet18": ("resnet18", "groupwise-50")}
 CHECK_PASSES = {"deprune-bh": "deprune-model-check", "groupwise-50": "groupwise-rewrite"}
+COMPILE_LABELS = [("quiet, cache filled under load", "reused"), ("analytic, no cache", "analytic_none"),
+                  ("analytic, loaded cache", "analytic_loaded_cache"), ("analytic, quiet cache", "analytic_quiet_cache")]
 
 
 def say(message: str) -> None:
@@ -195,8 +197,53 @@ def _overlap(a: list[float], b: list[float]) -> bool:
 # The protocol
 # ----------------------------------------------------------------------------------------------
 
+def _step(case: dict, what: str, work) -> None:
+    """Run one step of a case; a failure is recorded in the case (the protocol goes on with the others)."""
+    try:
+        work()
+    except Exception as err:  # noqa: BLE001 - recorded, and the other models still run
+        case.setdefault("errors", []).append(f"{what}: {type(err).__name__}: {err}")
+        say(f"{case['source']}: {what} FAILED: {err}")
+
+
+def _quiet_first(case: dict, name: str, recipe: str, work: Path, args) -> None:
+    model = export(case["source"], work)
+    case["model"] = str(model)
+    quiet_cache = work / f"{name}-quiet-cache.json"
+    quiet_cache.unlink(missing_ok=True)
+    case["quiet"] = compile_once(model, recipe, work / f"{name}-quiet", quiet_cache)
+    case["quiet_remeasured"] = remeasure(model, Path(case["quiet"]["model"]), args.pairs)
+    case["analytic_none"] = compile_once(model, recipe, work / f"{name}-analytic-none", "off", "analytic")
+
+
+def _loaded(case: dict, name: str, recipe: str, work: Path, args) -> None:
+    model = Path(case["model"])
+    case["loaded"] = []
+    for index in range(args.loaded_compiles):
+        say(f"{name}: compile {index + 1}/{args.loaded_compiles} under {args.busy} busy loops")
+        cache = work / f"{name}-loaded-cache-{index}.json"
+        cache.unlink(missing_ok=True)
+        case["loaded"].append(compile_once(model, recipe, work / f"{name}-loaded-{index}", cache))
+    say(f"{name}: bench under load")
+    case["bench_loaded"] = {t: bench_pair(model, Path(case["quiet"]["model"]), args.runs, t) for t in (1, 2)}
+
+
+def _quiet_again(case: dict, name: str, recipe: str, work: Path, args) -> None:
+    model = Path(case["model"])
+    reused = work / f"{name}-reused-cache.json"
+    shutil.copy(work / f"{name}-loaded-cache-0.json", reused)
+    case["reused"] = compile_once(model, recipe, work / f"{name}-reused", reused)
+    case["analytic_loaded_cache"] = compile_once(model, recipe, work / f"{name}-analytic-loaded",
+                                                 work / f"{name}-loaded-cache-0.json", "analytic")
+    case["analytic_quiet_cache"] = compile_once(model, recipe, work / f"{name}-analytic-quiet",
+                                                work / f"{name}-quiet-cache.json", "analytic")
+    case["bench_quiet"] = {t: bench_pair(model, Path(case["quiet"]["model"]), args.runs, t) for t in (1, 2)}
+    case["checks"] = checks(case)
+
+
 def run(args) -> dict:
-    work = Path(args.out) / "work"
+    out = Path(args.out)
+    work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"environment": environment(), "settings": vars(args), "cases": {}}
     cases = {name: CASES[name] for name in args.models}
@@ -204,38 +251,17 @@ def run(args) -> dict:
     for name, (source, recipe) in cases.items():
         say(f"{name}: export and quiet compiles ({recipe})")
         case = results["cases"][name] = {"recipe": recipe, "source": source}
-        model = export(source, work)
-        case["model"] = str(model)
-        quiet_cache = work / f"{name}-quiet-cache.json"
-        quiet_cache.unlink(missing_ok=True)
-        case["quiet"] = compile_once(model, recipe, work / f"{name}-quiet", quiet_cache)
-        case["quiet_remeasured"] = remeasure(model, Path(case["quiet"]["model"]), args.pairs)
-        case["analytic_none"] = compile_once(model, recipe, work / f"{name}-analytic-none", "off", "analytic")
+        _step(case, "quiet compiles", lambda: _quiet_first(case, name, recipe, work, args))
+    save(results, out)  # what is measured so far survives an interrupted run
+    ready = {name: c for name, c in results["cases"].items() if "quiet" in c}
     with BusyLoops(args.busy, args.settle_s):
-        for name, (_, recipe) in cases.items():
-            case, model = results["cases"][name], Path(results["cases"][name]["model"])
-            case["loaded"] = []
-            for index in range(args.loaded_compiles):
-                say(f"{name}: compile {index + 1}/{args.loaded_compiles} under {args.busy} busy loops")
-                cache = work / f"{name}-loaded-cache-{index}.json"
-                cache.unlink(missing_ok=True)
-                case["loaded"].append(compile_once(model, recipe, work / f"{name}-loaded-{index}", cache))
-            say(f"{name}: bench under load")
-            compiled = Path(case["quiet"]["model"])
-            case["bench_loaded"] = {t: bench_pair(model, compiled, args.runs, t) for t in (1, 2)}
-    for name, (_, recipe) in cases.items():
-        say(f"{name}: quiet again: cache filled under load, analytic with caches, bench")
-        case, model = results["cases"][name], Path(results["cases"][name]["model"])
-        reused = work / f"{name}-reused-cache.json"
-        shutil.copy(work / f"{name}-loaded-cache-0.json", reused)
-        case["reused"] = compile_once(model, recipe, work / f"{name}-reused", reused)
-        case["analytic_loaded_cache"] = compile_once(model, recipe, work / f"{name}-analytic-loaded",
-                                                     work / f"{name}-loaded-cache-0.json", "analytic")
-        case["analytic_quiet_cache"] = compile_once(model, recipe, work / f"{name}-analytic-quiet",
-                                                    work / f"{name}-quiet-cache.json", "analytic")
-        compiled = Path(case["quiet"]["model"])
-        case["bench_quiet"] = {t: bench_pair(model, compiled, args.runs, t) for t in (1, 2)}
-        case["checks"] = checks(case)
+        for name, case in ready.items():
+            _step(case, "loaded compiles", lambda: _loaded(case, name, case["recipe"], work, args))
+    save(results, out)
+    for name, case in ready.items():
+        if "loaded" in case and case["loaded"]:
+            say(f"{name}: quiet again: cache filled under load, analytic with caches, bench")
+            _step(case, "quiet again", lambda: _quiet_again(case, name, case["recipe"], work, args))
     results["seconds"] = round(time.perf_counter() - started, 1)
     return results
 
@@ -278,10 +304,9 @@ def markdown(results: dict) -> str:
              "Load = 1-minute load average before->after each step.", "", "## Compiles", ""]
     rows = []
     for name, case in results["cases"].items():
-        for label, record in [("quiet", case["quiet"])] + [(f"loaded {i + 1}", r) for i, r in enumerate(case["loaded"])] \
-                + [("quiet, cache filled under load", case["reused"]), ("analytic, no cache", case["analytic_none"]),
-                   ("analytic, loaded cache", case["analytic_loaded_cache"]),
-                   ("analytic, quiet cache", case["analytic_quiet_cache"])]:
+        records = [("quiet", case.get("quiet"))] + [(f"loaded {i + 1}", r) for i, r in enumerate(case.get("loaded", []))]
+        records += [(label, case.get(key)) for label, key in COMPILE_LABELS]
+        for label, record in [(label, record) for label, record in records if record]:
             claimed = record["claimed"]
             rows.append([name, case["recipe"], label, _load(record), f"{record['macs_before'] / 1e6:.1f}M",
                          f"{record['macs_after'] / 1e6:.1f}M", record["sha256"][:12],
@@ -290,7 +315,8 @@ def markdown(results: dict) -> str:
                                    "claimed speedup (CPU)", "s"]).split("\n")
     lines += ["", "## Checks", ""]
     rows = []
-    for name, case in results["cases"].items():
+    done = {name: case for name, case in results["cases"].items() if "checks" in case}
+    for name, case in done.items():
         c = case["checks"]
         rows.append([name, f"{sum(c['loaded_same_macs'])}/{len(c['loaded_same_macs'])}",
                      f"{sum(c['loaded_same_decisions'])}/{len(c['loaded_same_decisions'])}",
@@ -304,7 +330,7 @@ def markdown(results: dict) -> str:
                                    "analytic byte-identical", "bench intervals overlap"]).split("\n")
     lines += ["", "## sparsecc bench, quiet vs loaded", ""]
     rows = []
-    for name, case in results["cases"].items():
+    for name, case in done.items():
         for t in case["bench_quiet"]:
             for label in ("quiet", "loaded"):
                 figures = case[f"bench_{label}"][t]
@@ -313,6 +339,9 @@ def markdown(results: dict) -> str:
                              _ci(figures, "speedup"), _ci(figures, "cpu_speedup"), f"{figures['ideal']:.2f}"])
     lines += markdown_table(rows, ["model", "threads", "machine", "load", "wall speedup [90% CI]",
                                    "CPU-time speedup [90% CI]", "ideal"]).split("\n")
+    errors = [f"- {name}: {e}" for name, case in results["cases"].items() for e in case.get("errors", [])]
+    if errors:
+        lines += ["", "## Errors", "", *errors]
     return "\n".join(lines) + "\n"
 
 
@@ -328,10 +357,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     results = run(args)
     out = Path(args.out)
-    (out / "decisions-under-load.json").write_text(json.dumps(results, indent=1, default=_plain) + "\n")
+    save(results, out)
     (out / "decisions-under-load.md").write_text(markdown(results))
     say(f"wrote {out / 'decisions-under-load.json'} and .md in {results['seconds']} s")
-    return 0
+    return 1 if any(c.get("errors") for c in results["cases"].values()) else 0
+
+
+def save(results: dict, out: Path) -> None:
+    (out / "decisions-under-load.json").write_text(json.dumps(results, indent=1, default=_plain) + "\n")
 
 
 def _plain(value):
