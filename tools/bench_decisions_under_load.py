@@ -2,8 +2,8 @@
 
 The protocol, end to end, on ONNX Runtime CPU:
 
-1. Models written in plain PyTorch (EfficientNet-B0 and MobileNetV2 from ``tools/bench_deprune.py``,
-   ResNet-18 here; trained-like BatchNorm statistics), batch 1, 224x224, exported with
+1. Models written in plain PyTorch in tools/ (EfficientNet-B0 and MobileNetV2 from ``bench_deprune.py``,
+   ResNet-18 from ``bench_user_graphs.py``; trained-like BatchNorm statistics), batch 1, 224x224, exported with
    ``torch.onnx.export(..., dynamo=False)``. Recipes: ``deprune-bh`` on the first two,
    ``groupwise-50`` on ResNet-18.
 2. Quiet: one compile per model with a fresh timing cache; the speedup its report claims (the
@@ -40,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_deprune import build_own, trained_like_batchnorm  # noqa: E402  (model code written in tools/)
+from bench_user_graphs import build as build_user_graph  # noqa: E402
 
 from sparsecc.compiler import compile_model  # noqa: E402
 from sparsecc.environment import environment  # noqa: E402
@@ -86,47 +87,11 @@ class BusyLoops:
 # Models
 # ----------------------------------------------------------------------------------------------
 
-def build_resnet18():
-    """ResNet-18 (He et al. 2016) written here: BasicBlocks [2, 2, 2, 2], 1000 classes."""
-    from torch import nn
-
-    class Basic(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)) \
-                if stride != 1 or cin != cout else nn.Identity()
-
-        def forward(self, x):
-            y = self.bn2(self.conv2(self.bn1(self.conv1(x)).relu()))
-            return (y + self.down(x)).relu()
-
-    class ResNet18(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                                      nn.MaxPool2d(3, 2, 1))
-            blocks, cin = [], 64
-            for cout, stride in [(64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)]:
-                blocks.append(Basic(cin, cout, stride))
-                cin = cout
-            self.blocks = nn.Sequential(*blocks)
-            self.fc = nn.Linear(512, 1000)
-
-        def forward(self, x):
-            return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
-
-    return ResNet18().eval()
-
-
 def export(name: str, folder: Path) -> Path:
     import torch
 
     torch.manual_seed(0)
-    net = build_resnet18() if name == "resnet18" else build_own(name)
+    net = build_user_graph(name) if name == "resnet18" else build_own(name)
     trained_like_batchnorm(net)
     path = folder / f"{name}.onnx"
     torch.onnx.export(net, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
