@@ -42,9 +42,10 @@ from sparsecc.shapes import infer_shapes
 from sparsecc.sparsity.deprune import (HsrLayer, bwt_mask, channel_first_mask, dcp_mask, dead_channels, hsr_counts,
                                        imbalance_overhead, real_dw_ratio, subgemm_ratios)
 
-from sparsecc.lowering import (AnalyticCost, Candidate, Emitter, LayerToLower, MeasuredCost, choose_lowering,
-                              describe_candidates, get_lowering, lowerings, propose_all, undo_unless_faster,
-                              whole_model_check)
+from sparsecc.lowering import (AnalyticCost, Candidate, Emitter, LayerToLower, MeasuredCost, check_removed_work,
+                              choose_lowering, describe_candidates, get_lowering, keep_lowerings_unless_slower,
+                              lowerings, propose_all)
+from sparsecc.lowering.model_check import fix_slowdown_by_alignment
 from sparsecc.lowering.depthwise import DEPTHWISE, FAMILY
 
 PATTERN = "depthwise-taps"
@@ -402,11 +403,12 @@ class DepruneRewrite(Pass):
             timing cache) or "analytic". ``compile --cost-model`` overrides it. Defaults to "measured".
         width: DR sub-GEMM width (its largest divisor of M when it does not divide M). Defaults to 32.
         min_gain: A candidate must beat the plain depthwise by this share. Defaults to 0.1.
-        runs: Timed runs per candidate. Defaults to 5.
-        threads: ONNX Runtime threads for timing. Defaults to 2.
+        runs: Least paired runs of each timing. Defaults to 10.
+        threads: ONNX Runtime threads for timing. Defaults to 1 (CPU time then holds under load).
 
     With the measured cost model choosing, the whole rewritten model is finally timed against the
-    graph it came from (through the timing cache) and the rewrite is undone if it is not faster.
+    graph before the lowerings (through the timing cache); they are undone only if it is
+    conclusively slower, and an inconclusive timing defers to the analytic model.
     """
 
     name = "deprune-rewrite"
@@ -415,7 +417,7 @@ class DepruneRewrite(Pass):
     description = "Depthwise layers -> plain depthwise / kernel crop / DR sub-GEMMs, chosen per layer by cost"
 
     def __init__(self, lowering: str = "auto", cost_model: str = "measured", width: int = 32,
-                 min_gain: float = 0.1, runs: int = 5, threads: int = 2):
+                 min_gain: float = 0.1, runs: int = 10, threads: int = 1):
         if lowering != "auto" and (get_lowering(lowering) is None or get_lowering(lowering).family != FAMILY):
             raise OptionError(f"unknown lowering '{lowering}'", where="deprune-rewrite",
                               fix=f"use auto or one of {[lw.name for lw in lowerings(FAMILY)]}")
@@ -429,11 +431,11 @@ class DepruneRewrite(Pass):
     def run(self, ctx: PassContext) -> PassResult:
         model = ctx.model
         cost_model = ctx.cost_model or self.cost_model
-        cost = AnalyticCost() if cost_model == "analytic" else MeasuredCost(self.runs, self.threads, ctx.timing_cache)
+        cost = AnalyticCost() if cost_model == "analytic" else MeasuredCost(self.threads, ctx.timing_cache, self.runs)
         # a forced lowering is the user's call; only the cost model's own choices are checked
         before = model.copy() if self.lowering == "auto" and cost_model == "measured" else None
         layers, _ = find_weight_layers(model)
-        skipped, lowered = [], 0
+        skipped, lowered, lowered_pairs = [], 0, []
         try:
             shapes = infer_shapes(model, {n for layer in layers for n in (layer.input, layer.output)})
         except ShapeError as err:  # each layer is then left as it was, with the reason (below)
@@ -452,7 +454,7 @@ class DepruneRewrite(Pass):
             bias = node.inputs[2] if len(node.inputs) > 2 and not node.inputs[2].is_empty() else None
             view = LayerToLower(node, layer, node.inputs[1].values, bias, layer.input_shape, layer.output_shape,
                                 {"width": self.width})
-            choice, info = self._choose(view, cost)
+            choice, info = self._choose(view, cost, lowered_pairs)
             details["layers"][layer.node] = info
             if choice.name == BASELINE:
                 continue
@@ -463,8 +465,8 @@ class DepruneRewrite(Pass):
             lowered += 1
         model.graph.cleanup().toposort()
         notes = [f"{lowered} depthwise layer(s) lowered"]
-        if before is not None and lowered and not undo_unless_faster(
-                before, model, self.runs, self.threads, ctx.timing_cache, details, skipped, notes):
+        if before is not None and lowered and not keep_lowerings_unless_slower(
+                before, model, self.threads, ctx.timing_cache, lowered_pairs, cost, details, skipped, notes):
             lowered = 0
         if ctx.timing_cache is not None:
             ctx.timing_cache.save()
@@ -472,7 +474,7 @@ class DepruneRewrite(Pass):
         ctx.state[self.name] = details
         return PassResult(lowered > 0, lowered, skipped, notes, details)
 
-    def _choose(self, view: LayerToLower, cost) -> tuple[Candidate, dict[str, Any]]:
+    def _choose(self, view: LayerToLower, cost, lowered_pairs: list) -> tuple[Candidate, dict[str, Any]]:
         plain = get_lowering(BASELINE).candidate(view)
         proposals = propose_all(view, plain, FAMILY)
         candidates, not_applicable = proposals.candidates, proposals.not_applicable
@@ -489,11 +491,11 @@ class DepruneRewrite(Pass):
         if len(candidates) == 1:
             info.update(lowering=BASELINE, reason="no other lowering applies")
             return plain, info
-        dtype, op = view.weight.dtype, view.node.op
-        cost.time(candidates, op, view.in_shape, view.out_shape, dtype)
-        choice, why = choose_lowering(
-            candidates, self.min_gain, lambda chosen: cost.remeasure(chosen, op, view.in_shape, view.out_shape, dtype))
-        info.update(lowering=choice.name, reason=why, **describe_candidates(candidates))
+        choice, decision = choose_lowering(candidates, self.min_gain, cost, view.node.op, view.in_shape,
+                                           view.out_shape, view.weight.dtype)
+        info.update(lowering=choice.name, reason=decision.reason, **describe_candidates(candidates, decision))
+        if choice is not plain:
+            lowered_pairs.append((plain, choice))
         return choice, info
 
 # ----------------------------------------------------------------------------------------------
@@ -502,37 +504,52 @@ class DepruneRewrite(Pass):
 
 @register_pass
 class DepruneModelCheck(Pass):
-    """Keep the compiled graph only if it is faster than the masked model on ONNX Runtime (exact).
+    """Time the compiled graph against the masked model, to report the speedup; never undo (exact).
 
-    Channel removal (PW2 filters, dead channels) does less work, but a graph can still lose to the
-    masked one in a whole model (channel counts that leave the blocked layout, extra nodes): the
-    two are timed interleaved and the masked model (the same function) is kept if the compiled
-    one is not faster.
+    What the DEPrune passes did before this one only removes work (PW2 filters, dead channels)
+    or was timed where it was decided (the lowerings of ``deprune-rewrite``), so nothing is put
+    back here whatever the timing says (:mod:`sparsecc.policy`). The compiled and masked models
+    are timed paired, through the timing cache, and the report gives the speedup with its
+    interval; a conclusive slowdown is flagged (``slowdown`` in the details) to be fixed where
+    it comes from. With ``--cost-model analytic`` nothing is timed and no cache is read.
 
     Args:
-        runs: Timed runs of each. Defaults to 10.
-        threads: ONNX Runtime intra-op threads. Defaults to 2.
+        runs: Least paired runs. Defaults to 20.
+        threads: ONNX Runtime intra-op threads. Defaults to 1.
+        cost_model: "measured" (time the two) or "analytic" (time nothing); ``compile --cost-model``
+            overrides it. Defaults to "measured".
+        align: On a conclusive slowdown, the multiple the pruned channel counts are rounded up to
+            with zero channels (exact), kept if timing finds it faster. Defaults to 8.
     """
 
     name = "deprune-model-check"
     exact = True
-    description = "Time the compiled graph against the masked model; keep the masked one if it is not faster"
+    description = "Time the compiled graph against the masked model for the report (removed work is never undone)"
 
-    def __init__(self, runs: int = 10, threads: int = 2):
+    def __init__(self, runs: int = 20, threads: int = 1, cost_model: str = "measured", align: int = 8):
         if not isinstance(runs, int) or runs < 1:
             raise OptionError(f"runs {runs!r} is not a positive integer", where=self.name)
-        self.runs, self.threads = runs, int(threads)
+        if not isinstance(align, int) or align < 1:
+            raise OptionError(f"align {align!r} is not a positive integer", where=self.name)
+        self.align = align
+        if cost_model not in ("measured", "analytic"):
+            raise OptionError(f"unknown cost_model '{cost_model}'", where=self.name, fix="use measured or analytic")
+        self.runs, self.threads, self.cost_model = runs, int(threads), cost_model
 
     def run(self, ctx: PassContext) -> PassResult:
         masked = ctx.state.get("masked")
         if masked is None:
             return PassResult(False, 0, notes=["no masked model to compare with (apply-plan did not run)"])
-        check = whole_model_check(masked, ctx.model, self.runs, self.threads, ctx.timing_cache,
-                                  labels=("masked", "compiled"), fallback="the masked model is kept")
+        check = check_removed_work(masked, ctx.model, ctx.cost_model or self.cost_model, self.threads,
+                                   ctx.timing_cache)
         ctx.state[self.name] = check
-        if ctx.timing_cache is not None:
+        notes, changed = [check["reason"]], False
+        if check["slowdown"]:  # fixed where it comes from: channel counts, not by undoing
+            kept, check["alignment"] = fix_slowdown_by_alignment(masked, ctx.model, self.threads, ctx.timing_cache,
+                                                                 self.align)
+            notes.append(check["alignment"]["reason"])
+            if kept is not ctx.model:
+                ctx.model.graph, changed = kept.graph, True
+        if ctx.timing_cache is not None and ctx.cost_model != "analytic":
             ctx.timing_cache.save()
-        if check["kept"]:
-            return PassResult(False, 0, notes=[check["reason"]], details=check)
-        ctx.model.graph = masked.copy().graph
-        return PassResult(True, 1, [Skipped("(whole model)", check["reason"])], [check["reason"]], check)
+        return PassResult(changed, int(changed), notes=notes, details=check)

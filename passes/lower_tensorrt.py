@@ -43,10 +43,11 @@ import onnx_graphsurgeon as gs
 import sparsecc.plugins  # noqa: F401  (registers the plugins' numpy references, which verify this pass)
 from sparsecc.errors import OptionError, ShapeError
 from sparsecc.layers import WeightLayer, find_weight_layers
-from sparsecc.lowering import Candidate, Emitter, LayerToLower, choose_lowering, propose_all
+from sparsecc.lowering import Candidate, Emitter, LayerToLower, propose_all
 from sparsecc.lowering.plugins import FAMILY, PRECISION_FACTOR, PLUGIN_EFFICIENCY, GpuAnalyticCost, dense_gpu_candidate
 from sparsecc.passes.groupwise import GroupwiseRewrite
 from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
+from sparsecc.policy import Option, choose
 from sparsecc.shapes import infer_shapes
 from sparsecc.sparsity.two_four import check_two_four
 
@@ -185,10 +186,13 @@ def _choose(candidates: list[Candidate], min_gain: float, force: bool) -> tuple[
         best = min(candidates[1:], key=lambda c: c.seconds)
         return best, f"forced (force: true); estimated {best.seconds * 1e6:.2f} us vs dense " \
                      f"{candidates[0].seconds * 1e6:.2f} us"
-    # analytic estimates carry no spread, so nothing is ever re-measured; the reason is given in
-    # microseconds (choose_lowering's milliseconds round every GPU layer here to 0.003 ms)
-    choice, _ = choose_lowering(candidates, min_gain, lambda chosen: None)
-    dense, best = candidates[0], min(candidates[1:], key=lambda c: c.seconds)
+    # estimates only (no timing on this path); the reason is given in microseconds (milliseconds
+    # round every GPU layer here to 0.003 ms)
+    dense = candidates[0]
+    options = [Option(c.name, None, dense.seconds / c.seconds) for c in candidates[1:]]
+    decision = choose(dense.name, options, 1.0 + min_gain, "GPU roofline")
+    choice = next(c for c in candidates if c.name == decision.choice)
+    best = min(candidates[1:], key=lambda c: c.seconds)
     figures = (f"{best.name} estimated {best.seconds * 1e6:.2f} us vs dense {dense.seconds * 1e6:.2f} us "
                f"({dense.seconds / best.seconds:.2f}x, GPU roofline)")
     return choice, figures if choice is not dense else f"{figures}, needs {min_gain:.0%} gain"

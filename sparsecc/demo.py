@@ -87,8 +87,9 @@ def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = Non
     """
     from sparsecc import zoo
     from sparsecc.backends.ort import OrtBackend
-    from sparsecc.bench import time_interleaved
     from sparsecc.compiler import prepare_output_dir
+    from sparsecc.measure import MeasureSettings, measure
+    from sparsecc.measure.readout import readout
     from sparsecc.environment import environment
     from sparsecc.recipe import builtin_recipes
     from sparsecc.verify import input_specs, random_feeds
@@ -154,31 +155,68 @@ def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = Non
                 # compares with its own, already pruned, input)
                 row["ideal"] = round(dense["macs"] / row["macs"], 4) if row["macs"] else None
                 row["dense_top1"] = dense["top1"]
+    load = None
     if sessions:
-        progress(f"timing {len(sessions)} variants interleaved ({runs} rounds)")
-        timings = time_interleaved(sessions, feeds, warmup, runs)
-        baseline = timings[dense["variant"]] if dense is not None else next(iter(timings.values()))
+        progress(f"timing {len(sessions)} variants paired and interleaved ({runs} rounds)")
+        base_label = dense["variant"] if dense is not None else next(iter(sessions))
+        runners = {label: (lambda s=session, f=feeds[label]: s.run(f)) for label, session in sessions.items()}
+        measured = measure(runners, base_label, None, threads, spinning=False,
+                           settings=MeasureSettings.fixed(runs, warmup))
+        load = measured.load.to_dict()
         for row in rows:
-            if row["variant"] in timings:
-                times = np.asarray(timings[row["variant"]].times_ms)
+            if row["variant"] in measured.wall_ms:
+                times = np.asarray(measured.wall_ms[row["variant"]])
                 q25, q75 = np.percentile(times, [25, 75])
                 row.update(median_ms=round(float(np.median(times)), 4), min_ms=round(float(times.min()), 4),
                            q25_ms=round(float(q25), 4), q75_ms=round(float(q75), 4),
-                           speedup=round(baseline.median_ms / float(np.median(times)), 3))
+                           cpu_median_ms=round(float(np.median(measured.cpu_ms[row["variant"]])), 4))
+            if row["variant"] in measured.evidence:
+                figures = readout(measured.evidence[row["variant"]], row.get("ideal"))
+                row.update(speedup=round(figures["speedup"], 3), speedup_ci=figures["speedup_ci"],
+                           cpu_speedup=round(figures["cpu_speedup"], 3), cpu_speedup_ci=figures["cpu_speedup_ci"],
+                           timing_notes=[n for n in figures["notes"] if not n.startswith("The machine")])
+            elif row["variant"] == base_label and row["variant"] in measured.wall_ms:
+                row.update(speedup=1.0, speedup_ci=[1.0, 1.0], cpu_speedup=1.0, cpu_speedup_ci=[1.0, 1.0],
+                           timing_notes=["the baseline every speedup is measured against"])
     summary = {
         "model": model_name, "checkpoint": str(checkpoint), "eval_samples": int(len(labels)),
         "classes": classes, "chance_top1": round(chance, 4),
         "baseline_accuracy": dense["top1"] if dense else None,
         "timing": {"backend": backend.describe(), "runs": runs, "warmup": warmup,
-                   "clock": "host wall-clock per session.run, all variants interleaved in one process",
-                   "speedup": "median(dense, recipe none) / median(variant)",
-                   "spread": "q25-q75 of the timed runs"},
+                   "clock": "host wall clock and process CPU time per session.run, all variants interleaved in one "
+                            "process (spinning off)",
+                   "speedup": "median over rounds of (dense, recipe none) / (variant), wall clock, with its 90% "
+                              "bootstrap interval; CPU-time speedup the same by CPU time",
+                   "spread": "q25-q75 of the timed runs", "load": load,
+                   "noise": _noise_statement(load, rows)},
         "rows": rows, "not_run": not_run, "environment": environment(),
     }
     summary["plot"] = _plot(summary, out / "tradeoff.png")
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "report.md").write_text(render_demo_markdown(summary))
     return summary
+
+
+def _noise_statement(load: dict[str, Any] | None, rows: list[dict[str, Any]]) -> str:
+    """How far to trust the speed column: the load, and the variants whose figure is noise."""
+    if load is None:
+        return "nothing was timed"
+    level = load["level"]
+    words = [f"Load average {load['before'][0]:.2f} -> {load['after'][0]:.2f} on {load['cores']} cores ({level})."]
+    if level == "heavy":
+        words.append("The machine was too busy to trust any speed figure below: run the demo again on a quieter "
+                     "machine.")
+    elif level == "loaded":
+        words.append("The machine was loaded: wall-clock speedups include waiting for a core; the CPU-time "
+                     "speedups (work done) are the steadier figures.")
+    timed = [r for r in rows if r.get("speedup_ci") and r["kind"] != "dense"]
+    same = [r["variant"] for r in timed if r.get("ideal") == 1.0]
+    level_with = [r["variant"] for r in timed if r["speedup_ci"][0] <= 1.0 <= r["speedup_ci"][1]]
+    if same:
+        words.append(f"Same work as dense (ideal 1.0x), so any speed figure away from 1 is noise: {', '.join(same)}.")
+    if level_with:
+        words.append(f"No measurable difference from dense (the 90% interval includes 1): {', '.join(level_with)}.")
+    return " ".join(words)
 
 
 # passes that make a graph for TensorRT: its plugin nodes do not run on ONNX Runtime, where the demo times
@@ -255,11 +293,20 @@ LEGEND = [
     ("vs dense", "top-1 minus the dense model's, in points"),
     ("MACs", "multiply-accumulates of the compiled model at batch 1"),
     ("ideal", "MACs of the dense model / MACs of this one (the speedup if time followed MACs)"),
-    ("speedup", "median latency of the dense model / this one's, measured interleaved"),
+    ("speedup [90% CI]", "dense / this variant, wall clock, paired run by run (median of the pair ratios) with its "
+                         "90% bootstrap interval; an interval that includes 1 is no measurable difference"),
+    ("CPU speedup", "the same by CPU time of the process (work done; steadier than wall clock on a busy machine)"),
     ("median ms [q25-q75]", "median latency per batch-1 run and the spread of the timed runs"),
     ("verified", "worst relative error of the compiled model against the masked model it must equal"),
     ("left dense", "layers a pass left as they were (reasons in the linked report)"),
 ]
+
+
+def _with_interval(row: dict[str, Any], key: str) -> str:
+    if key not in row:
+        return "?"
+    low, high = row.get(key + "_ci", [None, None])
+    return f"{row[key]}x" if low is None else f"{row[key]:.2f}x [{low:.2f}, {high:.2f}]"
 
 
 def render_demo_markdown(summary: dict[str, Any]) -> str:
@@ -270,13 +317,13 @@ def render_demo_markdown(summary: dict[str, Any]) -> str:
     rows = []
     for r in summary["rows"]:
         if r["status"] != "ok":
-            rows.append([r["variant"], r["kind"], "failed", "", "", "", "", "", r["error"].splitlines()[0], ""])
+            rows.append([r["variant"], r["kind"], "failed", "", "", "", "", "", "", r["error"].splitlines()[0], ""])
             continue
         top1 = f"{100 * r['top1']:.2f}% ({r['correct']}/{n})" + (" **at chance**" if r["at_chance"] else "")
         delta = f"{100 * (r['top1'] - r['dense_top1']):+.2f}" if r.get("dense_top1") is not None else ""
         timing = f"{r.get('median_ms', '')} [{r.get('q25_ms', '')}-{r.get('q75_ms', '')}]"
         rows.append([f"[{r['variant']}]({r['report']})", r["kind"], top1, delta, human(r["macs"]),
-                     f"{r.get('ideal', '')}x", f"{r.get('speedup', '')}x", timing,
+                     f"{r.get('ideal', '')}x", _with_interval(r, "speedup"), _with_interval(r, "cpu_speedup"), timing,
                      f"{r['worst_relative_error']:.2g}", r["skipped_layers"]])
     timing = summary["timing"]
     env = summary["environment"]
@@ -284,8 +331,8 @@ def render_demo_markdown(summary: dict[str, Any]) -> str:
     headline = []
     for r in best:
         headline.append(f"- **{r['variant']}**: top-1 {100 * r['top1']:.2f}% vs dense "
-                        f"{100 * r['dense_top1']:.2f}% ({n} images), {r.get('speedup', '?')}x measured "
-                        f"speedup ({r.get('ideal', '?')}x ideal).")
+                        f"{100 * r['dense_top1']:.2f}% ({n} images), {_with_interval(r, 'speedup')} measured "
+                        f"speedup, {_with_interval(r, 'cpu_speedup')} by CPU time ({r.get('ideal', '?')}x ideal).")
     plot = summary.get("plot") or {}
     return "\n".join([
         f"# sparsecc demo: `{summary['model']}`", "",
@@ -296,8 +343,10 @@ def render_demo_markdown(summary: dict[str, Any]) -> str:
           ["No fine-tuned checkpoint is bundled for this model: only one-shot rows below.", ""]),
         "One-shot rows prune the trained model with no training after; their accuracy is what pruning alone "
         "costs, and it often falls to chance on a model this small. Fine-tuning is what brings it back.", "",
-        markdown_table(rows, ["variant", "kind", "top-1", "vs dense", "MACs", "ideal", "speedup",
-                              "median ms [q25-q75]", "verified", "left dense"]),
+        markdown_table(rows, ["variant", "kind", "top-1", "vs dense", "MACs", "ideal", "speedup [90% CI]",
+                              "CPU speedup", "median ms [q25-q75]", "verified", "left dense"]),
+        "",
+        f"**Timing noise**: {timing.get('noise', '')}",
         "",
         *([f"![accuracy vs latency]({plot['file']})", ""] if plot.get("file") else [f"_{plot.get('note')}_", ""]),
         *(["Recipes not run on this model:", "", *[f"- `{r['recipe']}`: {r['why']}" for r in summary["not_run"]],

@@ -74,13 +74,21 @@ def render_compile_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _speedups(info: dict[str, Any]) -> str:
+    """A layer's timed speedups against its baseline, and the analytic estimates where they were used."""
+    timed = next((v for k, v in info.items() if k.startswith("speedup_vs_")), {})
+    parts = [f"{name}: {text}" for name, text in timed.items()]
+    parts += [f"{name}: estimated {value}x" for name, value in info.get("estimated_speedup", {}).items()]
+    return "; ".join(parts) or "-"
+
+
 def _lowering_decisions(report: dict[str, Any]) -> list[str]:
-    """Per-layer choices of the passes that lower by a cost model: what, why, from where, with what spread."""
+    """Per-layer choices of the passes that lower by a cost model: what, why, from what evidence, decided by what."""
     lines: list[str] = []
     for record in report["passes"]:
         layers = (record.get("details") or {}).get("layers") or {}
-        rows = [[name, info["lowering"], info.get("timing", "-"),
-                 ", ".join(f"{k} {v:.1%}" for k, v in info.get("spread", {}).items()) or "-", info.get("reason", ""),
+        rows = [[name, info["lowering"], info.get("timing", "-"), _speedups(info), info.get("decided_by", "-"),
+                 info.get("reason", ""),
                  "; ".join(f"{k}: {v}" for k, v in info.get("not_applicable", {}).items()) or "-"]
                 for name, info in layers.items() if "lowering" in info]
         if not rows:
@@ -90,12 +98,18 @@ def _lowering_decisions(report: dict[str, Any]) -> list[str]:
         cache = details.get("timing_cache") or report.get("timing_cache")
         if cache and details.get("cost_model") == "measured":
             lines += [f"Timing cache `{cache['path'] or 'in memory only'}`: {cache['hits']} timing(s) taken from it, "
-                      f"{cache['misses']} measured. Spread is (median - min) / min of the runs; a choice whose "
-                      "margin is inside it is measured again, then resolved as dense.", ""]
-        lines += _md_table(rows, ["layer", "lowering", "timing", "spread", "why", "did not apply"])
+                      f"{cache['misses']} measured. Each candidate is timed against the layer's baseline in paired "
+                      "runs (CPU time and wall clock, ONNX Runtime spinning off); a speedup is shown with its "
+                      "90% interval, the pairs and the load. Where the interval straddles the needed speedup, or "
+                      "the machine was too busy, the analytic model decides and the row says so.", ""]
+        lines += _md_table(rows, ["layer", "lowering", "timing", "speedup vs baseline", "decided by", "why",
+                                  "did not apply"])
         check = details.get("model_check")
         if check:
             lines += ["", check["reason"] + "."]
+    check = next((r.get("details") for r in report["passes"] if r["name"] == "deprune-model-check"), None)
+    if check and check.get("reason"):
+        lines += ["", "## Whole model", "", check["reason"] + "."]
     return lines
 
 
@@ -104,13 +118,18 @@ def _md_table(rows: list[list[Any]], headers: list[str]) -> list[str]:
 
 
 def format_bench(result: dict[str, Any]) -> str:
-    rows = [[label, m["path"], f"{m['median_ms']:.3f}", f"{m['min_ms']:.3f}", human(m["macs"])]
-            for label, m in result["models"].items()]
-    text = format_table(rows, ["model", "path", "median ms", "min ms", "MACs"])
+    from sparsecc.measure.readout import speedup_text
+
+    rows = [[label, m["path"], f"{m['median_ms']:.3f}", f"{m['min_ms']:.3f}", f"{m['cpu_median_ms']:.3f}",
+             human(m["macs"])] for label, m in result["models"].items()]
+    text = format_table(rows, ["model", "path", "median ms", "min ms", "CPU ms", "MACs"])
     backend = result["backend"]
-    text += (f"\n\n{result['runs']} interleaved runs after {result['warmup']} warm-up, {result['clock']}; "
-             f"backend {backend.get('backend')} ({backend.get('intra_op_num_threads', '?')} threads)")
+    load = result["load"]
+    text += (f"\n\n{result['runs']} paired rounds after {result['warmup']} warm-up; {result['clock']}; "
+             f"backend {backend.get('backend')} ({backend.get('intra_op_num_threads', '?')} threads, spinning off); "
+             f"load {load['before'][0]:.2f} -> {load['after'][0]:.2f} on {load['cores']} cores ({load['level']})")
     if "speedup" in result:
-        text += (f"\nspeedup {result['speedup']:.3f}x (median baseline / median candidate); ideal "
+        text += (f"\nspeedup {speedup_text(result)}, {result['confidence']:.0%} intervals; ideal "
                  f"{result['ideal']:.3f}x (MAC ratio); efficiency {result['efficiency']:.2f}")
+        text += "".join(f"\nNote: {note}" for note in result["notes"])
     return text

@@ -70,7 +70,12 @@ def test_bench_pair_json(cli, model_path, tmp_path):
                           "--warmup", "1", "--json", check=True).stdout)
     assert set(data["models"]) == {"baseline", "candidate"}
     assert data["ideal"] == 1.0 and data["speedup"] > 0 and data["models"]["candidate"]["runs"] == 3
-    assert data["backend"]["intra_op_num_threads"] == 2
+    assert data["backend"]["intra_op_num_threads"] == 2 and data["backend"]["allow_spinning"] is False
+    low, high = data["speedup_ci"]
+    assert low <= data["speedup"] <= high and data["cpu_speedup_ci"][0] <= data["cpu_speedup"]
+    assert set(data["load"]) >= {"before", "after", "cores", "level"} and data["pairs"] == 3
+    # the candidate does the same work: the bench says a figure away from 1 is noise, whatever it measured
+    assert any("same work" in note for note in data["notes"])
 
 
 def _assert_clean_failure(result, *phrases, code=2):

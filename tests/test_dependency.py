@@ -331,3 +331,29 @@ def test_filter_pruning_sees_through_a_group_wise_channel_gather():
     assert "Gather" in [n.op for n in ctx.model.graph.nodes]
     group = by_producer(build_channel_groups(ctx.model), "a")
     assert group.editable(), group.blockers
+
+
+def test_zero_channels_padded_onto_a_group_keep_the_function(tmp_path):
+    from graphs import init, make_model, randn
+
+    from sparsecc.backends.ort import OrtBackend
+    from sparsecc.dependency.padding import pad_groups, padded_size, why_not_paddable
+
+    nodes = [helper.make_node("Conv", ["x", "W0", "B0"], ["a"], name="c0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "W1"], ["y"], name="c1")]
+    inits = [init("W0", randn(14, 4, 3, 3)), init("B0", randn(14)), init("W1", randn(8, 14, 1, 1))]
+    model = model_from_proto(make_model(nodes, [("x", [1, 4, 6, 6])], [("y", [1, 8, 6, 6])], inits))
+    before = model.copy()
+    group = next(g for g in build_channel_groups(model) if g.size == 14)
+    assert why_not_paddable(group) is None and padded_size(14, 8) == 16 and padded_size(14, 8, 15) == 15
+    pad_groups(model, [(group, 16)])
+    tensors = model.graph.tensors()
+    assert tensors["W0"].values.shape == (16, 4, 3, 3) and tensors["W1"].values.shape == (8, 16, 1, 1)
+    assert not tensors["W0"].values[14:].any() and not tensors["B0"].values[14:].any()
+    backend = OrtBackend(threads=1)
+    feed = {"x": np.random.default_rng(0).standard_normal((1, 4, 6, 6)).astype(np.float32)}
+    reference = backend.load(before.to_bytes()).run(feed)["y"]  # the same up to the summation order
+    np.testing.assert_allclose(backend.load(model.to_bytes()).run(feed)["y"], reference, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="fewer channels"):
+        pad_groups(model, [(next(g for g in build_channel_groups(model) if g.size == 16), 8)])

@@ -4,9 +4,12 @@
 - :mod:`~sparsecc.lowering.emitter`: :class:`Emitter` (nodes with provenance, constants in the
   graph's dtype) and the Gather/Conv/Gemm building blocks.
 - :mod:`~sparsecc.lowering.registry`: the open registry of lowerings.
-- :mod:`~sparsecc.lowering.cost`: the analytic and measured cost models, the choice with its noise
-  rule, and the whole-model check.
-- :mod:`~sparsecc.lowering.timing_cache`: measured timings in a file, for reproducible compiles.
+- :mod:`~sparsecc.lowering.cost`: the analytic and measured cost models and the choice between
+  candidates (the policy of :mod:`sparsecc.policy`: a conclusive timing decides, else the analytic model).
+- :mod:`~sparsecc.lowering.calibration`: the analytic model calibrated on this machine (in the timing cache).
+- :mod:`~sparsecc.lowering.model_check`: the whole-model checks (lowerings kept unless conclusively
+  slower; removed work timed for the report, never undone).
+- :mod:`~sparsecc.lowering.timing_cache`: the timing cache file (entries hold evidence: :mod:`sparsecc.measure.cached`).
 - :mod:`~sparsecc.lowering.gather`: the group-wise lowerings (channel-gather, tap-gather).
 - :mod:`~sparsecc.lowering.depthwise`: DEPrune's depthwise lowerings (depthwise, kernel-crop,
   dr-grouped, dr-compact).
@@ -27,8 +30,11 @@ The passes of the family then offer it to their cost model (and ``lowering: my-l
 forces it); ``unregister_lowering(name)`` removes it.
 """
 
+from sparsecc.lowering.calibration import Calibration, build_calibration
 from sparsecc.lowering.cost import (AnalyticCost, MeasuredCost, analytic_seconds, choose_lowering, describe_candidates,
-                                    layer_graph, undo_unless_faster, whole_model_check)
+                                    layer_graph, machine_calibration, timing_environment)
+from sparsecc.lowering.model_check import (check_removed_work, keep_lowerings_unless_slower, model_evidence,
+                                           work_profile)
 from sparsecc.lowering.emitter import Emitter, emit_conv, emit_gather, emit_gather_features, emit_gemm
 from sparsecc.lowering.geometry import ConvGeometry, conv_geometry
 from sparsecc.lowering.registry import (Candidate, LayerToLower, Lowering, Proposals, get_lowering, lowerings,
@@ -40,9 +46,10 @@ from sparsecc.lowering import gather  # noqa: E402,F401  (isort: skip)
 from sparsecc.lowering import depthwise  # noqa: E402,F401  (isort: skip)
 
 __all__ = [
-    "AnalyticCost", "Candidate", "ConvGeometry", "Emitter", "LayerToLower", "Lowering", "MeasuredCost", "Proposals",
-    "TimingCache", "analytic_seconds", "choose_lowering", "conv_geometry", "default_timing_cache_path",
-    "describe_candidates", "emit_conv", "emit_gather", "emit_gather_features", "emit_gemm", "get_lowering",
-    "layer_graph", "lowerings", "open_timing_cache", "propose_all", "register_lowering", "undo_unless_faster",
-    "unregister_lowering", "whole_model_check",
+    "AnalyticCost", "Calibration", "Candidate", "ConvGeometry", "Emitter", "LayerToLower", "Lowering", "MeasuredCost",
+    "Proposals", "TimingCache", "analytic_seconds", "build_calibration", "check_removed_work", "choose_lowering",
+    "conv_geometry", "default_timing_cache_path", "describe_candidates", "emit_conv", "emit_gather",
+    "emit_gather_features", "emit_gemm", "get_lowering", "keep_lowerings_unless_slower", "layer_graph", "lowerings",
+    "machine_calibration", "model_evidence", "open_timing_cache", "propose_all", "register_lowering",
+    "timing_environment", "unregister_lowering", "work_profile",
 ]

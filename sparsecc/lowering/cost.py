@@ -1,30 +1,36 @@
-"""Cost models: how long a candidate lowering takes, and which candidate to take.
+"""Cost models: how a candidate lowering compares with its baseline, and which candidate to take.
 
-- :class:`AnalyticCost`: MACs, moved elements and nodes, calibrated on ONNX Runtime CPU
-  (deterministic; every lowering carries its own time per MAC, so an unknown one never fails).
-- :class:`MeasuredCost`: each candidate timed as a one-layer model on ONNX Runtime CPU,
-  interleaved (BENCHMARKS.md), through the timing cache.
-- :func:`choose_lowering`: the fastest candidate if it beats dense by ``min_gain``; a win whose
-  margin is inside the measured noise is re-measured once, then resolved conservatively (dense).
-- :func:`whole_model_check`: the rewritten model against the graph it came from (a rewrite can
-  win on each layer and lose in the model), through the same cache and the same noise rule.
+- :class:`AnalyticCost`: MACs, moved elements and nodes with fixed constants (deterministic: the
+  same answer on every machine; it reads no timing and no cache).
+- :class:`MeasuredCost`: each candidate timed as a one-layer model against the baseline layer on
+  ONNX Runtime CPU, paired (:mod:`sparsecc.measure`), through the timing cache, which keeps the
+  evidence. Where the evidence is inconclusive, the analytic model decides, calibrated on this
+  machine (:mod:`sparsecc.lowering.calibration`).
+- :func:`choose_lowering`: the policy's choice (:func:`sparsecc.policy.choose`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from sparsecc.lowering.calibration import Calibration, build_calibration, calibration_fields
 from sparsecc.lowering.emitter import Emitter
 from sparsecc.lowering.registry import Candidate
 from sparsecc.lowering.timing_cache import TimingCache, graph_signature
+from sparsecc.measure import MeasureSettings, judge
+from sparsecc.measure.cached import FROM_CACHE, compare_through_cache, level_now
+from sparsecc.policy import ANALYTIC, Decision, Option, choose, needs_estimates
 
 # ~0.8 ns per element moved by Gather/Transpose/NCHWc reorder, ~15 us per node on ONNX Runtime CPU
 # (tools/bench_groupwise.py profiles, 2 threads).
 S_PER_COPY = 0.8e-9
 S_PER_NODE = 15e-6
+
+# one layer: at least 10 pairs, more while an interval straddles the threshold, for 3 s at most
+LAYER_SETTINGS = MeasureSettings(min_pairs=10, max_pairs=200, batch=10, budget_s=3.0)
 
 
 def analytic_seconds(candidate: Candidate) -> float:
@@ -32,92 +38,147 @@ def analytic_seconds(candidate: Candidate) -> float:
     return candidate.macs * candidate.ps_per_mac + candidate.copied * S_PER_COPY + candidate.nodes * S_PER_NODE
 
 
-class AnalyticCost:
-    """Estimates from MACs and moved data: no timing, the same answer on every machine."""
-
-    name = "analytic"
-
-    def time(self, candidates: list[Candidate], op: str, in_shape, out_shape, dtype=np.float32) -> None:
-        for candidate in candidates:
-            candidate.seconds = analytic_seconds(candidate)
-            candidate.source = "analytic"
-
-    def remeasure(self, candidates: list[Candidate], op: str, in_shape, out_shape, dtype=np.float32) -> None:
-        """Estimates carry no noise: nothing to re-measure."""
-
-
-def _measure_environment(threads: int) -> dict[str, Any]:
+def timing_environment(threads: int) -> dict[str, Any]:
+    """What a timing depends on besides the graphs: backend, threads, spinning, CPU (cache key fields)."""
     import onnxruntime as ort
 
     from sparsecc.environment import cpu_model
 
-    return {"backend": f"onnxruntime {ort.__version__} CPU", "threads": threads, "cpu": cpu_model()}
+    return {"backend": f"onnxruntime {ort.__version__} CPU", "threads": threads, "spinning": False,
+            "cpu": cpu_model()}
+
+
+class AnalyticCost:
+    """Estimates from MACs, moved data and nodes.
+
+    Args:
+        calibration: Per-lowering factors measured on this machine. Defaults to none: the fixed
+            constants, the same on every machine (what ``--cost-model analytic`` uses).
+    """
+
+    name = "analytic"
+
+    def __init__(self, calibration: Calibration | None = None):
+        self.calibration = calibration
+
+    @property
+    def label(self) -> str:
+        return f"{ANALYTIC} ({self.calibration.describe()})" if self.calibration else ANALYTIC
+
+    def time(self, candidates: list[Candidate], op: str, in_shape, out_shape, dtype=np.float32,
+             threshold: float = 1.0) -> None:
+        """Estimates stand in for times (``threshold`` is not needed: estimates carry no noise)."""
+        self.estimate(candidates)
+        for candidate in candidates:
+            candidate.seconds = candidate.estimate_s
+            candidate.source = "analytic"
+
+    def fallback(self) -> "AnalyticCost":
+        """The model that decides where a timing cannot: this one."""
+        return self
+
+    def estimate(self, candidates: list[Candidate]) -> None:
+        for candidate in candidates:
+            factor = self.calibration.factor(candidate.name) if self.calibration else 1.0
+            candidate.estimate_s = analytic_seconds(candidate) * factor
 
 
 class MeasuredCost:
-    """Times candidates on ONNX Runtime CPU, through a timing cache.
+    """Times candidates against the baseline on ONNX Runtime CPU, through the timing cache.
 
     Args:
-        runs: Timed runs per candidate. Defaults to 5.
-        threads: ONNX Runtime intra-op threads. Defaults to 2.
+        threads: ONNX Runtime intra-op threads. Defaults to 1 (CPU time then holds under load).
         cache: The timing cache. Defaults to one kept in memory for this compile only.
+        min_pairs: Paired runs before an interval is looked at. Defaults to 10.
     """
 
     name = "measured"
 
-    def __init__(self, runs: int = 5, threads: int = 2, cache: TimingCache | None = None):
-        self.runs = runs
+    def __init__(self, threads: int = 1, cache: TimingCache | None = None, min_pairs: int = 10):
         self.threads = threads
         self.cache = cache if cache is not None else TimingCache(None)
-        self._env = _measure_environment(threads)
+        self.settings = MeasureSettings(min_pairs=min_pairs, max_pairs=max(min_pairs, LAYER_SETTINGS.max_pairs),
+                                        batch=LAYER_SETTINGS.batch, budget_s=LAYER_SETTINGS.budget_s)
+        self.environment = timing_environment(threads)
+        self._analytic: AnalyticCost | None = None
 
-    def time(self, candidates: list[Candidate], op: str, in_shape, out_shape, dtype=np.float32) -> None:
-        graphs = [layer_graph(c, in_shape, out_shape, dtype) for c in candidates]
-        keys = [self._key(c, op, in_shape, out_shape, dtype, g) for c, g in zip(candidates, graphs)]
-        missing = []
-        for index, (candidate, key) in enumerate(zip(candidates, keys)):
-            entry = self.cache.get(key)
-            if entry is None:
-                missing.append(index)
-            else:
-                candidate.seconds, candidate.spread, candidate.source = entry["seconds"], entry["spread"], \
-                    "timing cache"
-        if missing:
-            self._measure([candidates[i] for i in missing], [graphs[i] for i in missing],
-                          [keys[i] for i in missing], in_shape, dtype, self.runs)
+    def time(self, candidates: list[Candidate], op: str, in_shape, out_shape, dtype=np.float32,
+             threshold: float = 1.0) -> None:
+        """Evidence for each candidate but the first (the baseline) against it, from the cache or measured
+        (more pairs while an interval straddles ``threshold``)."""
+        from sparsecc.measure import measure_models
 
-    def remeasure(self, candidates: list[Candidate], op: str, in_shape, out_shape, dtype=np.float32) -> None:
-        """Measure again with twice the runs (a margin inside the noise); the cache keeps the new figures."""
-        graphs = [layer_graph(c, in_shape, out_shape, dtype) for c in candidates]
-        keys = [self._key(c, op, in_shape, out_shape, dtype, g) for c, g in zip(candidates, graphs)]
-        self._measure(candidates, graphs, keys, in_shape, dtype, 2 * self.runs)
+        graphs = {c.name: layer_graph(c, in_shape, out_shape, dtype) for c in candidates}
+        base = candidates[0]
+        signature = {name: graph_signature(g) for name, g in graphs.items()}
+        keys, what = {}, {}
+        for candidate in candidates[1:]:
+            what[candidate.name] = {"op": op, "lowering": candidate.name, "baseline": base.name,
+                                    "in": list(in_shape), "out": list(out_shape), "dtype": np.dtype(dtype).name}
+            keys[candidate.name] = TimingCache.key({"what": "layer-pair", **what[candidate.name],
+                                                    "baseline_graph": signature[base.name],
+                                                    "graph": signature[candidate.name], **self.environment})
+        feed = {"x": np.random.default_rng(0).standard_normal(in_shape).astype(dtype)}
 
-    def _key(self, candidate: Candidate, op: str, in_shape, out_shape, dtype, graph: gs.Graph) -> str:
-        fields = {"what": "layer", "op": op, "lowering": candidate.name, "in": list(in_shape),
-                  "out": list(out_shape), "dtype": np.dtype(dtype).name, "graph": graph_signature(graph),
-                  **self._env}
-        return TimingCache.key(fields)
+        def measure_missing(labels: list[str]):
+            chosen = {base.name: graphs[base.name], **{label: graphs[label] for label in labels}}
+            return measure_models(chosen, base.name, threshold, self.threads, self.settings, feed)
 
-    def _measure(self, candidates, graphs, keys, in_shape, dtype, runs: int) -> None:
-        from sparsecc.backends.ort import OrtBackend
-        from sparsecc.bench import time_interleaved
-        from sparsecc.onnx_files import SessionFiles
+        found = compare_through_cache(self.cache, keys, what, measure_missing)
+        for candidate in candidates[1:]:
+            sourced = found[candidate.name]
+            candidate.evidence = sourced.evidence
+            candidate.source = sourced.source
+            candidate.seconds = sourced.evidence.cpu_ms[1] / 1e3
+            base.seconds = sourced.evidence.cpu_ms[0] / 1e3
+        base.source = "timing cache" if all(f.source == FROM_CACHE for f in found.values()) else "measured"
 
-        backend = OrtBackend(threads=self.threads)
-        # loaded by path: a dense FC layer of VGG-16 is 400 MB, which serialised bytes would hold twice
-        with SessionFiles() as files:
-            paths = [files.write(g) for g in graphs]
-            sessions = {i: backend.load(p, files.initializers(p)) for i, p in enumerate(paths)}
-            feed = {"x": np.random.default_rng(0).standard_normal(in_shape).astype(dtype)}
-            timings = time_interleaved(sessions, dict.fromkeys(sessions, feed), warmup=1, runs=runs)
-            del sessions
-        for index, (candidate, key) in enumerate(zip(candidates, keys)):
-            timing = timings[index]
-            candidate.seconds = timing.min_ms / 1e3
-            candidate.spread = round((timing.median_ms - timing.min_ms) / timing.min_ms, 4)
-            candidate.source = "measured"
-            self.cache.put(key, {"seconds": candidate.seconds, "spread": candidate.spread, "runs": runs,
-                                 "lowering": candidate.name, "in": list(in_shape)})
+    def estimate(self, candidates: list[Candidate]) -> None:
+        """The analytic fallback, calibrated on this machine (built and cached the first time it is needed)."""
+        self.fallback().estimate(candidates)
+
+    def fallback(self) -> AnalyticCost:
+        if self._analytic is None:
+            self._analytic = AnalyticCost(machine_calibration(self.cache, self.threads, self.environment))
+        return self._analytic
+
+
+def machine_calibration(cache: TimingCache, threads: int, environment: dict[str, Any]) -> Calibration | None:
+    """This machine's calibration from ``cache``; measured and stored when missing, unless the machine
+    is heavily loaded (then None: the fixed constants are used, and the report says so)."""
+    key = TimingCache.key(calibration_fields(environment))
+    found = Calibration.from_entry(cache.entries.get(key))  # not counted as a timing hit or miss
+    if found is not None and found.load.level != "heavy":
+        return found
+    if level_now() == "heavy":
+        return found if found is not None and found.load.level != "heavy" else None
+    calibration = build_calibration(threads)
+    if calibration.load.level == "heavy":
+        return None
+    cache.put(key, calibration.to_entry())
+    return calibration
+
+
+def choose_lowering(candidates: list[Candidate], min_gain: float, cost, op: str, in_shape, out_shape,
+                    dtype=np.float32) -> tuple[Candidate, Decision]:
+    """Time (or estimate) the candidates and take one (``candidates[0]`` is the baseline).
+
+    A lowering must beat the baseline by ``min_gain``: by a conclusive timing where there is one,
+    else (no timing, or an interval that straddles the threshold) by the analytic estimate, which
+    the decision then names (:func:`sparsecc.policy.choose`).
+    """
+    threshold = 1.0 + min_gain
+    cost.time(candidates, op, in_shape, out_shape, dtype, threshold)
+    base, options = candidates[0], candidates[1:]
+    verdicts = {c.name: judge(c.evidence, threshold) if c.evidence is not None else None for c in options}
+    choices = [Option(c.name, verdicts[c.name]) for c in options]
+    label = ANALYTIC
+    if needs_estimates(choices):
+        cost.estimate(candidates)
+        label = cost.fallback().label
+        choices = [Option(c.name, verdicts[c.name], base.estimate_s / c.estimate_s) for c in options]
+    decision = choose(base.name, choices, threshold, label)
+    return next(c for c in candidates if c.name == decision.choice), decision
 
 
 def layer_graph(candidate: Candidate, in_shape, out_shape, dtype=np.float32) -> gs.Graph:
@@ -144,146 +205,21 @@ def layer_graph(candidate: Candidate, in_shape, out_shape, dtype=np.float32) -> 
     return graph
 
 
-def describe_candidates(candidates: list[Candidate]) -> dict[str, Any]:
-    """What a pass records of its candidates for one layer: times, MACs, timing source and spread."""
-    described = {"candidates_ms": {c.name: round(c.seconds * 1e3, 4) for c in candidates if c.seconds is not None},
-                 "macs": {c.name: c.macs for c in candidates}}
+def describe_candidates(candidates: list[Candidate], decision: Decision | None = None) -> dict[str, Any]:
+    """What a pass records of its candidates for one layer: times, MACs, the evidence, what decided."""
+    described: dict[str, Any] = {
+        "candidates_ms": {c.name: round(c.seconds * 1e3, 4) for c in candidates if c.seconds is not None},
+        "macs": {c.name: c.macs for c in candidates}}
     sources = {c.source for c in candidates if c.source}
     if sources:
         described["timing"] = " + ".join(sorted(sources))
-    spreads = {c.name: c.spread for c in candidates if c.spread is not None}
-    if spreads:
-        described["spread"] = spreads
+    evidence = {c.name: c.evidence.summary() for c in candidates if c.evidence is not None}
+    if evidence:
+        described["speedup_vs_" + candidates[0].name] = evidence
+    estimates = {c.name: round(candidates[0].estimate_s / c.estimate_s, 4) for c in candidates[1:]
+                 if c.estimate_s and candidates[0].estimate_s}
+    if estimates:
+        described["estimated_speedup"] = estimates
+    if decision is not None:
+        described["decided_by"] = decision.by + (" (timing inconclusive)" if decision.fallback else "")
     return described
-
-
-def _margin(dense_s: float, best_s: float, min_gain: float) -> float:
-    """How far ``best * (1 + min_gain)`` is below dense, relative to dense (negative: it is not)."""
-    return (dense_s - best_s * (1.0 + min_gain)) / dense_s
-
-
-def _noise(*candidates: Candidate) -> float:
-    return max((c.spread or 0.0) for c in candidates)
-
-
-def choose_lowering(candidates: list[Candidate], min_gain: float, remeasure: Callable[[list[Candidate]], None]
-                    ) -> tuple[Candidate, str]:
-    """The candidate to take (``candidates[0]`` is dense) and why, from their ``seconds``.
-
-    A lowering must beat dense by ``min_gain``. A win by a margin inside the noise of fresh
-    measurements is measured once more (``remeasure``); if it is still inside, dense is kept.
-    Cached timings are not measured again but go through the same rule (the cache holds the
-    second measurement), so a compile from a full cache decides as the one that filled it.
-    """
-    dense, options = candidates[0], candidates[1:]
-    best = min(options, key=lambda c: c.seconds)
-    unit = {"analytic": "estimated", "timing cache": "measured (timing cache)"}.get(best.source, best.source)
-    margin = _margin(dense.seconds, best.seconds, min_gain)
-    fresh = "measured" in (best.source, dense.source)
-    if margin > 0 and margin <= _noise(dense, best):
-        if fresh:
-            remeasure([dense, best])
-            margin = _margin(dense.seconds, best.seconds, min_gain)
-        # the same rule for cached timings: the cache holds the second measurement, so a compile
-        # from it decides as the compile that measured did
-        if margin > 0 and margin <= _noise(dense, best):
-            how = "measured twice" if fresh else "timing cache"
-            return dense, (f"{best.name} {best.seconds * 1e3:.3f} ms vs dense {dense.seconds * 1e3:.3f} ms: "
-                           f"the margin {margin:.1%} is inside the measured spread {_noise(dense, best):.1%} "
-                           f"({how}), so the layer stays dense")
-    if margin > 0:
-        spread = f", spread {_noise(dense, best):.1%}" if best.source != "analytic" else ""
-        return best, (f"{best.name} {unit} {best.seconds * 1e3:.3f} ms vs dense {dense.seconds * 1e3:.3f} ms "
-                      f"({dense.seconds / best.seconds:.2f}x{spread})")
-    return dense, (f"no lowering is faster: best {best.name} {unit} {best.seconds * 1e3:.3f} ms vs dense "
-                   f"{dense.seconds * 1e3:.3f} ms (needs {min_gain:.0%} gain)")
-
-
-def whole_model_check(dense, rewritten, runs: int, threads: int, cache: TimingCache | None = None,
-                      labels: tuple[str, str] = ("dense", "rewritten"),
-                      fallback: str = "every layer was left dense") -> dict[str, Any]:
-    """Time the whole rewritten model against the model it came from, interleaved, through the cache.
-
-    Layers are chosen one at a time, but a rewrite can win on each layer and lose in the model
-    (layout changes between neighbours, cache effects): the rewrite is kept only if the whole model
-    is faster on the target backend, by more than the measured spread (else it is re-measured once,
-    then undone: the conservative choice).
-    """
-    cache = cache if cache is not None else TimingCache(None)
-    fields = {"what": "model", "dense": graph_signature(dense.graph), "rewritten": graph_signature(rewritten.graph),
-              **_measure_environment(threads)}
-    key = TimingCache.key(fields)
-    entry = cache.get(key)
-    source = "timing cache"
-    if entry is None:
-        entry = _time_models(dense, rewritten, runs, threads)
-        source = "measured"
-        margin = entry["dense_ms"] / entry["rewritten_ms"] - 1.0
-        if 0 < margin <= entry["spread"]:
-            entry = _time_models(dense, rewritten, 2 * runs, threads)
-            source = "measured twice (the first margin was inside the spread)"
-        cache.put(key, entry)
-    dense_ms, rewritten_ms, spread = entry["dense_ms"], entry["rewritten_ms"], entry["spread"]
-    margin = dense_ms / rewritten_ms - 1.0
-    kept = margin > spread
-    if kept:
-        verdict = "kept"
-    elif margin > 0:
-        verdict = f"faster by {margin:.1%}, inside the measured spread {spread:.1%}, so {fallback}"
-    else:
-        verdict = f"not faster, so {fallback}"
-    base, candidate = labels
-    return {"dense_ms": dense_ms, "rewritten_ms": rewritten_ms, "runs": entry["runs"], "spread": spread,
-            "source": source, "kept": kept,
-            "reason": f"whole model: {candidate} {rewritten_ms:.3f} ms vs {base} {dense_ms:.3f} ms "
-                      f"(median of {entry['runs']}, spread {spread:.1%}, ONNX Runtime CPU, {source}): {verdict}"}
-
-
-def undo_unless_faster(before, model, runs: int, threads: int, cache: TimingCache | None, details: dict,
-                       skipped: list, notes: list) -> bool:
-    """A lowering pass's last step: keep the rewritten ``model`` only if the whole model is faster.
-
-    Runs :func:`whole_model_check`, records it in ``details["model_check"]``; when the rewrite is not
-    kept, puts ``before``'s graph back and lists the reason in ``skipped`` and ``notes``. True when kept.
-    """
-    from sparsecc.passmanager import Skipped
-
-    check = whole_model_check(before, model, runs, threads, cache)
-    details["model_check"] = check
-    if check["kept"]:
-        return True
-    model.graph = before.graph
-    skipped.append(Skipped("(whole model)", check["reason"]))
-    notes.append(check["reason"])
-    return False
-
-
-def _time_models(dense, rewritten, runs: int, threads: int) -> dict[str, Any]:
-    """Median times of the two models, each loaded as deployed (prepacked weights, optimised graph).
-
-    One session is alive at a time (each holds a whole model's weights, prepacked): dense, then
-    rewritten for twice as many runs, then dense again, so a load that drifts during the
-    measurement weighs on both alike (interleaving run by run would need both at once).
-    """
-    from sparsecc.backends.ort import OrtBackend
-    from sparsecc.bench import Timing, time_interleaved
-    from sparsecc.onnx_files import SessionFiles
-    from sparsecc.verify import input_specs, random_feeds
-
-    backend = OrtBackend(threads=threads)
-    feed = random_feeds(input_specs(rewritten), seed=0)[0]
-    timings = {"dense": Timing("dense"), "rewritten": Timing("rewritten")}
-    half = max(1, (runs + 1) // 2)
-    with SessionFiles() as files:  # loaded by path: no serialised copy of either model's weights
-        paths = {"dense": files.write(dense.graph), "rewritten": files.write(rewritten.graph)}
-        # ONNX Runtime takes the weights from memory (no copy; it prepacks as deployed); the dense
-        # model's layers that were not rewritten use the rewritten model's arrays of the same bytes
-        arrays = {label: files.initializers(path) for label, path in paths.items()}
-        for label, block_runs in (("dense", half), ("rewritten", 2 * half), ("dense", half)):
-            session = backend.load(paths[label], arrays[label])
-            block = time_interleaved({label: session}, {label: feed}, warmup=1, runs=block_runs)
-            timings[label].times_ms += block[label].times_ms
-            del session, block
-    spread = max((t.median_ms - t.min_ms) / t.min_ms for t in timings.values())
-    return {"dense_ms": round(timings["dense"].median_ms, 4), "rewritten_ms": round(timings["rewritten"].median_ms, 4),
-            "spread": round(spread, 4), "runs": len(timings["dense"].times_ms)}

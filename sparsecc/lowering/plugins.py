@@ -261,9 +261,6 @@ class GpuAnalyticCost:
             candidate.seconds = self.seconds(candidate)
             candidate.source = "analytic"
 
-    def remeasure(self, candidates: list[Candidate], *_args, **_kwargs) -> None:
-        """Estimates carry no noise: nothing to re-measure."""
-
 
 GROUPWISE_CONV_PLUGIN = register_lowering(Lowering(
     "groupwise-conv-plugin", FAMILY, frozenset({"Conv"}), _conv_plugin, FP16_S_PER_MAC / PLUGIN_EFFICIENCY,

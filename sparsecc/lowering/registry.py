@@ -58,9 +58,11 @@ class Candidate:
         copied: Activation elements moved by Gather/Transpose and layout reorders.
         nodes: Nodes emitted (each costs a fixed launch overhead).
         ps_per_mac: The analytic cost model's time per MAC for this lowering.
-        seconds: Its time, once a cost model has estimated or measured it.
-        spread: Relative spread of a measurement ((median - min) / min), or None.
+        seconds: Its time, once a cost model has estimated or measured it (measured: the median CPU time).
         source: Where ``seconds`` came from: "analytic", "measured" or "timing cache".
+        evidence: Its paired timing against the layer's baseline
+            (:class:`~sparsecc.measure.RatioEvidence`), once measured.
+        estimate_s: The analytic model's estimate, once asked for.
     """
 
     name: str
@@ -70,8 +72,9 @@ class Candidate:
     nodes: int
     ps_per_mac: float = DEFAULT_PS_PER_MAC
     seconds: float | None = None
-    spread: float | None = None
     source: str | None = None
+    evidence: Any = None
+    estimate_s: float | None = None
 
 
 Propose = Callable[[LayerToLower], "Candidate | str"]

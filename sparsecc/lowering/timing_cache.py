@@ -116,6 +116,15 @@ class TimingCache:
         write_bytes_atomic(self.path, (text + "\n").encode())
         self._new.clear()
 
+    def clear(self) -> int:
+        """Delete every entry, in memory and in the file (the file is removed); returns how many there were."""
+        count = len(self._read(self.path)) if self.path is not None and self.path.exists() else len(self.entries)
+        self.entries.clear()
+        self._new.clear()
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+        return count
+
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path) if self.path else None, "hits": self.hits, "misses": self.misses}
 

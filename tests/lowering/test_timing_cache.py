@@ -1,4 +1,4 @@
-"""The timing cache: reproducible compiles, decisions from the cache, the noise rule."""
+"""The timing cache: reproducible compiles, entries that hold evidence, when an entry is used again."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from onnx import helper
 
 from sparsecc.compiler import compile_model
 from sparsecc.errors import OptionError
-from sparsecc.lowering import Candidate, TimingCache, choose_lowering, open_timing_cache
+from evidence import FASTER, SLOWER, STRADDLES, evidence
+
+from sparsecc.lowering import AnalyticCost, Candidate, TimingCache, choose_lowering, open_timing_cache
 from sparsecc.lowering.timing_cache import ENV, default_timing_cache_path
+from sparsecc.measure import Measurement
+from sparsecc.measure.cached import compare_through_cache, describe_entry, entry_for, evidence_of, reuse_rule
 
 
 def _three_convs(path):
@@ -39,8 +43,13 @@ def test_two_compiles_with_one_timing_cache_give_byte_identical_models(tmp_path)
     markdown = (tmp_path / "b" / "report.md").read_text()
     assert "Lowering decisions of `groupwise-rewrite`" in markdown and "taken from it, 0 measured" in markdown
     entries = json.loads(cache.read_text())["entries"]
-    layer_fields, model_fields = {"seconds", "spread", "runs", "lowering"}, {"dense_ms", "rewritten_ms", "spread", "runs"}
-    assert entries and all(layer_fields <= set(e) or model_fields <= set(e) for e in entries.values())
+    # evidence, never a verdict: both ratios with intervals, load, when, threads, spinning
+    forms = {e["form"] for e in entries.values()}
+    assert entries and forms <= {"paired-evidence/1", "analytic-calibration/1"} and "paired-evidence/1" in forms
+    for entry in entries.values():
+        if entry["form"] == "paired-evidence/1":
+            assert {"cpu", "wall", "load", "taken_at", "threads", "spinning", "pairs"} <= set(entry["evidence"])
+            assert not {"kept", "verdict", "faster"} & set(entry["evidence"]) and entry["evidence"]["spinning"] is False
 
 
 def test_analytic_cost_model_is_deterministic_without_a_cache(tmp_path):
@@ -79,38 +88,145 @@ def test_cache_saves_merge_with_what_is_on_disk(tmp_path):
     assert set(TimingCache(path).entries) == {"a", "b"}
 
 
-def _candidates(dense_s, best_s, spread, source="measured"):
+class FixedCost:
+    """A cost model that hands out given evidence (and records whether the analytic fallback was asked)."""
+
+    def __init__(self, timing, estimate_s=None):
+        self.timing, self.estimate_s, self.estimated = timing, estimate_s, False
+
+    def time(self, candidates, *args, **kwargs):
+        for candidate in candidates[1:]:
+            candidate.evidence = evidence(self.timing, candidate=candidate.name)
+
+    def estimate(self, candidates):
+        self.estimated = True
+        for candidate, seconds in zip(candidates, self.estimate_s):
+            candidate.estimate_s = seconds
+
+    def fallback(self):
+        return AnalyticCost()
+
+
+def _candidates():
     noop = lambda *a: None  # noqa: E731
-    return [Candidate("dense", noop, 10, 0, 1, seconds=dense_s, spread=spread, source=source),
-            Candidate("tap-gather", noop, 5, 0, 3, seconds=best_s, spread=spread, source=source)]
+    return [Candidate("dense", noop, 10, 0, 1), Candidate("tap-gather", noop, 5, 0, 3)]
 
 
-def test_a_win_inside_the_noise_is_remeasured_then_kept_dense():
-    candidates = _candidates(1.0, 0.85, spread=0.2)  # 15% faster (5% past min_gain), spread 20%
-    remeasured = []
-    choice, why = choose_lowering(candidates, 0.1, remeasured.append)
-    assert remeasured and choice.name == "dense" and "inside the measured spread" in why
+def test_a_conclusive_timing_decides_and_no_estimate_is_made():
+    cost = FixedCost(FASTER)
+    choice, decision = choose_lowering(_candidates(), 0.1, cost, "Conv", (1, 4, 8, 8), (1, 4, 8, 8))
+    assert choice.name == "tap-gather" and decision.by == "CPU time" and not cost.estimated
+    choice, decision = choose_lowering(_candidates(), 0.1, FixedCost(SLOWER), "Conv", (1, 4, 8, 8), (1, 4, 8, 8))
+    assert choice.name == "dense" and "below 1.1" in decision.reason
 
 
-def test_a_win_inside_the_noise_that_holds_on_remeasuring_is_taken():
-    candidates = _candidates(1.0, 0.85, spread=0.2)
-
-    def quieter(chosen):
-        for candidate in chosen:
-            candidate.spread = 0.01
-
-    choice, why = choose_lowering(candidates, 0.1, quieter)
-    assert choice.name == "tap-gather" and "spread 1.0%" in why
+@pytest.mark.parametrize("estimates, expected", [((2.0, 1.0), "tap-gather"), ((1.0, 2.0), "dense")])
+def test_an_inconclusive_layer_timing_is_decided_by_the_analytic_model(estimates, expected):
+    cost = FixedCost(STRADDLES, estimates)
+    choice, decision = choose_lowering(_candidates(), 0.1, cost, "Conv", (1, 4, 8, 8), (1, 4, 8, 8))
+    assert cost.estimated and choice.name == expected and decision.fallback
+    assert decision.by == "analytic model" and "timing inconclusive" in decision.reason
 
 
-def test_cached_timings_are_not_remeasured_and_decide_as_the_compile_that_measured_them():
-    # the cache holds what the measuring compile decided on (the second measurement, if it took one):
-    # a margin inside its spread kept the layer dense there, so it must here too
-    remeasured = []
-    choice, why = choose_lowering(_candidates(1.0, 0.85, 0.2, source="timing cache"), 0.1, remeasured.append)
-    assert not remeasured and choice.name == "dense" and "timing cache" in why
-    choice, why = choose_lowering(_candidates(1.0, 0.85, 0.01, source="timing cache"), 0.1, remeasured.append)
-    assert not remeasured and choice.name == "tap-gather" and "timing cache" in why
+class Store(dict):
+    """A dict with the get/put of the timing cache (the entry logic needs no file)."""
+
+    def put(self, key, entry):
+        self[key] = entry
+
+
+def _measurement(label, timing, load=0.5):
+    return Measurement("dense", {label: evidence(timing, load=load, candidate=label)}, {}, {}, None, 1, False, 0.0,
+                       "decided")
+
+
+def test_the_reuse_rule():
+    assert not reuse_rule(None, "quiet", entry_present=False).use
+    assert "older cache entry" in reuse_rule(None, "quiet").reason
+    heavy = evidence(FASTER, load=8.0)
+    assert not reuse_rule(heavy, "quiet").use and "measured again" in reuse_rule(heavy, "quiet").reason
+    assert reuse_rule(heavy, "heavy").use  # no better evidence to be had now; judged inconclusive anyway
+    # an inconclusive entry is used as it is: the analytic model decides, the same way every time
+    assert reuse_rule(evidence(STRADDLES), "quiet").use and reuse_rule(evidence(FASTER, load=2.5), "quiet").use
+
+
+def test_a_cache_filled_under_heavy_load_is_measured_again_on_a_quieter_machine():
+    store, measured = Store(), []
+
+    def measure(labels, timing, load):
+        measured.append(labels)
+        return _measurement(labels[0], timing, load)
+
+    keys, what = {"tap-gather": "k1"}, {"tap-gather": {"op": "Conv"}}
+    first = compare_through_cache(store, keys, what, lambda labels: measure(labels, SLOWER, 8.0), lambda: "heavy")
+    assert first["tap-gather"].source == "measured" and evidence_of(store["k1"]).load.level == "heavy"
+    again = compare_through_cache(store, keys, what, lambda labels: measure(labels, FASTER, 0.5), lambda: "heavy")
+    assert again["tap-gather"].source == "timing cache" and len(measured) == 1
+    quiet = compare_through_cache(store, keys, what, lambda labels: measure(labels, FASTER, 0.5), lambda: "quiet")
+    assert quiet["tap-gather"].source == "measured" and "heavy load" in quiet["tap-gather"].note
+    assert evidence_of(store["k1"]).load.level == "quiet" and len(measured) == 2  # the quiet evidence replaced it
+    assert describe_entry(store["k1"])["form"] == "evidence" and describe_entry({"seconds": 1.0})["form"] == "older"
+
+
+def test_an_older_entry_without_evidence_is_never_reused():
+    store = Store(k1={"seconds": 1e-3, "spread": 0.5, "runs": 5})
+    found = compare_through_cache(store, {"x": "k1"}, {"x": {}}, lambda labels: _measurement("x", FASTER))
+    assert found["x"].source == "measured" and store["k1"] == entry_for(found["x"].evidence, {})
+
+
+def _forbid_timing(monkeypatch):
+    import sparsecc.measure.sessions as sessions
+
+    def no(*args, **kwargs):
+        raise AssertionError("the analytic cost model read the timing cache or timed something")
+
+    monkeypatch.setattr(TimingCache, "get", no)
+    monkeypatch.setattr(sessions, "measure_models", no)
+    monkeypatch.setattr("sparsecc.measure.measure_models", no)
+
+
+@pytest.mark.parametrize("recipe", ["groupwise-25", "deprune-bh"])
+def test_the_analytic_cost_model_reads_no_cache_and_gives_the_same_bytes_with_any_cache_or_none(tmp_path,
+                                                                                                 monkeypatch, recipe):
+    if recipe.startswith("deprune"):
+        pytest.importorskip("torch")
+        import dsc_nets
+
+        model = tmp_path / "m.onnx"
+        model.write_bytes(dsc_nets.export(dsc_nets.build("eff")).SerializeToString())
+    else:
+        model = _three_convs(tmp_path / "m.onnx")
+    # a cache full of evidence that would decide otherwise if it were read: every lowering conclusively faster
+    filled = tmp_path / "filled.json"
+    compile_model(model, recipe, tmp_path / "fill", timing_cache=filled)
+    entries = json.loads(filled.read_text())
+    for entry in entries["entries"].values():
+        if entry.get("form") == "paired-evidence/1":
+            entry["evidence"]["cpu"] = entry["evidence"]["wall"] = {"estimate": 9.0, "low": 8.0, "high": 10.0}
+    filled.write_text(json.dumps(entries))
+    _forbid_timing(monkeypatch)
+    outputs = []
+    for name, cache in (("none", "off"), ("filled", filled), ("other", tmp_path / "absent.json")):
+        compile_model(model, recipe, tmp_path / name, cost_model="analytic", timing_cache=cache)
+        outputs.append((tmp_path / name / "model.onnx").read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert not (tmp_path / "absent.json").exists()
+
+
+def test_cli_cache_show_path_clear(tmp_path, cli):
+    cache = tmp_path / "cache.json"
+    model = _three_convs(tmp_path / "m.onnx")
+    cli("compile", model, "--recipe", "groupwise-25", "-o", tmp_path / "a", "--timing-cache", cache, check=True)
+    path = cli("cache", "path", "--timing-cache", cache, check=True)
+    assert path.stdout.strip() == str(cache)
+    shown = json.loads(cli("cache", "show", "--timing-cache", cache, "--json", check=True).stdout)
+    assert shown["entries"] and all(e["form"] in ("evidence", "calibration") for e in shown["entries"])
+    text = cli("cache", "show", "--timing-cache", cache, check=True).stdout
+    assert "CPU speedup [90% CI]" in text and "tap-gather" in text
+    cleared = cli("cache", "clear", "--timing-cache", cache, check=True)
+    assert "cleared" in cleared.stdout and not cache.exists()
+    off = cli("cache", "show", "--timing-cache", "off")
+    assert off.returncode == 2 and "off" in off.stderr
 
 
 def test_cli_timing_cache_and_cost_model_options(tmp_path, cli):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from evidence import FASTER, SLOWER, STRADDLES, evidence
 from graphs import init, make_model, randn
 from onnx import helper
 
@@ -304,17 +305,14 @@ def test_cpu_recipe_empties_whole_channels_and_removes_them_exactly():
         make_pass("plan-deprune", method="bwt-hsr", channel_share=0.5)
 
 
-@pytest.mark.parametrize("compiled_faster", [True, False])
-def test_model_check_keeps_the_masked_model_when_the_compiled_one_is_slower(monkeypatch, compiled_faster):
-    import sparsecc.passes.deprune as deprune
+@pytest.mark.parametrize("timing", [FASTER, SLOWER, STRADDLES])
+def test_model_check_never_puts_removed_work_back(monkeypatch, timing):
+    import sparsecc.lowering.model_check as model_check
+    from sparsecc.measure.cached import Sourced
 
-    def timed(reference, candidate, runs, threads, cache=None, labels=("dense", "rewritten"),
-              fallback="every layer was left dense"):
-        kept = compiled_faster
-        return {"kept": kept, "reason": f"whole model: {labels[1]} 1 ms vs {labels[0]} 2 ms: "
-                                        f"{'kept' if kept else 'not faster, so ' + fallback}"}
-
-    monkeypatch.setattr(deprune, "whole_model_check", timed)
+    monkeypatch.setattr(model_check, "model_evidence",
+                        lambda *args, **kwargs: Sourced(evidence(timing, baseline="masked", candidate="compiled"),
+                                                        "measured", "test"))
     from sparsecc.passes.canonicalize import CANONICAL_PASSES
 
     proto = dsc_nets.export(dsc_nets.build("v2"))
@@ -324,8 +322,55 @@ def test_model_check_keeps_the_masked_model_when_the_compiled_one_is_slower(monk
     record = records["deprune-model-check"]
     masked_convs = sum(n.inputs[1].values.size for n in ctx.state["masked"].graph.nodes if n.op == "Conv")
     convs = sum(n.inputs[1].values.size for n in ctx.model.graph.nodes if n.op == "Conv")
-    if compiled_faster:
-        assert record["status"] == "unchanged" and convs < masked_convs
-    else:
-        assert record["status"] == "ran" and convs == masked_convs and "masked model is kept" in record["notes"][0]
+    assert record["status"] == "unchanged" and convs < masked_convs  # kept, whatever the timing said
+    check = ctx.state["deprune-model-check"]
+    assert check["kept"] and check["removes_work"] and "no timing veto" in check["reason"]
+    assert check["slowdown"] is (timing == SLOWER)
+    _same(ctx.state["masked"], ctx.model)
+
+
+def test_model_check_with_the_analytic_cost_model_times_nothing(monkeypatch):
+    import sparsecc.lowering.model_check as model_check
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("the analytic cost model timed the whole model")
+
+    monkeypatch.setattr(model_check, "model_evidence", no_timing)
+    from sparsecc.passes.canonicalize import CANONICAL_PASSES
+
+    proto = dsc_nets.export(dsc_nets.build("v2"))
+    ctx, records = _run(proto, [make_pass(n) for n in CANONICAL_PASSES] + [
+        make_pass("plan-deprune"), make_pass("apply-plan"), make_pass("remove-filters"),
+        make_pass("deprune-dead-channels"), make_pass("deprune-model-check", cost_model="analytic")], disabled=())
+    check = ctx.state["deprune-model-check"]
+    assert check["kept"] and check["removes_work"] and "evidence" not in check and "(not timed)" in check["reason"]
+
+
+def test_a_conclusive_slowdown_is_fixed_by_zero_channels_on_preferred_multiples(monkeypatch):
+    import sparsecc.lowering.model_check as model_check
+    from sparsecc.dependency import build_channel_groups
+    from sparsecc.measure.cached import Sourced
+
+    def timed(before, after, threads, cache, labels=("dense", "rewritten")):
+        # the compiled model conclusively slower than the masked one; the aligned one conclusively faster
+        timing = SLOWER if labels == ("masked", "compiled") else FASTER
+        return Sourced(evidence(timing, baseline=labels[0], candidate=labels[1]), "measured", "test")
+
+    monkeypatch.setattr(model_check, "model_evidence", timed)
+    from sparsecc.passes.canonicalize import CANONICAL_PASSES
+
+    proto = dsc_nets.export(dsc_nets.build("v2"))
+    # 30% of each PW2's filters, counts not rounded: off the multiples of 8
+    ctx, records = _run(proto, [make_pass(n) for n in CANONICAL_PASSES] + [
+        make_pass("plan-deprune", pw_ratio=0.3, pw_round_to=1), make_pass("apply-plan"), make_pass("remove-filters"),
+        make_pass("deprune-model-check")], disabled=())
+    record = records["deprune-model-check"]
+    alignment = ctx.state["deprune-model-check"]["alignment"]
+    padded = [c for c in alignment["changes"] if "not_padded" not in c]
+    assert alignment["applied"] and padded and record["status"] == "ran" and record["verification"]["passed"]
+    assert all(c["padded"] % 8 == 0 or c["padded"] == c["before_pruning"] for c in padded)
+    sizes = {g.id: g.size for g in build_channel_groups(ctx.model)}
+    assert all(sizes[c["group"]] == c["padded"] for c in padded)
+    masked_convs = sum(n.inputs[1].values.size for n in ctx.state["masked"].graph.nodes if n.op == "Conv")
+    assert sum(n.inputs[1].values.size for n in ctx.model.graph.nodes if n.op == "Conv") <= masked_convs  # never more
     _same(ctx.state["masked"], ctx.model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from evidence import FASTER, SLOWER, STRADDLES, evidence
 from graphs import init, make_model, randn
 from onnx import helper
 
@@ -272,7 +273,8 @@ def test_cost_model_keeps_layer_dense_when_no_lowering_is_faster():
     # keep 0.9 of the groups: every lowering moves data for little saved work
     ctx, records = _compile(proto, {"keep": 0.9, **ONE}, {"cost_model": "analytic"})
     info = records["groupwise-rewrite"].result.details["layers"]["conv"]
-    assert info["lowering"] == "dense" and info["reason"].startswith("no lowering is faster")
+    assert info["lowering"] == "dense" and info["reason"].startswith("dense kept: tap-gather: the analytic model")
+    assert info["decided_by"] == "analytic model" and "needs 1.1x" in info["reason"]
     assert set(info["candidates_ms"]) == {"dense", "tap-gather"}
     assert [s.layer for s in records["groupwise-rewrite"].result.skipped] == ["conv"]
     assert _ops(ctx.model) == ["Conv"]
@@ -283,7 +285,8 @@ def test_measured_cost_model_records_times():
     ctx, records = _compile(proto, {"keep": 0.25, **ONE}, {"runs": 2})
     info = records["groupwise-rewrite"].result.details["layers"]["conv"]
     assert {"dense", "tap-gather"} <= set(info["candidates_ms"]) and all(v > 0 for v in info["candidates_ms"].values())
-    assert "measured" in info["reason"]
+    assert info["timing"] == "measured" and "tap-gather" in info["speedup_vs_dense"]
+    assert "CPU time" in info["reason"] or "timing inconclusive" in info["reason"]  # the evidence, either way
     _assert_same(ctx)
 
 
@@ -381,26 +384,32 @@ def test_unnamed_layer_is_rewritten():
     _assert_same(ctx)
 
 
-@pytest.mark.parametrize("model_faster", [True, False])
-def test_whole_model_check_keeps_or_undoes_the_cost_models_choice(monkeypatch, model_faster):
-    import sparsecc.lowering.cost as lowering_cost
-    from sparsecc.lowering import MeasuredCost
+@pytest.mark.parametrize("whole_model, kept", [(FASTER, True), (SLOWER, False), (STRADDLES, False)])
+def test_whole_model_check_keeps_or_undoes_the_lowerings(monkeypatch, whole_model, kept):
+    """A conclusive whole-model timing keeps or undoes the lowerings; an inconclusive one defers to the
+    analytic model (on this 12x12 layer it prices the three nodes of tap-gather above the one dense Conv)."""
+    import sparsecc.lowering.model_check as model_check
+    from sparsecc.lowering import AnalyticCost, MeasuredCost
+    from sparsecc.measure.cached import Sourced
 
-    def tap_gather_wins(self, candidates, *args, **kwargs):  # per layer, the rewrite looks 4x faster
-        for candidate in candidates:
-            candidate.seconds = 1.0 if candidate.name == "dense" else 0.25
-
-    def whole_model(dense, rewritten, *args, **kwargs):
-        return {"kept": model_faster, "reason": "whole model: test verdict"}
+    def tap_gather_wins(self, candidates, *args, **kwargs):  # per layer, the rewrite is conclusively faster
+        for candidate in candidates[1:]:
+            candidate.evidence = evidence(FASTER, candidate=candidate.name)
 
     monkeypatch.setattr(MeasuredCost, "time", tap_gather_wins)
-    monkeypatch.setattr(lowering_cost, "whole_model_check", whole_model)  # what undo_unless_faster calls
+    monkeypatch.setattr(MeasuredCost, "fallback", lambda self: AnalyticCost())  # no calibration is measured
+    monkeypatch.setattr(model_check, "model_evidence",
+                        lambda *args, **kwargs: Sourced(evidence(whole_model), "measured", "test"))
     ctx, records = _compile(_conv_model(c_in=16, c_out=16, size=12, pads=[1, 1, 1, 1]), {"keep": 0.25, **ONE}, {})
     result = records["groupwise-rewrite"].result
     assert result.details["layers"]["conv"]["lowering"] != "dense"  # the cost model chose a rewrite
-    if model_faster:
+    check = result.details["model_check"]
+    assert check["kept"] is kept and check["fallback"] is (whole_model == STRADDLES)
+    if whole_model == STRADDLES:
+        assert "timing inconclusive" in check["reason"] and "analytic model decides" in check["reason"]
+    if kept:
         assert result.rewrites == 1 and "Gather" in _ops(ctx.model)
     else:
         assert result.rewrites == 0 and not result.modified and "Gather" not in _ops(ctx.model)
-        assert [s.layer for s in result.skipped if s.reason == "whole model: test verdict"] == ["(whole model)"]
+        assert [s.layer for s in result.skipped if "lowerings are undone" in s.reason] == ["(whole model)"]
     _assert_same(ctx)

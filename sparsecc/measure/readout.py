@@ -1,0 +1,54 @@
+"""Timings users can read: a measured speedup with its interval, the CPU-time ratio, the load, and
+plain words when a figure should not be trusted.
+
+Pure: it turns a :class:`~sparsecc.measure.RatioEvidence` (and the ideal, the MAC ratio) into
+figures and sentences for ``sparsecc bench``, the demo and the tools.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparsecc.measure.evidence import RatioEvidence
+
+WIDE = 0.2  # an interval wider than 20% of its estimate is called wide
+
+
+def readout(evidence: RatioEvidence, ideal: float | None = None) -> dict[str, Any]:
+    """Figures and notes for one candidate against its baseline.
+
+    Returns:
+        ``speedup`` (paired median by wall clock, what users see) with ``speedup_ci``,
+        ``cpu_speedup`` (by CPU time, work done) with ``cpu_speedup_ci``, ``pairs``, ``load``
+        (before/after, cores, level) and ``notes``: sentences that say when a figure is not to be
+        trusted, and why.
+    """
+    wall, cpu, load = evidence.wall, evidence.cpu, evidence.load
+    notes = []
+    if load.level == "heavy":
+        notes.append(f"The machine was too busy to trust these figures (load {load.before[0]:.1f} -> "
+                     f"{load.after[0]:.1f} on {load.cores} cores): measure again on a quieter machine.")
+    elif load.level == "loaded":
+        notes.append(f"The machine was loaded (load {load.before[0]:.1f} -> {load.after[0]:.1f} on {load.cores} "
+                     "cores): wall-clock times include waiting for a core; the CPU-time ratio (work done) is the "
+                     "steadier figure.")
+    if ideal is not None and abs(ideal - 1.0) < 1e-9:
+        notes.append("The candidate does the same work as the baseline (ideal 1.0x): a figure away from 1 is noise "
+                     "or memory layout, not a speedup.")
+    if wall.side(1.0) == "straddles":
+        notes.append(f"No measurable difference in wall clock: the {wall.confidence:.0%} interval "
+                     f"[{wall.low:.3f}, {wall.high:.3f}] includes 1.")
+    if wall.width > WIDE and load.level != "heavy":
+        notes.append(f"The wall-clock interval is wide ({wall.width:.0%} of the estimate): more runs would narrow it.")
+    return {"speedup": round(wall.estimate, 4), "speedup_ci": [round(wall.low, 4), round(wall.high, 4)],
+            "cpu_speedup": round(cpu.estimate, 4), "cpu_speedup_ci": [round(cpu.low, 4), round(cpu.high, 4)],
+            "confidence": wall.confidence, "pairs": evidence.pairs, "load": load.to_dict(),
+            "trusted": load.level != "heavy", "notes": notes}
+
+
+def speedup_text(figures: dict[str, Any]) -> str:
+    """'1.272x [1.265, 1.281] (CPU time 1.269x [1.25, 1.29])' from :func:`readout`'s figures."""
+    low, high = figures["speedup_ci"]
+    cpu_low, cpu_high = figures["cpu_speedup_ci"]
+    return (f"{figures['speedup']:.3f}x [{low:.3f}, {high:.3f}] (CPU time {figures['cpu_speedup']:.3f}x "
+            f"[{cpu_low:.3f}, {cpu_high:.3f}])")
