@@ -274,26 +274,24 @@ def _measure(dense: Model, pruned: Model, cache, pairs: int) -> dict[str, Any]:
     """Paired timing of the pruned copy against the unpruned model (one thread), through the timing cache.
 
     A fixed number of pairs (a small model's runs are short and noisy, so it gets more), whatever the
-    load: the decision reads CPU time, which load leaves steady at one thread.
+    load: the decision reads CPU time, which load leaves steady at one thread. The cache keeps the
+    evidence and reuses it by :func:`sparsecc.measure.cached.reuse_rule`.
     """
-    import onnxruntime as ort
-
-    from sparsecc.environment import cpu_model
+    from sparsecc.lowering.cost import timing_environment
     from sparsecc.lowering.timing_cache import TimingCache, graph_signature
     from sparsecc.measure import MeasureSettings, measure_models
+    from sparsecc.measure.cached import compare_through_cache
 
-    key = TimingCache.key({"what": "speed-target model", "dense": graph_signature(dense.graph),
-                           "pruned": graph_signature(pruned.graph), "backend": f"onnxruntime {ort.__version__} CPU",
-                           "threads": 1, "cpu": cpu_model()})
-    entry = cache.get(key) if cache is not None else None
-    if entry is not None:
-        return {**entry, "source": "timing cache"}
-    result = measure_models({"dense": dense, "pruned": pruned}, "dense", threshold=None, threads=1,
-                            settings=MeasureSettings.fixed(pairs))
-    entry = result.evidence["pruned"].to_dict()
-    if cache is not None:
-        cache.put(key, entry)
-    return {**entry, "source": "measured"}
+    cache = cache if cache is not None else TimingCache(None)
+    what = {"what": "speed-target model", "baseline": "dense", "candidate": "pruned"}
+    key = TimingCache.key({**what, "baseline_graph": graph_signature(dense.graph),
+                           "graph": graph_signature(pruned.graph), **timing_environment(1)})
+
+    def measure_missing(_labels):
+        return measure_models({"dense": dense, "pruned": pruned}, "dense", None, 1, MeasureSettings.fixed(pairs))
+
+    sourced = compare_through_cache(cache, {"pruned": key}, {"pruned": what}, measure_missing)["pruned"]
+    return {**sourced.evidence.to_dict(), "source": sourced.source}
 
 
 def _pairs(dense_seconds: float) -> int:

@@ -235,31 +235,37 @@ class OrtTimer:
         return [("wrappers", side, count) for side, full in sorted(sides) for count in sorted({min(16, full), full})]
 
     def time_points(self, geometry: LayerGeometry, reference: Point, points: list[Point]) -> TimedPoints:
+        from sparsecc.measure.cached import compare_through_cache
+
         samples = [("layer", *reference)] + [("layer", *p) for p in points] + self._overheads(geometry)
         samples = list(dict.fromkeys(samples))
-        timed = [s for s in samples if s != ("layer", *reference)]
-        keys = {s: self._key(geometry, reference, s) for s in timed}
-        entries = {s: self.cache.get(keys[s]) for s in timed}
-        missing = [s for s in timed if entries[s] is None]
-        sources = {"timing cache"} if len(missing) < len(timed) else set()
-        if missing:
-            sources.add("measured")
-            for chunk in self._chunks(geometry, reference, missing):
-                for sample, entry in self._measure(geometry, reference, chunk).items():
-                    self.cache.put(keys[sample], entry)
-                    entries[sample] = entry
-        base_ms = float(np.median([entries[s]["cpu_ms"][0] for s in timed]))
-        ms = {s: base_ms / entries[s]["cpu"]["estimate"] for s in timed}
+        timed = {_label(s): s for s in samples if s != ("layer", *reference)}
+        keys = {label: self._key(geometry, reference, s) for label, s in timed.items()}
+        what = {label: {"what": "latency-table sample", "layer": f"{geometry.op} {geometry.kind} "
+                        f"{list(geometry.weight_shape)} at {list(geometry.in_shape)}", "sample": label}
+                for label in timed}
+
+        def measure_missing(labels: list[str]) -> "_Measured":
+            found = {}
+            for chunk in self._chunks(geometry, reference, [timed[label] for label in labels]):
+                found.update(self._measure(geometry, reference, chunk))
+            return _Measured(found)
+
+        sourced = compare_through_cache(self.cache, keys, what, measure_missing)
+        evidence = {timed[label]: found.evidence for label, found in sourced.items()}
+        sources = {found.source for found in sourced.values()}
+        base_ms = float(np.median([e.cpu_ms[0] for e in evidence.values()]))
+        ms = {s: base_ms / e.cpu.estimate for s, e in evidence.items()}
         ms[("layer", *reference)] = base_ms
         layer_ms = {p: self._layer_only(geometry, p, ms) for p in [reference, *points]}
         floor = 1e-3 * layer_ms[reference]
         reference_ms = max(layer_ms[reference], floor)
         ratios = {p: max(layer_ms[p], floor) / reference_ms for p in points}
-        evidence = {p: {"cpu": entries[("layer", *p)]["cpu"], "wall": entries[("layer", *p)]["wall"],
-                        "pairs": entries[("layer", *p)]["pairs"], "load": entries[("layer", *p)]["load"],
-                        "graph_ms": round(ms[("layer", *p)], 5), "layer_ms": round(layer_ms[p], 5)}
-                    for p in points if p != reference}
-        return TimedPoints(reference_ms / 1e3, ratios, " + ".join(sorted(sources)), evidence)
+        shown = {p: {"cpu": evidence[("layer", *p)].cpu.to_dict(), "wall": evidence[("layer", *p)].wall.to_dict(),
+                     "pairs": evidence[("layer", *p)].pairs, "load": evidence[("layer", *p)].load.to_dict(),
+                     "graph_ms": round(ms[("layer", *p)], 5), "layer_ms": round(layer_ms[p], 5)}
+                 for p in points if p != reference}
+        return TimedPoints(reference_ms / 1e3, ratios, " + ".join(sorted(sources)), shown)
 
     @staticmethod
     def _layer_only(geometry: LayerGeometry, point: Point, ms: dict) -> float:
@@ -286,12 +292,13 @@ class OrtTimer:
         room = max(1, int((self.session_bytes - full) // max(full, 1)))
         return [samples[i:i + room] for i in range(0, len(samples), room)]
 
-    def _measure(self, geometry: LayerGeometry, reference: Point, samples: list[tuple]) -> dict[tuple, dict]:
+    def _measure(self, geometry: LayerGeometry, reference: Point, samples: list[tuple]) -> dict[str, Any]:
+        """Evidence of each sample against the reference layer, from one paired, interleaved run."""
         from sparsecc.measure import MeasureSettings, measure, timing_backend
         from sparsecc.onnx_files import SessionFiles
 
         backend = timing_backend(self.threads)
-        labels = {"reference": ("layer", *reference), **{"-".join(map(str, s)): s for s in samples}}
+        labels = {"reference": ("layer", *reference), **{_label(s): s for s in samples}}
         with SessionFiles(prefix="sparsecc-latency-") as files:
             runners, keep = {}, []
             for label, sample in labels.items():
@@ -303,7 +310,18 @@ class OrtTimer:
             result = measure(runners, "reference", threshold=None, threads=self.threads, spinning=False,
                              settings=MeasureSettings.fixed(self.pairs))
             del runners, keep
-        return {labels[label]: evidence.to_dict() for label, evidence in result.evidence.items()}
+        return dict(result.evidence)
+
+
+@dataclass
+class _Measured:
+    """What ``compare_through_cache`` reads of a measurement: evidence by label."""
+
+    evidence: dict[str, Any]
+
+
+def _label(sample: tuple) -> str:
+    return "-".join(map(str, sample))
 
 
 def sample_graph(geometry: LayerGeometry, sample: tuple) -> tuple[gs.Graph, dict]:

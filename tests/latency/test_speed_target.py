@@ -159,3 +159,45 @@ def test_cli_speed_target_errors(tmp_path, cli):
                  "-o", tmp_path / "ft")
     assert result.returncode == 2 and "needs --recipe, not --plan" in result.stderr
     assert not (tmp_path / "o").exists() and not (tmp_path / "ft").exists()
+
+
+class RefusingCache:
+    """A timing cache that must not be touched."""
+
+    def get(self, key):
+        raise AssertionError("the analytic speed target read the timing cache")
+
+    def put(self, key, entry):
+        raise AssertionError("the analytic speed target wrote the timing cache")
+
+    def save(self):
+        pass
+
+
+def test_cost_model_analytic_times_nothing_and_reads_no_cache(tmp_path):
+    model = export(residual_net(), tmp_path / "net.onnx")
+    ctx = PassContext(model, cost_model="analytic", timing_cache=RefusingCache())
+    records = PassManager([make_pass("constants-to-initializers"), make_pass("fold-batchnorm"),
+                           make_pass("plan-filters", target_speedup=1.5)], verify=EXACT).run(ctx)
+    speed = records[-1].result.details["speed_target"]
+    assert speed["timer"]["timer"] == "analytic" and "measured" not in speed["rounds"][0]
+
+
+def test_pruned_copy_leaves_the_model_as_it_was():
+    import importlib.util
+    from pathlib import Path
+
+    from sparsecc.dependency import build_channel_groups
+    from sparsecc.latency.target import pruned_copy
+
+    spec = importlib.util.spec_from_file_location("dependency_graphs", Path(__file__).parents[1] / "test_dependency.py")
+    graphs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(graphs)
+    model = graphs.inverted_residual_se_model()  # depthwise: the edit changes a `group` attribute
+    groups = {g.id: g for g in build_channel_groups(model) if g.editable()}
+    attrs = {n.name: dict(n.attrs) for n in model.graph.nodes}
+    values = {name: t.values.copy() for name, t in model.graph.tensors().items() if hasattr(t, "values")}
+    pruned = pruned_copy(model, groups, {gid: np.arange(g.size // 2) for gid, g in groups.items()})
+    assert {n.name: dict(n.attrs) for n in model.graph.nodes} == attrs
+    assert all(np.array_equal(values[name], t.values) for name, t in model.graph.tensors().items() if name in values)
+    assert any(n.attrs.get("group", 1) != attrs[n.name].get("group", 1) for n in pruned.graph.nodes)
