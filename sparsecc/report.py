@@ -14,6 +14,8 @@ _BACKEND_WORDS = {"onnxruntime": "ONNX Runtime (CPU)",
 
 
 def render_compile_markdown(report: dict[str, Any]) -> str:
+    from sparsecc.latency.describe import speed_target_lines
+
     summary = report["summary"]
     verification = report["verification"]
     exact = verification["exact"]
@@ -59,6 +61,7 @@ def render_compile_markdown(report: dict[str, Any]) -> str:
         lines += _md_table([[c["layer"], c["change"], "x".join(map(str, c["before"])) if c["before"] else "-",
                              "x".join(map(str, c["after"])) if c["after"] else "-", c["why"]]
                             for c in report["shape_changes"]], ["layer", "change", "before", "after", "why"])
+    lines += speed_target_lines(report)
     lines += _lowering_decisions(report)
     if report["skipped"]:
         lines += ["", "## Left as they were", ""]

@@ -216,10 +216,10 @@ def plan_to_target(model: Model, candidates: Mapping[str, ChannelGroup], scores:
         rounds.append((row, allocation, kept))
         if progress:
             progress(_round_line(row))
-        if not measuring or not allocation.feasible:
-            break
-        achieved = row["measured"]["cpu"]["estimate"]
-        if speedup * REACHED <= achieved <= speedup * (1 + target.tolerance):
+        achieved = row["measured"]["cpu"]["estimate"] if measuring else None
+        if not allocation.feasible and (achieved is None or achieved < speedup * REACHED):
+            _unreachable(target, speedup, allocation, achieved, model.source)
+        if not measuring or speedup * REACHED <= achieved <= speedup * (1 + target.tolerance):
             break
         share = _corrected_share(rounds, dense_seconds, speedup)
     chosen = _choose(rounds, speedup, measuring)
@@ -227,12 +227,20 @@ def plan_to_target(model: Model, candidates: Mapping[str, ChannelGroup], scores:
     details["rounds"] = [r for r, _, _ in rounds]
     details["chosen_round"] = chosen
     details["result"] = _result(row, speedup, target, measuring, allocation)
-    notes = [_summary(details["result"], target)]
-    if not allocation.feasible:
-        notes.append(f"the target cannot be reached by removing filters: even the smallest allowed counts "
-                     f"(min_keep {target.min_keep:g}, alignment) leave the timed layers at "
-                     f"{allocation.least_seconds * 1e3:.3f} ms of {allocation.dense_seconds * 1e3:.3f} ms")
-    return TargetResult(kept, details, notes)
+    return TargetResult(kept, details, [_summary(details["result"], target)])
+
+
+def _unreachable(target: SpeedTarget, speedup: float, allocation: Allocation, achieved: float | None,
+                 where: str) -> None:
+    """Refuse a target that removing filters cannot reach (rather than prune everything for less)."""
+    most = allocation.dense_seconds / allocation.least_seconds
+    measured = f", measured {achieved:.3f}x" if achieved is not None else ""
+    raise OptionError(f"the speed target {target.describe()} (= {speedup:.3f}x) cannot be reached by removing "
+                      f"filters: with every group at its smallest allowed count (min_keep {target.min_keep:g}, "
+                      f"aligned) the latency tables predict {most:.3f}x{measured}", where=where,
+                      fix="lower the target, lower min_keep, or let more layers be pruned (plan-filters layers: "
+                          "{exclude_first_last: false}); layers that no channel group reaches, and a small model's "
+                          "per-run overhead, do not shrink")
 
 
 def _corrected_share(rounds: list, dense_seconds: float, speedup: float) -> float:
