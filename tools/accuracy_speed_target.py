@@ -70,7 +70,7 @@ def compile_tuned(module, example, plan, folder: Path, shapes, split, backend):
     else:
         result = compile_model(path, "none", folder, shapes=shapes, force=True)
     session = backend.load(result.model_path)
-    return result.model_path, accuracy(session, split.x_test, split.y_test), onnx_macs(result.model_path)
+    return result.model_path, accuracy(session, split.x_test, split.y_test), onnx_macs(result.model_path, shapes)
 
 
 def run_data(args, data: str, work: Path) -> dict:
@@ -116,12 +116,14 @@ def run_data(args, data: str, work: Path) -> dict:
     for global_pruning, kind in ((True, "global"), (False, "per-layer")):
         for ideal in [*args.tp_ideals, dense_macs / ours_macs]:
             ratio, _ = bisect(lambda r: dense_macs / macs_of(torch_pruned(dense, example, r, global_pruning), example,
-                                                            work), ideal, 0.0, 0.95, 14, 0.005)
+                                                            work, shapes), ideal, 0.0, 0.95, 14, 0.005)
             label = f"tp {kind} {ideal:.2f}x MACs"
             finetuned(label, torch_pruned(dense, example, ratio, global_pruning), family="torch-pruning",
                       ratio=round(ratio, 4), kind=kind)
     say(f"{data}: timing {len(paths)} models interleaved, 1 thread, {args.pairs} pairs")
-    timing = measure_models(paths, "dense", threads=1, settings=MeasureSettings.fixed(args.pairs), one_at_a_time=False)
+    feed = {name: split.x_test[:1].copy() for name in shapes}
+    timing = measure_models(paths, "dense", threads=1, settings=MeasureSettings.fixed(args.pairs), feed=feed,
+                            one_at_a_time=False)
     for label, evidence in timing.evidence.items():
         rows[label].update(cpu=evidence.cpu.to_dict(), wall=evidence.wall.to_dict())
     verdicts = judge(rows, timing, args.target, ratio_interval)
@@ -129,12 +131,12 @@ def run_data(args, data: str, work: Path) -> dict:
             "load": timing.load.to_dict(), "pairs": args.pairs}
 
 
-def macs_of(module, example, work: Path) -> int:
+def macs_of(module, example, work: Path, shapes: dict) -> int:
     from speed_target_models import export
 
     path = work / "probe.onnx"
     export(module, example, path)
-    return onnx_macs(path)
+    return onnx_macs(path, shapes)
 
 
 def judge(rows: dict, timing, target: float, ratio_interval) -> list[str]:

@@ -64,11 +64,11 @@ def compiled(path: Path, recipe, out: Path, cache: str):
     return compile_model(path, recipe, out, force=True, timing_cache=cache)
 
 
-def onnx_macs(path: Path) -> int:
+def onnx_macs(path: Path, shapes: dict | None = None) -> int:
     from sparsecc.layers import analyse_layers
     from sparsecc.model import load_model
 
-    return sum(layer.macs or 0 for layer in analyse_layers(load_model(path))[0])
+    return sum(layer.macs or 0 for layer in analyse_layers(load_model(path, shapes))[0])
 
 
 def torch_pruned(model, example, ratio: float, global_pruning: bool):
@@ -145,8 +145,10 @@ class Variants:
         result = compiled(self.dense_path, sparsecc_recipe(options), self.work / label, self.cache)
         self.folded[label] = result.model_path
         summary = result.report["summary"]
+        planning = next(p for p in result.report["passes"] if p["name"] == "plan-filters")["details"]["speed_target"]
         self.rows[label] = {"what": what, "macs": summary["macs_after"], "compile": summary.get("speed_target_result"),
-                            "compile_seconds": summary["compile_seconds"]}
+                            "compile_seconds": summary["compile_seconds"],
+                            "rounds": [{k: v for k, v in r.items() if k != "kept"} for r in planning["rounds"]]}
         return self.rows[label]
 
 

@@ -220,3 +220,14 @@ def test_gpu_roofline_tables_for_tensorrt(tmp_path):
         PassManager([make_pass("constants-to-initializers"), make_pass("fold-batchnorm"),
                      make_pass("plan-filters", target_speedup=1.3, timer="gpu-roofline", round_to=8)],
                     verify=EXACT).run(ctx)
+
+
+def test_latency_target_on_the_tables_scale(tmp_path):
+    """With a timer that does not measure, a latency target is in the tables' unit (their dense sum)."""
+    model = export(residual_net(), tmp_path / "net.onnx")
+    _, records = compile_passes(model, [make_pass("plan-filters", target_speedup=1.2)])
+    tables_ms = records["plan-filters"].result.details["speed_target"]["tables_dense_ms"]
+    _, records = compile_passes(model, [make_pass("plan-filters", target_latency=tables_ms / 1.5)])
+    result = records["plan-filters"].result.details["speed_target"]["result"]
+    assert result["target_speedup"] == pytest.approx(1.5, rel=1e-3)
+    assert result["predicted"] >= 1.5
