@@ -96,7 +96,9 @@ class PlanFilters(Pass):
             analytic`` turns "measured" into "analytic". Defaults to "measured".
         min_keep: With a target, the least share of each group kept. Defaults to 0.1.
         target_rounds: With a target and the measured timer, rounds of measuring the pruned model and
-            correcting the budget, at most. Defaults to 3.
+            correcting the budget, at most. Defaults to 5.
+        value: With a target, how a group's kept importance counts: "log" (diminishing returns: the
+            less of a group is left, the more each of its channels is worth) or "sum". Defaults to "log".
 
     The 2:4-aware metrics see only the producer weights ``plan-24`` would prune (see
     :func:`two_four_prunable`). Weight-layer look-alikes that are not weight layers (Gemm
@@ -111,7 +113,7 @@ class PlanFilters(Pass):
                  round_to: int = 8, layers: dict | None = None, layout: str = "input-channel",
                  normalize: str = "mean", target_speedup: float | None = None,
                  target_latency: float | None = None, target_share: float = 1.0, timer: str = "measured",
-                 min_keep: float = 0.1, target_rounds: int = 3):
+                 min_keep: float = 0.1, target_rounds: int = 5, value: str = "log"):
         if metric not in METRICS:
             raise OptionError(f"unknown filter metric '{metric}'", where="plan-filters: metric",
                               fix=f"use one of {', '.join(METRICS)}")
@@ -135,13 +137,14 @@ class PlanFilters(Pass):
         self.normalize = normalize
         self.round_to, self.layers, self.layout = round_to, dict(layers or {}), layout
         self.target_speedup, self.target_latency, self.target_share = target_speedup, target_latency, target_share
-        self.timer, self.min_keep, self.target_rounds = timer, min_keep, target_rounds
+        self.timer, self.min_keep, self.target_rounds, self.value = timer, min_keep, target_rounds, value
         self._target = None
         if target_speedup is not None or target_latency is not None:
             if scope != "global":
                 raise OptionError("a speed target allocates channels over all groups at once", where="plan-filters: "
                                   "scope", fix="use scope: global with target_speedup / target_latency")
-            self._target = SpeedTarget(target_speedup, target_latency, target_share, timer, min_keep, target_rounds)
+            self._target = SpeedTarget(target_speedup, target_latency, target_share, timer, min_keep, target_rounds,
+                                       value=value)
 
     def run(self, ctx: PassContext) -> PassResult:
         model = ctx.model

@@ -90,7 +90,8 @@ def run_data(args, data: str, work: Path) -> dict:
     dense = zoo.build_model(args.model, pretrained=True)
     if data != "digits" and args.dense_epochs:
         say(f"{data}: adapting dense {args.model} ({args.dense_epochs} epochs)")
-        dense = st.finetune(dense, split, plan=SparsityPlan(), epochs=args.dense_epochs, lr=3e-3, log=say).module
+        dense = st.finetune(dense, split, plan=SparsityPlan(), epochs=args.dense_epochs, lr=3e-3, log=say,
+                            train_limit=args.train_limit).module
     dense_path, dense_top1, dense_macs = compile_tuned(dense, example, None, work / "dense", shapes, split, backend)
     rows = {"dense": {"family": "dense", "top1": dense_top1, "macs": dense_macs}}
     paths = {"dense": dense_path}
@@ -99,18 +100,18 @@ def run_data(args, data: str, work: Path) -> dict:
     def finetuned(label: str, module, recipe=None, schedule="one-shot", **facts):
         say(f"{data}: {label}: fine-tuning {args.epochs} epochs")
         tuned = st.finetune(module, split, recipe, plan=None if recipe else SparsityPlan(), epochs=args.epochs,
-                            schedule=schedule, lr=args.lr, log=say, timing_cache=args.timing_cache)
+                            schedule=schedule, lr=args.lr, log=say, timing_cache=args.timing_cache,
+                            train_limit=args.train_limit)
         folder = work / label.replace(" ", "_")
         path, top1, macs = compile_tuned(tuned.module, example, tuned.plan if recipe else None, folder, shapes, split,
                                          backend)
         rows[label] = {"top1": top1, "macs": macs, "top1_before_finetune": tuned.top1_before_finetune,
-                       "speed_target": tuned.speed_target or None, **facts}
+                       "speed_target": tuned.speed_target or None, "schedule": schedule, **facts}
         paths[label] = path
         say(f"{data}: {label}: top-1 {top1:.4f}, {macs:,} MACs")
 
     for variant in sparsecc_variants(args.target):
-        finetuned(variant["label"], copy.deepcopy(dense), variant["recipe"], variant["schedule"], family="sparsecc",
-                  schedule=variant["schedule"])
+        finetuned(variant["label"], copy.deepcopy(dense), variant["recipe"], variant["schedule"], family="sparsecc")
     ours_macs = rows[f"sparsecc l2 {args.target:g}x one-shot"]["macs"]
     dense.eval()
     for global_pruning, kind in ((True, "global"), (False, "per-layer")):
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tp-ideals", type=float, nargs="+", default=[1.5, 2.0, 3.0, 4.0],
                         help="MAC reductions of the Torch-Pruning variants (and sparsecc's, always)")
     parser.add_argument("--pairs", type=int, default=100)
+    parser.add_argument("--train-limit", type=int, help="train on the first N images only (a quick check of the tool)")
     parser.add_argument("--out", type=Path, default=Path("docs/speed-target"))
     parser.add_argument("--timing-cache", help="timing cache of the speed targets (default OUT/timing-cache.json)")
     args = parser.parse_args(argv)

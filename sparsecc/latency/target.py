@@ -29,7 +29,7 @@ import numpy as np
 
 from sparsecc.dependency import ChannelGroup, reindex_groups
 from sparsecc.errors import OptionError
-from sparsecc.latency.allocate import Allocation, GroupOptions, allocate, network_seconds
+from sparsecc.latency.allocate import VALUES, Allocation, GroupOptions, allocate, network_seconds
 from sparsecc.latency.network import PrunableLayer, layer_costs, prunable_layers
 from sparsecc.latency.sampling import build_tables
 from sparsecc.latency.tables import LayerTable
@@ -54,9 +54,11 @@ class SpeedTarget:
             model). Defaults to "measured".
         min_keep: Least share of a group's channels kept. Defaults to 0.1.
         rounds: Measured rounds of correction at most (0: take the tables' allocation as it is).
-            Defaults to 3.
+            Defaults to 5.
         tolerance: A measured speedup up to this much over the target is accepted without another
             round. Defaults to 0.04.
+        value: How a group's kept importance counts in the knapsack: "sum" or "log" (diminishing
+            returns; see :class:`~sparsecc.latency.allocate.GroupOptions`). Defaults to "log".
     """
 
     speedup: float | None = None
@@ -64,8 +66,9 @@ class SpeedTarget:
     share: float = 1.0
     timer: str = "measured"
     min_keep: float = 0.1
-    rounds: int = 3
+    rounds: int = 5
     tolerance: float = 0.04
+    value: str = "log"
 
     def __post_init__(self):
         where = "plan-filters"
@@ -86,6 +89,9 @@ class SpeedTarget:
         if not 0.0 < self.min_keep <= 1.0:
             raise OptionError(f"min_keep {self.min_keep!r} is not in (0, 1]", where=f"{where}: min_keep",
                               fix="e.g. 0.1: every group keeps at least 10% of its channels")
+        if self.value not in VALUES:
+            raise OptionError(f"unknown value {self.value!r}", where=f"{where}: value",
+                              fix=f"use one of {', '.join(VALUES)}")
         if not isinstance(self.rounds, int) or self.rounds < 0 or not 0.0 <= self.tolerance < 1.0:
             raise OptionError("target rounds must be an integer >= 0 and tolerance in [0, 1)", where=where)
 
@@ -132,14 +138,14 @@ def allowed_counts(size: int, alignment: int, min_keep: float, dead: int = 0) ->
 
 
 def _options(candidates: Mapping[str, ChannelGroup], scores: Mapping[str, np.ndarray], steps: Mapping[str, int],
-             round_to: int, min_keep: float) -> tuple[list[GroupOptions], dict[str, dict]]:
+             round_to: int, min_keep: float, value: str = "sum") -> tuple[list[GroupOptions], dict[str, dict]]:
     options, described = [], {}
     for label, group in candidates.items():
         found = steps.get(label, 1)
         alignment = math.lcm(max(1, round_to), found)
         dead = int(np.count_nonzero(np.asarray(scores[label]) == 0.0))
         counts = allowed_counts(group.size, alignment, min_keep, dead)
-        options.append(GroupOptions(label, scores[label], counts))
+        options.append(GroupOptions(label, scores[label], counts, value))
         described[label] = {"size": group.size, "step_found": found, "alignment": alignment, "dead": dead,
                             "counts": f"{counts[0]}..{counts[-1]}" if len(counts) > 1 else str(counts[0])}
     return options, described
@@ -187,7 +193,8 @@ def plan_to_target(model: Model, candidates: Mapping[str, ChannelGroup], scores:
     layers = prunable_layers(model, candidates)
     tables = build_tables(layers, timer, progress)
     costs = layer_costs(layers, tables)
-    options, groups_described = _options(candidates, scores, group_steps(layers, tables), round_to, target.min_keep)
+    options, groups_described = _options(candidates, scores, group_steps(layers, tables), round_to, target.min_keep,
+                                         target.value)
     dense_kept = {g.id: g.size for g in options}
     dense_seconds = network_seconds(costs, dense_kept)
     details: dict[str, Any] = {
@@ -247,17 +254,24 @@ def _corrected_share(rounds: list, dense_seconds: float, speedup: float) -> floa
     """The next budget, as a share of the tables' dense latency, from what was measured so far.
 
     A model is more than its tables (a per-run overhead, ops no table covers, caches), so its measured
-    time is taken as affine in the tables' latency: the dense model (time 1) and the measured round
-    closest to the target fix the line, and the budget is where it meets ``1 / speedup``.
+    time (relative to dense) is taken as affine in the tables' latency: between the two closest rounds
+    on either side of the target when there are such, else through the dense model (time 1) and the
+    round closest to the target; the budget is where the line meets ``1 / speedup``.
     """
-    row, allocation, _ = min(rounds, key=lambda r: abs(r[0]["measured"]["cpu"]["estimate"] - speedup))
-    measured = 1.0 / row["measured"]["cpu"]["estimate"]
-    planned = allocation.seconds / dense_seconds
-    if planned >= 1.0 or measured >= 1.0:
-        return max(allocation.least_seconds / dense_seconds, planned * 0.8)
-    slope = (1.0 - measured) / (1.0 - planned)
-    share = 1.0 - (1.0 - 1.0 / speedup) / slope
-    return float(np.clip(share, allocation.least_seconds / dense_seconds, 1.0))
+    goal = 1.0 / speedup
+    points = [(allocation.seconds / dense_seconds, 1.0 / row["measured"]["cpu"]["estimate"])
+              for row, allocation, _ in rounds]
+    slower = [p for p in points if p[1] > goal]
+    faster = [p for p in points if p[1] <= goal]
+    if slower and faster:
+        (x0, y0), (x1, y1) = min(slower, key=lambda p: p[1] - goal), min(faster, key=lambda p: goal - p[1])
+    else:
+        (x0, y0), (x1, y1) = (1.0, 1.0), min(points, key=lambda p: abs(p[1] - goal))
+    least = rounds[0][1].least_seconds / dense_seconds
+    if abs(y1 - y0) < 1e-9 or abs(x1 - x0) < 1e-9:
+        return max(least, 0.8 * x1)  # no slope to follow: a fifth more of the way
+    share = x0 + (goal - y0) * (x1 - x0) / (y1 - y0)
+    return float(np.clip(share, least, 1.0))
 
 
 def _planned_speedup(target: SpeedTarget, dense_seconds: float) -> float:
