@@ -142,3 +142,27 @@ def test_options_must_fit_the_group():
         GroupOptions("a", np.array([1.0, np.nan]), [1, 2])
     with pytest.raises(ValueError, match="no options"):
         allocate([GroupOptions("a", np.ones(8), [8])], [one_layer("b", linear(1.0))], 1.0)
+
+
+def test_log_value_spreads_the_cut_where_sum_empties_the_slowest_group():
+    # "slow" saves twice the time per channel; with importance summed, the whole cut comes from it (down to its
+    # floor); with diminishing returns (log), the last channels of a shrinking group are worth more, so the
+    # other group gives some too
+    def groups(value):
+        return [GroupOptions("slow", np.ones(32), np.arange(4, 33, 4), value),
+                GroupOptions("fast", np.ones(32), np.arange(4, 33, 4), value)]
+    layers = [one_layer("slow", linear(2.0)), one_layer("fast", linear(1.0))]
+    budget = network_seconds(layers, {"slow": 32, "fast": 32}) - 48.0
+    summed = allocate(groups("sum"), layers, budget)
+    assert summed.kept == {"slow": 8, "fast": 32}
+    logged = allocate(groups("log"), layers, budget)
+    assert logged.feasible and logged.kept["fast"] < 32 and logged.kept["slow"] > 8
+
+
+def test_log_value_at_the_first_channel_removed_matches_the_score():
+    group = GroupOptions("g", np.array([4.0, 3.0, 2.0, 1.0]), [3, 4], "log")
+    values = group.values()
+    assert values[1] == pytest.approx(0.0)
+    assert values[0] == pytest.approx(10.0 * np.log(9.0 / 10.0))  # about -1: what the removed channel scored
+    with pytest.raises(ValueError, match="unknown value"):
+        GroupOptions("g", np.ones(4), [4], "max")
