@@ -21,7 +21,10 @@ import numpy as np
 from sparsecc.backends.ort import refuse_plugin_nodes
 from sparsecc.errors import OptionError
 
-__all__ = ["Tolerances", "parse_tolerances", "validate"]
+__all__ = ["Tolerances", "parse_tolerances", "validate", "ENGINE_TOLERANCES"]
+
+# Default (atol, rtol) by the precision the candidate computes in.
+ENGINE_TOLERANCES = {"fp32": (1e-5, 1e-4), "tf32": (1e-4, 5e-3), "fp16": (1e-3, 2e-2)}
 
 
 @dataclass
