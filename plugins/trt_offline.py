@@ -31,11 +31,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 __all__ = ["PLUGIN_LAYER_ENV", "plugin_layer_dir", "plugin_layer_missing_reason", "offline_tensorrt", "OfflineTensorRT",
-           "create_plugin", "build_plugin", "PluginBuild", "Launch", "run_interpreted"]
+           "plugin_node", "create_plugin", "build_plugin", "PluginBuild", "Launch", "run_interpreted"]
 
 # A folder holding tensorrt_bindings/ (e.g. an unpacked wheel) to use instead of the installed one.
 PLUGIN_LAYER_ENV = "SPARSECC_TRT_PLUGIN_LAYER"
@@ -70,7 +71,7 @@ def _bindings_version(layer: Path) -> str:
         with contextlib.suppress(metadata.PackageNotFoundError):
             return metadata.version(dist)
     for info in layer.parent.parent.glob("tensorrt_cu*_bindings-*.dist-info"):
-        return info.name.split("-")[1]
+        return info.name[:-len(".dist-info")].split("-")[1]
     return "0.0.0"
 
 
@@ -143,23 +144,40 @@ def offline_tensorrt(version: str | None = None):
 # The ONNX parser's plugin importer
 # --------------------------------------------------------------------------------------------------
 
-def _field(trt, name: str, attr):
-    from onnx import AttributeProto
+# AttributeProto.AttributeType values (the ONNX spec's), so a node need not come from the onnx package
+_FLOAT, _INT, _STRING, _FLOATS, _INTS = 1, 2, 3, 6, 7
 
-    kinds = {AttributeProto.INT: (lambda a: np.array([a.i], np.int32), trt.PluginFieldType.INT32),
-             AttributeProto.INTS: (lambda a: np.array(list(a.ints), np.int32), trt.PluginFieldType.INT32),
-             AttributeProto.FLOAT: (lambda a: np.array([a.f], np.float32), trt.PluginFieldType.FLOAT32),
-             AttributeProto.FLOATS: (lambda a: np.array(list(a.floats), np.float32), trt.PluginFieldType.FLOAT32),
-             AttributeProto.STRING: (lambda a: a.s, trt.PluginFieldType.CHAR)}
+
+def plugin_node(op_type: str, aot: bool = True, **attributes) -> SimpleNamespace:
+    """A stand-in for an ONNX NodeProto of a sparsecc plugin (op_type and attributes), built without onnx."""
+    from sparsecc.plugins.ops import plugin_node_attributes
+
+    attrs = []
+    for name, value in plugin_node_attributes(op_type, aot=aot, **attributes).items():
+        if isinstance(value, str):
+            attrs.append(SimpleNamespace(name=name, type=_STRING, s=value.encode()))
+        elif isinstance(value, list):
+            attrs.append(SimpleNamespace(name=name, type=_INTS, ints=[int(v) for v in value]))
+        else:
+            attrs.append(SimpleNamespace(name=name, type=_INT, i=int(value)))
+    return SimpleNamespace(op_type=op_type, attribute=attrs)
+
+
+def _field(trt, name: str, attr):
+    kinds = {_INT: (lambda a: np.array([a.i], np.int32), trt.PluginFieldType.INT32),
+             _INTS: (lambda a: np.array(list(a.ints), np.int32), trt.PluginFieldType.INT32),
+             _FLOAT: (lambda a: np.array([a.f], np.float32), trt.PluginFieldType.FLOAT32),
+             _FLOATS: (lambda a: np.array(list(a.floats), np.float32), trt.PluginFieldType.FLOAT32),
+             _STRING: (lambda a: a.s, trt.PluginFieldType.CHAR)}
     if attr.type not in kinds:
-        raise ValueError(f"attribute '{name}' of type {AttributeProto.AttributeType.Name(attr.type)} is not supported "
-                         "as a plugin field by TensorRT's ONNX parser")
+        raise ValueError(f"attribute '{name}' of type {attr.type} is not supported as a plugin field by TensorRT's "
+                         "ONNX parser")
     convert, kind = kinds[attr.type]
     return trt.PluginField(name, convert(attr), kind)
 
 
 def create_plugin(offline: OfflineTensorRT, node):
-    """Create the plugin for an ONNX NodeProto as TensorRT's ONNX parser does (see the module docstring).
+    """Create the plugin for an ONNX NodeProto (or a :func:`plugin_node`) as TensorRT's ONNX parser does.
 
     Returns:
         (plugin, request name, [(field name, numpy data)], [attributes the creator does not read]).
