@@ -158,3 +158,14 @@ def test_kernel_parameter_order_is_what_the_aot_launch_passes():
     assert all(t == "i32" for t in list(conv_signature("float16").values())[4:-1])
     linear = list(linear_signature("float32"))
     assert linear[:4] == ["X", "Idx", "Wt", "B"] and linear[-1] == "Y"
+
+
+def test_a_triton_without_astsource_constexprs_is_refused(monkeypatch):
+    triton = pytest.importorskip("triton", reason="triton is not installed (pip install 'sparsecc[test]')")
+    from sparsecc.plugins.ptx import PluginToolchainError, require_triton
+
+    assert require_triton() == triton.__version__
+    monkeypatch.setattr(triton, "__version__", "3.2.0")
+    with pytest.raises(PluginToolchainError, match=r"triton 3\.2\.0 is too old .* needs triton >= 3\.3") as info:
+        require_triton()
+    assert "pip install 'triton>=3.3'" in info.value.format()

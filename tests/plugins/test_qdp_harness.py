@@ -194,6 +194,13 @@ def test_jit_request_and_the_registrations(offline):
     assert not build.aot and [e.evaluate({"N": 5}) for e in build.output_shapes[0]] == [5, 4, 6, 6]
     with pytest.raises(ValueError, match="JIT plugin"):
         build.launch({"N": 1})
+    # a node built without onnx (what tools/gpu_check.py uses) gives the parser the same fields
+    from sparsecc.plugins.trt_offline import plugin_node
+
+    fields = [create_plugin(offline, node)[2] for node in (_node(GROUPWISE_CONV, **attrs),
+                                                             plugin_node(GROUPWISE_CONV, **attrs))]
+    assert [[(n, d.tolist(), d.dtype) for n, d in f] for f in fields][0] == \
+        [[(n, d.tolist(), d.dtype) for n, d in f] for f in fields][1]
 
 
 def test_every_kernel_variant_has_its_own_entry_name():
