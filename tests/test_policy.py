@@ -35,7 +35,7 @@ def test_removed_work_is_kept_whatever_the_timing_says(timing):
 
 
 def test_removed_work_under_heavy_load_is_kept_and_not_trusted():
-    verdict = judge(evidence(SLOWER, load=8.0), 1.0)
+    verdict = judge(evidence(SLOWER, load=16.0), 1.0)  # 8 per core on 2 cores
     assert not verdict.conclusive and "too busy" in verdict.reason
     decision = judge_removal(verdict)
     assert decision.choice == "keep" and not decision.slowdown
@@ -78,5 +78,5 @@ def test_a_trade_off_is_undone_only_by_a_conclusive_slowdown():
     kept = keep_or_undo(judge(evidence(STRADDLES), 1.0), 1.4)
     assert kept.choice == "keep" and kept.fallback and kept.by == "analytic model"
     assert keep_or_undo(judge(evidence(STRADDLES), 1.0), 0.9).choice == "undo"
-    # a heavy load makes any timing inconclusive
-    assert keep_or_undo(judge(evidence(SLOWER, load=9.0), 1.0), 1.4).choice == "keep"
+    # a machine too busy for the measure makes any timing inconclusive (one thread: 8 per core here)
+    assert keep_or_undo(judge(evidence(SLOWER, load=16.0), 1.0), 1.4).choice == "keep"

@@ -21,7 +21,8 @@ from sparsecc.lowering.emitter import Emitter
 from sparsecc.lowering.registry import Candidate
 from sparsecc.lowering.timing_cache import TimingCache, graph_signature
 from sparsecc.measure import MeasureSettings, judge
-from sparsecc.measure.cached import FROM_CACHE, compare_through_cache, level_now
+from sparsecc.measure.cached import FROM_CACHE, compare_through_cache, load_now
+from sparsecc.measure.evidence import too_busy
 from sparsecc.policy import ANALYTIC, Decision, Option, choose, needs_estimates
 
 # ~0.8 ns per element moved by Gather/Transpose/NCHWc reorder, ~15 us per node on ONNX Runtime CPU
@@ -145,15 +146,15 @@ class MeasuredCost:
 
 def machine_calibration(cache: TimingCache, threads: int, environment: dict[str, Any]) -> Calibration | None:
     """This machine's calibration from ``cache``; measured and stored when missing, unless the machine
-    is heavily loaded (then None: the fixed constants are used, and the report says so)."""
+    is too busy to trust it (then None: the fixed constants are used, and the report says so)."""
     key = TimingCache.key(calibration_fields(environment))
     found = Calibration.from_entry(cache.entries.get(key))  # not counted as a timing hit or miss
-    if found is not None and found.load.level != "heavy":
-        return found
-    if level_now() == "heavy":
-        return found if found is not None and found.load.level != "heavy" else None
+    if found is not None:
+        return found  # only calibrations taken below heavy load are stored
+    if too_busy(threads, load_now()):
+        return None
     calibration = build_calibration(threads)
-    if calibration.load.level == "heavy":
+    if too_busy(threads, calibration.load.per_core):
         return None
     cache.put(key, calibration.to_entry())
     return calibration

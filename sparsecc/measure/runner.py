@@ -25,8 +25,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from sparsecc.measure.evidence import RatioEvidence, Verdict, deciding_measure, judge
-from sparsecc.measure.machine import LoadReading, load_level, read_load, usable_cores
+from sparsecc.measure.evidence import RatioEvidence, Verdict, deciding_measure, judge, too_busy
+from sparsecc.measure.machine import LoadReading, read_load, usable_cores
 from sparsecc.measure.stats import ratio_interval
 
 Run = Callable[[], Any]
@@ -120,7 +120,8 @@ class Measurement:
                            for label in self.wall_ms},
             "load": self.load.to_dict(), "threads": self.threads, "spinning": self.spinning,
             "seconds": round(self.seconds, 3), "stopped": self.stopped, "schedule": self.schedule,
-            "deciding_measure": deciding_measure(self.threads, self.load.level)}
+            "deciding_measure": deciding_measure(self.threads),
+            "too_busy": too_busy(self.threads, self.load.per_core)}
         if samples:
             data["samples_ms"] = {label: {"wall": [round(v, 5) for v in self.wall_ms[label]],
                                           "cpu": [round(v, 5) for v in self.cpu_ms[label]]} for label in self.wall_ms}
@@ -162,8 +163,8 @@ def _evidence(samples: _Samples, baseline: str, label: str, settings: MeasureSet
 
 
 def _all_decided(samples: _Samples, baseline: str, labels: list[str], threshold: float, threads: int,
-                 settings: MeasureSettings, level: str) -> bool:
-    measure = deciding_measure(threads, level)
+                 settings: MeasureSettings) -> bool:
+    measure = deciding_measure(threads)
     table = samples.cpu_ns if measure == "cpu" else samples.wall_ns
     for label in labels:
         base = np.maximum(np.asarray(table[baseline], dtype=np.float64), 1.0)
@@ -197,10 +198,9 @@ def _collect(step: Callable[[int, int], None], labels: list[str], baseline: str,
             if threshold is None:
                 stopped = "fixed count"
                 continue
-            level = load_level(max(before[0], load_reader()[0]) / cores)
-            if level == "heavy":
-                stopped = "too busy"
-            elif _all_decided(samples, baseline, candidates, threshold, threads, settings, level):
+            if too_busy(threads, max(before[0], load_reader()[0]) / cores):
+                stopped = "too busy"  # no verdict will be read from these runs: stop spending time on them
+            elif _all_decided(samples, baseline, candidates, threshold, threads, settings):
                 stopped = "decided"
             elif pairs >= settings.max_pairs:
                 stopped = "max pairs"
