@@ -30,8 +30,9 @@ from sparsecc.policy import ANALYTIC, Decision, Option, choose, needs_estimates
 S_PER_COPY = 0.8e-9
 S_PER_NODE = 15e-6
 
-# one layer: at least 10 pairs, more while an interval straddles the threshold, for 3 s at most
-LAYER_SETTINGS = MeasureSettings(min_pairs=10, max_pairs=200, batch=10, budget_s=3.0)
+# one layer: at least 20 pairs (a bootstrap interval of a median needs them), more while an interval
+# straddles the threshold, for 3 s at most
+LAYER_SETTINGS = MeasureSettings(min_pairs=20, max_pairs=200, batch=10, budget_s=3.0)
 
 
 def analytic_seconds(candidate: Candidate) -> float:
@@ -90,12 +91,12 @@ class MeasuredCost:
     Args:
         threads: ONNX Runtime intra-op threads. Defaults to 1 (CPU time then holds under load).
         cache: The timing cache. Defaults to one kept in memory for this compile only.
-        min_pairs: Paired runs before an interval is looked at. Defaults to 10.
+        min_pairs: Paired runs before an interval is looked at. Defaults to 20.
     """
 
     name = "measured"
 
-    def __init__(self, threads: int = 1, cache: TimingCache | None = None, min_pairs: int = 10):
+    def __init__(self, threads: int = 1, cache: TimingCache | None = None, min_pairs: int = 20):
         self.threads = threads
         self.cache = cache if cache is not None else TimingCache(None)
         self.settings = MeasureSettings(min_pairs=min_pairs, max_pairs=max(min_pairs, LAYER_SETTINGS.max_pairs),

@@ -19,6 +19,11 @@ MEASURE_NAMES = {"cpu": "CPU time", "wall": "wall clock"}
 OUTCOMES = ("faster", "slower", "inconclusive")
 
 
+# A verdict must clear its threshold by this much: CPU-time speedups of one pair of models moved
+# by up to 5% between runs here (BENCHMARKS.md), so a difference smaller than that is not one
+# timing can be trusted to call the same way twice; the analytic model decides those.
+MARGIN = 0.05
+
 # One-thread CPU-time ratios stayed within 2% from a quiet machine up to 6.9 per core here
 # (BENCHMARKS.md); beyond the load they were tested at they are not trusted.
 ONE_THREAD_LIMIT_PER_CORE = 7.0
@@ -120,8 +125,9 @@ class Verdict:
     """Where the evidence puts a candidate against a threshold.
 
     Attributes:
-        outcome: "faster" (the interval lies above the threshold), "slower" (below it) or
-            "inconclusive" (it straddles it, or the machine was too busy to trust it).
+        outcome: "faster" (the interval lies above the threshold by more than :data:`MARGIN`),
+            "slower" (below it by more than that) or "inconclusive" (it straddles that band, lies
+            within it, or the machine was too busy to trust it).
         measure: "cpu" or "wall": the measure read; None when the machine was too busy.
         interval: That measure's interval, or None.
         threshold: The speedup the candidate had to beat.
@@ -148,8 +154,12 @@ def judge(evidence: RatioEvidence, threshold: float) -> Verdict:
                        f"wall {evidence.wall}, CPU {evidence.cpu}")
     measure = deciding_measure(evidence.threads)
     interval = evidence.cpu if measure == "cpu" else evidence.wall
-    side = interval.side(threshold)
-    outcome = {"above": "faster", "below": "slower", "straddles": "inconclusive"}[side]
-    return Verdict(outcome, measure, interval, threshold,
-                   f"{MEASURE_NAMES[measure]} speedup {interval} ({interval.confidence:.0%} CI, {evidence.pairs} "
-                   f"pairs, {evidence.load}) {side} {threshold:.3g}")
+    side = interval.side(threshold, MARGIN)
+    outcome = {"above": "faster", "below": "slower"}.get(side, "inconclusive")
+    where = {"above": f"above {threshold:.3g} (by more than {MARGIN:.0%})",
+             "below": f"below {threshold:.3g} (by more than {MARGIN:.0%})",
+             "within": f"within {MARGIN:.0%} of {threshold:.3g}: too close to call",
+             "straddles": f"straddles {threshold:.3g} (+-{MARGIN:.0%})"}[side]
+    return Verdict(outcome, measure, interval,
+                   threshold, f"{MEASURE_NAMES[measure]} speedup {interval} ({interval.confidence:.0%} CI, "
+                              f"{evidence.pairs} pairs, {evidence.load}) {where}")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from sparsecc.measure.evidence import RatioEvidence, Verdict, deciding_measure, judge, too_busy
+from sparsecc.measure.evidence import MARGIN, RatioEvidence, Verdict, deciding_measure, judge, too_busy
 from sparsecc.measure.machine import LoadReading, read_load, usable_cores
 from sparsecc.measure.stats import ratio_interval
 
@@ -170,7 +170,7 @@ def _all_decided(samples: _Samples, baseline: str, labels: list[str], threshold:
         base = np.maximum(np.asarray(table[baseline], dtype=np.float64), 1.0)
         cand = np.maximum(np.asarray(table[label], dtype=np.float64), 1.0)
         interval = ratio_interval(base, cand, settings.confidence, settings.resamples, settings.seed)
-        if interval.side(threshold) == "straddles":
+        if interval.side(threshold, MARGIN) == "straddles":  # "within" is decided: too close to call
             return False
     return True
 

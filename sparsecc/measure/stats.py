@@ -32,12 +32,18 @@ class Interval:
     high: float
     confidence: float = CONFIDENCE
 
-    def side(self, threshold: float) -> str:
-        """"above" (all of the interval over ``threshold``), "below", or "straddles"."""
-        if self.low > threshold:
+    def side(self, threshold: float, margin: float = 0.0) -> str:
+        """Where the interval lies against the band ``[threshold / (1 + margin), threshold * (1 + margin)]``:
+        "above" it, "below" it, "within" it (too close to ``threshold`` to call either way), or
+        "straddles" an edge of it (more samples could still tell). With no margin: "above", "below"
+        or "straddles" ``threshold``."""
+        high_edge, low_edge = threshold * (1.0 + margin), threshold / (1.0 + margin)
+        if self.low > high_edge:
             return "above"
-        if self.high < threshold:
+        if self.high < low_edge:
             return "below"
+        if margin > 0 and self.low >= low_edge and self.high <= high_edge:
+            return "within"
         return "straddles"
 
     @property

@@ -63,6 +63,11 @@ def test_pair_ratios_and_interval_sides():
             paired_ratios(*bad)
     interval = Interval(1.2, 1.1, 1.3)
     assert (interval.side(1.0), interval.side(1.5), interval.side(1.2)) == ("above", "below", "straddles")
+    # with a margin: clear of the band, inside it (too close to call), or across an edge of it
+    assert Interval(1.2, 1.16, 1.25).side(1.1, 0.05) == "above" and Interval(1.2, 1.12, 1.25).side(1.1, 0.05) == \
+        "straddles"
+    assert Interval(1.1, 1.06, 1.14).side(1.1, 0.05) == "within" and Interval(1.0, 0.9, 1.03).side(1.1, 0.05) == \
+        "below"
     assert ratio_interval([2.0] * 5, [1.0] * 5) == Interval(2.0, 2.0, 2.0, 0.9)
     assert Interval.from_dict(interval.to_dict()) == interval
 
