@@ -31,8 +31,11 @@ S_PER_COPY = 0.8e-9
 S_PER_NODE = 15e-6
 
 # one layer: at least 20 pairs (a bootstrap interval of a median needs them), more while an interval
-# straddles the threshold, for 3 s at most
+# straddles the threshold, for 3 s at most; twice, with new sessions each time: a layer's speedup
+# moved by up to 9% between compiles here while one run's interval was 2-4% wide, so the interval
+# must take in the replications (sparsecc.measure.combine)
 LAYER_SETTINGS = MeasureSettings(min_pairs=20, max_pairs=200, batch=10, budget_s=3.0)
+LAYER_REPLICATIONS = 2
 
 
 def analytic_seconds(candidate: Candidate) -> float:
@@ -124,7 +127,8 @@ class MeasuredCost:
 
         def measure_missing(labels: list[str]):
             chosen = {base.name: graphs[base.name], **{label: graphs[label] for label in labels}}
-            return measure_models(chosen, base.name, threshold, self.threads, self.settings, feed)
+            return measure_models(chosen, base.name, threshold, self.threads, self.settings, feed,
+                                  replications=LAYER_REPLICATIONS)
 
         found = compare_through_cache(self.cache, keys, what, measure_missing)
         for candidate in candidates[1:]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from sparsecc.measure.evidence import MARGIN, RatioEvidence, Verdict, deciding_measure, judge, too_busy
 from sparsecc.measure.machine import LoadReading, read_load, usable_cores
-from sparsecc.measure.stats import ratio_interval
+from sparsecc.measure.stats import grouped_ratio_interval, ratio_interval
 
 Run = Callable[[], Any]
 
@@ -292,3 +292,38 @@ def measure_in_blocks(openers: Mapping[str, Callable[[], AbstractContextManager[
     return _collect(step, labels, baseline, threshold, threads, spinning, settings, samples, load_reader, clocks,
                     "blocks")
 
+
+
+def combine(measurements: list[Measurement], settings: MeasureSettings | None = None) -> Measurement:
+    """One measurement from several replications of the same comparison (each with its own sessions).
+
+    The intervals come from a two-level bootstrap (:func:`~sparsecc.measure.stats.grouped_ratio_interval`),
+    so replications that disagree give an interval wide enough to say so: within one process and one
+    pair of sessions, runs agree more closely than two compiles minutes apart do.
+    """
+    settings = settings or MeasureSettings()
+    first, last = measurements[0], measurements[-1]
+    if len(measurements) == 1:
+        return first
+    labels = list(first.wall_ms)
+    wall = {label: [v for m in measurements for v in m.wall_ms[label]] for label in labels}
+    cpu = {label: [v for m in measurements for v in m.cpu_ms[label]] for label in labels}
+    load = LoadReading(first.load.before, last.load.after, first.load.cores)
+    evidence = {}
+    for label, one in first.evidence.items():
+        intervals = {}
+        for name, table in (("wall", "wall_ms"), ("cpu", "cpu_ms")):
+            groups = [(np.maximum(getattr(m, table)[first.baseline], 1e-6), np.maximum(getattr(m, table)[label], 1e-6))
+                      for m in measurements]
+            intervals[name] = grouped_ratio_interval(groups, settings.confidence, settings.resamples, settings.seed)
+        total_wall = sum(sum(v) for v in wall.values())
+        evidence[label] = RatioEvidence(
+            first.baseline, label, sum(m.evidence[label].pairs for m in measurements), intervals["wall"],
+            intervals["cpu"], (float(np.median(wall[first.baseline])), float(np.median(wall[label]))),
+            (float(np.median(cpu[first.baseline])), float(np.median(cpu[label]))), load, one.threads, one.spinning,
+            sum(sum(v) for v in cpu.values()) / total_wall if total_wall else float("nan"),
+            last.evidence[label].taken_at, f"{len(measurements)} replications: "
+                                           + ", ".join(m.evidence[label].stopped for m in measurements))
+    return Measurement(first.baseline, evidence, wall, cpu, load, first.threads, first.spinning,
+                       sum(m.seconds for m in measurements), ", ".join(m.stopped for m in measurements),
+                       f"{first.schedule} x{len(measurements)}")

@@ -194,3 +194,24 @@ def test_settings_are_checked():
         MeasureSettings(min_pairs=20, max_pairs=10)
     with pytest.raises(ValueError):
         MeasureSettings(confidence=1.0)
+
+
+def test_replications_that_disagree_widen_the_interval():
+    from sparsecc.measure.runner import combine
+    from sparsecc.measure.stats import grouped_ratio_interval
+
+    rng = np.random.default_rng(0)
+    slower = (np.ones(30), rng.normal(1 / 0.95, 0.01, 30))  # one set of sessions: 0.95x
+    faster = (np.ones(30), rng.normal(1 / 1.07, 0.01, 30))  # a second one: 1.07x
+    alone = ratio_interval(*slower)
+    both = grouped_ratio_interval([slower, faster])
+    assert alone.high < 1.0 and both.low < 0.96 and both.high > 1.06  # spans both: neither call is made
+    assert grouped_ratio_interval([slower]) == alone
+    # two replications of one simulated comparison: the combined evidence counts every pair
+    machine = SimulatedMachine()
+    runs = [measure({"dense": machine.runner(2e6, 0.02), "pruned": machine.runner(1e6, 0.02)}, "dense", 1.1,
+                    settings=MeasureSettings(min_pairs=10), clocks=machine.clocks(), load_reader=quiet)
+            for _ in range(2)]
+    combined = combine(runs)
+    assert combined.evidence["pruned"].pairs == 20 and combined.schedule == "interleaved x2"
+    assert combined.verdict("pruned", 1.1).outcome == "faster" and len(combined.wall_ms["dense"]) == 20
