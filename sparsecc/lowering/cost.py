@@ -155,7 +155,7 @@ def machine_calibration(cache: TimingCache, threads: int, environment: dict[str,
     key = TimingCache.key(calibration_fields(environment))
     found = Calibration.from_entry(cache.entries.get(key))  # not counted as a timing hit or miss
     if found is not None:
-        return found  # only calibrations taken below heavy load are stored
+        return found  # only calibrations taken when the machine was calm enough to trust them are stored
     if too_busy(threads, load_now()):
         return None
     calibration = build_calibration(threads)
