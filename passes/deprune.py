@@ -403,7 +403,7 @@ class DepruneRewrite(Pass):
             timing cache) or "analytic". ``compile --cost-model`` overrides it. Defaults to "measured".
         width: DR sub-GEMM width (its largest divisor of M when it does not divide M). Defaults to 32.
         min_gain: A candidate must beat the plain depthwise by this share. Defaults to 0.1.
-        runs: Least paired runs of each timing. Defaults to 10.
+        runs: Least paired runs of each timing. Defaults to 20.
         threads: ONNX Runtime threads for timing. Defaults to 1 (CPU time then holds under load).
 
     With the measured cost model choosing, the whole rewritten model is finally timed against the
@@ -417,7 +417,7 @@ class DepruneRewrite(Pass):
     description = "Depthwise layers -> plain depthwise / kernel crop / DR sub-GEMMs, chosen per layer by cost"
 
     def __init__(self, lowering: str = "auto", cost_model: str = "measured", width: int = 32,
-                 min_gain: float = 0.1, runs: int = 10, threads: int = 1):
+                 min_gain: float = 0.1, runs: int = 20, threads: int = 1):
         if lowering != "auto" and (get_lowering(lowering) is None or get_lowering(lowering).family != FAMILY):
             raise OptionError(f"unknown lowering '{lowering}'", where="deprune-rewrite",
                               fix=f"use auto or one of {[lw.name for lw in lowerings(FAMILY)]}")
@@ -541,7 +541,7 @@ class DepruneModelCheck(Pass):
         if masked is None:
             return PassResult(False, 0, notes=["no masked model to compare with (apply-plan did not run)"])
         check = check_removed_work(masked, ctx.model, ctx.cost_model or self.cost_model, self.threads,
-                                   ctx.timing_cache)
+                                   ctx.timing_cache, min_pairs=self.runs)
         ctx.state[self.name] = check
         notes, changed = [check["reason"]], False
         if check["slowdown"]:  # fixed where it comes from: channel counts, not by undoing

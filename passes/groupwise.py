@@ -195,7 +195,7 @@ class GroupwiseRewrite(Pass):
             to stay dense). Defaults to "auto".
         min_gain: A lowering must be this much faster than dense (0.1 = 10%). Defaults to 0.1.
         runs: Least paired runs of each timing (more while its interval straddles the threshold).
-            Defaults to 10.
+            Defaults to 20.
         threads: ONNX Runtime intra-op threads for timing. Defaults to 1 (CPU time then holds under load).
         fold: Fold unused input channels into the producing layer. Defaults to True.
 
@@ -212,7 +212,7 @@ class GroupwiseRewrite(Pass):
                    "(per-layer choice by cost model; unused channels folded into producers)")
 
     def __init__(self, cost_model: str = "measured", lowering: str = "auto", min_gain: float = 0.1,
-                 runs: int = 10, threads: int = 1, fold: bool = True):
+                 runs: int = 20, threads: int = 1, fold: bool = True):
         if cost_model not in ("measured", "analytic"):
             raise OptionError(f"unknown cost_model '{cost_model}'", fix="use measured or analytic")
         if lowering != "auto" and (get_lowering(lowering) is None or get_lowering(lowering).family != FAMILY):

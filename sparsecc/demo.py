@@ -188,7 +188,7 @@ def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = Non
                    "speedup": "median over rounds of (dense, recipe none) / (variant), wall clock, with its 90% "
                               "bootstrap interval; CPU-time speedup the same by CPU time",
                    "spread": "q25-q75 of the timed runs", "load": load,
-                   "noise": _noise_statement(load, rows)},
+                   "noise": _noise_statement(load, rows, threads)},
         "rows": rows, "not_run": not_run, "environment": environment(),
     }
     summary["plot"] = _plot(summary, out / "tradeoff.png")
@@ -197,18 +197,22 @@ def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = Non
     return summary
 
 
-def _noise_statement(load: dict[str, Any] | None, rows: list[dict[str, Any]]) -> str:
+def _noise_statement(load: dict[str, Any] | None, rows: list[dict[str, Any]], threads: int) -> str:
     """How far to trust the speed column: the load, and the variants whose figure is noise."""
+    from sparsecc.measure import too_busy
+
     if load is None:
         return "nothing was timed"
     level = load["level"]
-    words = [f"Load average {load['before'][0]:.2f} -> {load['after'][0]:.2f} on {load['cores']} cores ({level})."]
-    if level == "heavy":
-        words.append("The machine was too busy to trust any speed figure below: run the demo again on a quieter "
-                     "machine.")
-    elif level == "loaded":
+    words = [f"Load average {load['before'][0]:.2f} -> {load['after'][0]:.2f} on {load['cores']} cores ({level}), "
+             f"{threads} thread{'s' if threads != 1 else ''}."]
+    busy = too_busy(threads, load["per_core"])
+    if busy:
+        words.append(f"The machine was too busy to trust any speed figure below ({busy}): run the demo again on a "
+                     "quieter machine" + (" or with --threads 1." if threads != 1 else "."))
+    elif level != "quiet":
         words.append("The machine was loaded: wall-clock speedups include waiting for a core; the CPU-time "
-                     "speedups (work done) are the steadier figures.")
+                     "speedups (work done) are the figures to trust.")
     timed = [r for r in rows if r.get("speedup_ci") and r["kind"] != "dense"]
     same = [r["variant"] for r in timed if r.get("ideal") == 1.0]
     level_with = [r["variant"] for r in timed if r["speedup_ci"][0] <= 1.0 <= r["speedup_ci"][1]]

@@ -107,6 +107,7 @@ def _lowering_decisions(report: dict[str, Any]) -> list[str]:
                       "the machine was too busy, the analytic model decides and the row says so.", ""]
         lines += _md_table(rows, ["layer", "lowering", "timing", "speedup vs baseline", "decided by", "why",
                                   "did not apply"])
+        lines += _decided_by_summary(layers)
         check = details.get("model_check")
         if check:
             lines += ["", check["reason"] + "."]
@@ -114,6 +115,24 @@ def _lowering_decisions(report: dict[str, Any]) -> list[str]:
     if check and check.get("reason"):
         lines += ["", "## Whole model", "", check["reason"] + "."]
     return lines
+
+
+def _decided_by_summary(layers: dict[str, Any]) -> list[str]:
+    """One line: how many choices timing made, and how many the analytic model made because timing could not."""
+    counts: dict[str, int] = {}
+    for info in layers.values():
+        if "decided_by" in info:
+            counts[info["decided_by"]] = counts.get(info["decided_by"], 0) + 1
+    fell_back = sum(n for by, n in counts.items() if "inconclusive" in by)
+    busy = sum("too busy" in info.get("reason", "") for info in layers.values())
+    if not counts:
+        return []
+    line = "Decided by: " + ", ".join(f"{by} {n}" for by, n in sorted(counts.items())) + "."
+    if fell_back:
+        line += (f" {fell_back} timing(s) were inconclusive (the interval straddled the needed speedup"
+                 + (f", or the machine was too busy to trust them: {busy}" if busy else "") +
+                 "), so the analytic model decided those layers, never an undo.")
+    return ["", line]
 
 
 def _md_table(rows: list[list[Any]], headers: list[str]) -> list[str]:

@@ -51,7 +51,10 @@ def test_demo_shows_fine_tuned_accuracy_next_to_dense_and_marks_one_shot_chance(
     for row in rows.values():
         assert row["at_chance"] == (row["top1"] < 0.15)
     markdown = (tmp_path / "demo" / "report.md").read_text()
-    assert "Columns:" in markdown and "**speedup**" in markdown and "chance is 10%" in markdown
+    assert "Columns:" in markdown and "**speedup [90% CI]**" in markdown and "chance is 10%" in markdown
+    # every speed figure has its interval, and the report states the timing noise with the load
+    assert all(r["speedup_ci"][0] <= r["speedup"] <= r["speedup_ci"][1] for r in rows.values())
+    assert "**Timing noise**: Load average" in markdown and report["timing"]["load"]["cores"] >= 1
     assert "(finetuned-groupwise-50/report.md)" in markdown and "(groupwise-50/report.md)" in markdown
     assert (tmp_path / "demo" / "finetuned-groupwise-50" / "report.md").is_file()
     assert all(r["q25_ms"] <= r["median_ms"] <= r["q75_ms"] for r in rows.values())
@@ -84,3 +87,19 @@ def test_the_demo_runs_the_recipes_that_fit_the_model_and_says_which_it_leaves_o
         assert "tensorrt-groupwise-50" in why and "TensorRT" in why["tensorrt-groupwise-50"]
         assert ("deprune-bh" in chosen) == has_depthwise
         assert {"none", "groupwise-50", "filter-l1", "detect"} <= set(chosen)
+
+
+def test_the_noise_statement_names_figures_that_mean_nothing():
+    from sparsecc.demo import _noise_statement
+
+    load = {"before": [7.5, 7, 7], "after": [7.9, 7, 7], "cores": 2, "level": "heavy", "per_core": 3.95}
+    rows = [{"variant": "none", "kind": "dense", "speedup_ci": [1.0, 1.0], "ideal": 1.0},
+            {"variant": "zeros", "kind": "detect", "speedup_ci": [0.6, 0.8], "ideal": 1.0},
+            {"variant": "groupwise-50", "kind": "one-shot", "speedup_ci": [0.9, 1.3], "ideal": 1.4},
+            {"variant": "filter-l1", "kind": "one-shot", "speedup_ci": [1.3, 1.5], "ideal": 1.6}]
+    text = _noise_statement(load, rows, 2)
+    assert "too busy to trust any speed figure" in text and "7.50 -> 7.90 on 2 cores" in text
+    assert "too busy" not in _noise_statement(load, rows, 1)  # one thread: CPU time still holds at 4 per core
+    assert "Same work as dense (ideal 1.0x), so any speed figure away from 1 is noise: zeros." in text
+    assert "No measurable difference from dense (the 90% interval includes 1): groupwise-50." in text
+    assert "filter-l1" not in text

@@ -21,7 +21,7 @@ and a Markdown table; prints the wall time the protocol took.
 
 Usage::
 
-    python tools/bench_decisions_under_load.py --out decisions-under-load   # ~30-60 min on 2 cores
+    python tools/bench_decisions_under_load.py --out decisions-under-load   # 16 min at load 6-10 on 2 cores
     python tools/bench_decisions_under_load.py --models resnet18 --loaded-compiles 1 --out quick
 """
 

@@ -51,7 +51,10 @@ def _calibrate(cache, args) -> int:
     if args.threads < 1:
         raise OptionError("--threads must be at least 1")
     calibration = build_calibration(args.threads)
-    stored = calibration.load.level != "heavy"
+    from sparsecc.measure.evidence import too_busy
+
+    busy = too_busy(args.threads, calibration.load.per_core)
+    stored = busy is None
     if stored:
         cache.put(TimingCache.key(calibration_fields(timing_environment(args.threads))), calibration.to_entry())
         cache.save()
@@ -60,7 +63,7 @@ def _calibrate(cache, args) -> int:
     else:
         print(calibration.describe())
         print(f"stored in {cache.path}" if stored else
-              "NOT stored: the machine was too busy to trust it (load 3 or more per core); run it again later")
+              f"NOT stored: the machine was too busy to trust it ({busy}); run it again later")
     return 0
 
 

@@ -6,7 +6,8 @@ decision reads from it is a ratio: the baseline's estimate over a candidate's. A
 measures, on reference layers, each lowering against its family's baseline (paired, CPU time,
 spinning off: :mod:`sparsecc.measure`) and keeps one factor per lowering that makes the model's
 ratio match the measured one (the median over the reference layers). It is evidence like any
-timing: it carries the load it was taken under and when; one taken under heavy load is not used.
+timing: it carries the load it was taken under and when; one taken when the machine was too busy
+to trust a timing is not kept.
 
 It is built when a measured compile first needs the analytic fallback on this machine (or by
 ``sparsecc cache calibrate``). ``--cost-model analytic`` never reads it: that model is the same on

@@ -21,7 +21,8 @@ from sparsecc.lowering.emitter import Emitter
 from sparsecc.lowering.registry import Candidate
 from sparsecc.lowering.timing_cache import TimingCache, graph_signature
 from sparsecc.measure import MeasureSettings, judge
-from sparsecc.measure.cached import FROM_CACHE, compare_through_cache, level_now
+from sparsecc.measure.cached import FROM_CACHE, compare_through_cache, load_now
+from sparsecc.measure.evidence import too_busy
 from sparsecc.policy import ANALYTIC, Decision, Option, choose, needs_estimates
 
 # ~0.8 ns per element moved by Gather/Transpose/NCHWc reorder, ~15 us per node on ONNX Runtime CPU
@@ -29,8 +30,12 @@ from sparsecc.policy import ANALYTIC, Decision, Option, choose, needs_estimates
 S_PER_COPY = 0.8e-9
 S_PER_NODE = 15e-6
 
-# one layer: at least 10 pairs, more while an interval straddles the threshold, for 3 s at most
-LAYER_SETTINGS = MeasureSettings(min_pairs=10, max_pairs=200, batch=10, budget_s=3.0)
+# one layer: at least 20 pairs (a bootstrap interval of a median needs them), more while an interval
+# straddles the threshold, for 3 s at most; twice, with new sessions each time: a layer's speedup
+# moved by up to 9% between compiles here while one run's interval was 2-4% wide, so the interval
+# must take in the replications (sparsecc.measure.combine)
+LAYER_SETTINGS = MeasureSettings(min_pairs=20, max_pairs=200, batch=10, budget_s=3.0)
+LAYER_REPLICATIONS = 2
 
 
 def analytic_seconds(candidate: Candidate) -> float:
@@ -89,12 +94,12 @@ class MeasuredCost:
     Args:
         threads: ONNX Runtime intra-op threads. Defaults to 1 (CPU time then holds under load).
         cache: The timing cache. Defaults to one kept in memory for this compile only.
-        min_pairs: Paired runs before an interval is looked at. Defaults to 10.
+        min_pairs: Paired runs before an interval is looked at. Defaults to 20.
     """
 
     name = "measured"
 
-    def __init__(self, threads: int = 1, cache: TimingCache | None = None, min_pairs: int = 10):
+    def __init__(self, threads: int = 1, cache: TimingCache | None = None, min_pairs: int = 20):
         self.threads = threads
         self.cache = cache if cache is not None else TimingCache(None)
         self.settings = MeasureSettings(min_pairs=min_pairs, max_pairs=max(min_pairs, LAYER_SETTINGS.max_pairs),
@@ -122,7 +127,8 @@ class MeasuredCost:
 
         def measure_missing(labels: list[str]):
             chosen = {base.name: graphs[base.name], **{label: graphs[label] for label in labels}}
-            return measure_models(chosen, base.name, threshold, self.threads, self.settings, feed)
+            return measure_models(chosen, base.name, threshold, self.threads, self.settings, feed,
+                                  replications=LAYER_REPLICATIONS)
 
         found = compare_through_cache(self.cache, keys, what, measure_missing)
         for candidate in candidates[1:]:
@@ -145,15 +151,15 @@ class MeasuredCost:
 
 def machine_calibration(cache: TimingCache, threads: int, environment: dict[str, Any]) -> Calibration | None:
     """This machine's calibration from ``cache``; measured and stored when missing, unless the machine
-    is heavily loaded (then None: the fixed constants are used, and the report says so)."""
+    is too busy to trust it (then None: the fixed constants are used, and the report says so)."""
     key = TimingCache.key(calibration_fields(environment))
     found = Calibration.from_entry(cache.entries.get(key))  # not counted as a timing hit or miss
-    if found is not None and found.load.level != "heavy":
-        return found
-    if level_now() == "heavy":
-        return found if found is not None and found.load.level != "heavy" else None
+    if found is not None:
+        return found  # only calibrations taken when the machine was calm enough to trust them are stored
+    if too_busy(threads, load_now()):
+        return None
     calibration = build_calibration(threads)
-    if calibration.load.level == "heavy":
+    if too_busy(threads, calibration.load.per_core):
         return None
     cache.put(key, calibration.to_entry())
     return calibration

@@ -34,8 +34,11 @@ def work_profile(model) -> WorkProfile:
 
 
 def model_evidence(before, after, threads: int, cache: TimingCache | None,
-                   labels: tuple[str, str] = ("dense", "rewritten")) -> Sourced:
-    """Paired timing of two whole models (``after`` against ``before``), from the cache or measured."""
+                   labels: tuple[str, str] = ("dense", "rewritten"), min_pairs: int | None = None) -> Sourced:
+    """Paired timing of two whole models (``after`` against ``before``), from the cache or measured
+    (at least ``min_pairs`` pairs; defaults to :data:`MODEL_SETTINGS`'s 20)."""
+    from dataclasses import replace
+
     from sparsecc.measure import measure_models
 
     cache = cache if cache is not None else TimingCache(None)
@@ -43,8 +46,11 @@ def model_evidence(before, after, threads: int, cache: TimingCache | None,
     key = TimingCache.key({**what, "baseline_graph": graph_signature(before.graph),
                            "graph": graph_signature(after.graph), **timing_environment(threads)})
 
+    settings = MODEL_SETTINGS if min_pairs is None else replace(
+        MODEL_SETTINGS, min_pairs=min_pairs, max_pairs=max(min_pairs, MODEL_SETTINGS.max_pairs))
+
     def measure_missing(_labels):
-        return measure_models({labels[0]: before, labels[1]: after}, labels[0], 1.0, threads, MODEL_SETTINGS)
+        return measure_models({labels[0]: before, labels[1]: after}, labels[0], 1.0, threads, settings)
 
     return compare_through_cache(cache, {labels[1]: key}, {labels[1]: what}, measure_missing)[labels[1]]
 
@@ -97,7 +103,8 @@ def keep_lowerings_unless_slower(before, model, threads: int, cache: TimingCache
 
 
 def check_removed_work(reference, model, cost_model: str, threads: int, cache: TimingCache | None,
-                       labels: tuple[str, str] = ("masked", "compiled")) -> dict[str, Any]:
+                       labels: tuple[str, str] = ("masked", "compiled"), min_pairs: int | None = None
+                       ) -> dict[str, Any]:
     """The compiled model against the masked one: kept whatever a timing says, timed to report the speedup.
 
     With ``cost_model == "analytic"`` nothing is timed and no cache is read. A conclusive
@@ -106,7 +113,7 @@ def check_removed_work(reference, model, cost_model: str, threads: int, cache: T
     less, why = removes_work(work_profile(reference), work_profile(model))
     sourced = verdict = None
     if cost_model != "analytic":
-        sourced = model_evidence(reference, model, threads, cache, labels)
+        sourced = model_evidence(reference, model, threads, cache, labels, min_pairs)
         verdict = judge(sourced.evidence, 1.0)
     decision = judge_removal(verdict)
     if less:

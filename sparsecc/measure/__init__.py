@@ -12,10 +12,11 @@ that a decision holds on a busy machine (the method and its evidence are in BENC
 - The median pair ratio gets a **seeded bootstrap interval** (90% by default): the same samples
   give the same interval, so stored evidence is judged the same way every time.
 - **More runs only while an interval straddles the threshold**, within a time budget and a cap.
-- **The load average** (before and after) goes with every measurement; at 3 or more per core
-  nothing measured is trusted as a decision.
+- **The load average** (before and after) goes with every measurement; a timing taken when the
+  machine was too busy for its measure (:func:`too_busy`: one thread, 7 or more per core; several
+  threads, any load past quiet) is not trusted as a decision.
 - A **verdict** at a threshold: "faster", "slower" or "inconclusive", and which measure decided
-  (CPU time with one thread or under load; wall clock with several threads on a quiet machine).
+  (CPU time with one thread; wall clock with several, on a quiet machine only).
 
 Measuring two ONNX models (``models`` values may be paths, :class:`~sparsecc.model.Model` or
 ``gs.Graph``)::
@@ -41,7 +42,8 @@ Without a threshold (``threshold=None``) exactly ``settings.min_pairs`` pairs ar
 (``MeasureSettings.fixed(n)``), for a benchmark that reports rather than decides.
 """
 
-from sparsecc.measure.evidence import MEASURE_NAMES, RatioEvidence, Verdict, deciding_measure, judge
+from sparsecc.measure.evidence import (MEASURE_NAMES, ONE_THREAD_LIMIT_PER_CORE, RatioEvidence, Verdict, deciding_measure,
+                                      judge, too_busy)
 from sparsecc.measure.machine import HEAVY_PER_CORE, LOADED_PER_CORE, LoadReading, load_level, read_load, usable_cores
 from sparsecc.measure.runner import Clocks, MeasureSettings, Measurement, measure, measure_in_blocks
 from sparsecc.measure.sessions import ONE_AT_A_TIME_BYTES, measure_models, timing_backend
@@ -49,7 +51,7 @@ from sparsecc.measure.stats import Interval, bootstrap_median, paired_ratios, ra
 
 __all__ = [
     "Clocks", "HEAVY_PER_CORE", "Interval", "LOADED_PER_CORE", "LoadReading", "MEASURE_NAMES", "MeasureSettings",
-    "Measurement", "ONE_AT_A_TIME_BYTES", "RatioEvidence", "Verdict", "bootstrap_median", "deciding_measure", "judge",
-    "load_level", "measure", "measure_in_blocks", "measure_models", "paired_ratios", "ratio_interval", "read_load",
-    "timing_backend", "usable_cores",
+    "Measurement", "ONE_AT_A_TIME_BYTES", "ONE_THREAD_LIMIT_PER_CORE", "RatioEvidence", "Verdict", "bootstrap_median",
+    "deciding_measure", "judge", "load_level", "measure", "measure_in_blocks", "measure_models", "paired_ratios",
+    "ratio_interval", "read_load", "timing_backend", "too_busy", "usable_cores",
 ]

@@ -10,8 +10,8 @@ spinning). Whoever reads it judges it at the threshold of the decision at hand. 
 an entry again (:func:`reuse_rule`):
 
 - no entry, or one in an older form (a timing without evidence): measure;
-- evidence taken under heavy load, on a machine that is not heavily loaded now: measure again
-  (a quieter machine gives better evidence; the new entry replaces the old);
+- evidence taken when the machine was too busy to trust it (:func:`~sparsecc.measure.evidence.too_busy`),
+  on a machine calm enough now: measure again (the new entry replaces the old);
 - anything else is used as it is. Evidence that straddles the threshold stays inconclusive and
   the analytic model decides (measuring again would spend the same budget for the same answer,
   and would make a compile from the cache differ from the one that filled it).
@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from sparsecc.measure.evidence import RatioEvidence
-from sparsecc.measure.machine import load_level, read_load, usable_cores
+from sparsecc.measure.evidence import RatioEvidence, too_busy
+from sparsecc.measure.machine import read_load, usable_cores
 from sparsecc.measure.runner import Measurement
 
 ENTRY_FORM = "paired-evidence/1"
@@ -60,20 +60,22 @@ class Reuse:
     reason: str
 
 
-def reuse_rule(evidence: RatioEvidence | None, level_now: str, entry_present: bool = True) -> Reuse:
-    """Use the evidence as it is, or measure again (see the module's docstring)."""
+def reuse_rule(evidence: RatioEvidence | None, per_core_now: float, entry_present: bool = True) -> Reuse:
+    """Use the evidence as it is, or measure again (see the module's docstring); ``per_core_now`` is the
+    1-minute load average per core now."""
     if evidence is None:
         return Reuse(False, "an older cache entry with no evidence: measured again" if entry_present
                      else "not in the timing cache: measured")
-    if evidence.load.level == "heavy" and level_now != "heavy":
-        return Reuse(False, f"the cached timing was taken under heavy load ({evidence.load}); the machine is "
-                            f"{level_now} now: measured again")
+    busy = too_busy(evidence.threads, evidence.load.per_core)
+    if busy and not too_busy(evidence.threads, per_core_now):
+        return Reuse(False, f"the cached timing was taken when the machine was too busy ({busy}); it is calmer now "
+                            f"({per_core_now:.1f} per core): measured again")
     return Reuse(True, f"from the timing cache (taken {evidence.taken_at}, {evidence.load})")
 
 
-def level_now() -> str:
-    """The machine's load level now (1-minute load average per usable core)."""
-    return load_level(read_load()[0] / usable_cores())
+def load_now() -> float:
+    """The machine's 1-minute load average per usable core, now."""
+    return read_load()[0] / usable_cores()
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class Sourced:
 
 def compare_through_cache(cache: EntryStore, keys: dict[str, str], what: dict[str, dict[str, Any]],
                           measure_missing: Callable[[list[str]], Measurement],
-                          level: Callable[[], str] = level_now) -> dict[str, Sourced]:
+                          load: Callable[[], float] = load_now) -> dict[str, Sourced]:
     """Evidence for every candidate label in ``keys``: from ``cache`` where the reuse rule allows, the
     rest measured together in one call of ``measure_missing(labels)`` and stored.
 
@@ -96,7 +98,7 @@ def compare_through_cache(cache: EntryStore, keys: dict[str, str], what: dict[st
         keys: candidate label -> its cache key (baseline, candidate, backend, threads, CPU).
         what: candidate label -> what was measured, stored beside the evidence.
         measure_missing: Measures the baseline against these candidate labels.
-        level: The machine's load level now. Defaults to reading it.
+        load: The machine's load average per core now. Defaults to reading it.
     """
     found: dict[str, Sourced] = {}
     missing: dict[str, str] = {}
@@ -104,9 +106,9 @@ def compare_through_cache(cache: EntryStore, keys: dict[str, str], what: dict[st
     for label, key in keys.items():
         entry = cache.get(key)
         evidence = evidence_of(entry)
-        if evidence is not None and evidence.load.level == "heavy" and now is None:
-            now = level()
-        rule = reuse_rule(evidence, now or "", entry is not None)
+        if evidence is not None and now is None and too_busy(evidence.threads, evidence.load.per_core):
+            now = load()  # read only when an entry could be measured again
+        rule = reuse_rule(evidence, now if now is not None else 0.0, entry is not None)
         if rule.use:
             found[label] = Sourced(evidence, FROM_CACHE, rule.reason)
         else:

@@ -12,23 +12,50 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sparsecc.measure.machine import LoadReading
+from sparsecc.measure.machine import LoadReading, load_level
 from sparsecc.measure.stats import Interval
 
 MEASURE_NAMES = {"cpu": "CPU time", "wall": "wall clock"}
 OUTCOMES = ("faster", "slower", "inconclusive")
 
 
-def deciding_measure(threads: int, level: str) -> str:
-    """The measure a verdict is read from: "cpu" or "wall".
+# A verdict must clear its threshold by this much: CPU-time speedups of one pair of models moved
+# by up to 5% between runs here (BENCHMARKS.md), so a difference smaller than that is not one
+# timing can be trusted to call the same way twice; the analytic model decides those.
+MARGIN = 0.05
+
+# One-thread CPU-time ratios stayed within 2% from a quiet machine up to 6.9 per core here
+# (BENCHMARKS.md); beyond the load they were tested at they are not trusted.
+ONE_THREAD_LIMIT_PER_CORE = 7.0
+
+
+def deciding_measure(threads: int) -> str:
+    """The measure a verdict is read from: "cpu" with one thread, else "wall".
 
     With one thread, CPU time is the time of the run minus the time spent waiting for a core: on
     a quiet machine the two agree, under load CPU time stays and wall clock grows. With more
     threads, CPU time also counts the work of every thread (a candidate that parallelises worse
-    looks better by it than by wall clock), so on a quiet machine wall clock decides; under load
-    it cannot, and CPU time does (BENCHMARKS.md has the figures).
+    looks better by it than by wall clock), so wall clock decides, and only on a quiet machine.
     """
-    return "cpu" if threads == 1 or level != "quiet" else "wall"
+    return "cpu" if threads == 1 else "wall"
+
+
+def too_busy(threads: int, per_core: float) -> str | None:
+    """Why a timing taken at this load (1-minute load average per core) cannot decide, or None.
+
+    One thread: CPU time holds up to :data:`ONE_THREAD_LIMIT_PER_CORE`. Several threads: only a
+    quiet machine; under load wall clock takes in the waiting, and CPU time moved by 11% between a
+    quiet machine and two busy loops (BENCHMARKS.md).
+    """
+    if threads == 1:
+        if per_core >= ONE_THREAD_LIMIT_PER_CORE:
+            return (f"load {per_core:.1f} per core, beyond the {ONE_THREAD_LIMIT_PER_CORE:g} per core up to which "
+                    "one-thread CPU time was measured steady")
+        return None
+    if load_level(per_core) != "quiet":
+        return (f"{threads} threads on a busy machine ({per_core:.1f} per core): neither wall clock nor CPU time "
+                "holds (time with one thread to decide under load)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -98,8 +125,9 @@ class Verdict:
     """Where the evidence puts a candidate against a threshold.
 
     Attributes:
-        outcome: "faster" (the interval lies above the threshold), "slower" (below it) or
-            "inconclusive" (it straddles it, or the machine was too busy to trust it).
+        outcome: "faster" (the interval lies above the threshold by more than :data:`MARGIN`),
+            "slower" (below it by more than that) or "inconclusive" (it straddles that band, lies
+            within it, or the machine was too busy to trust it).
         measure: "cpu" or "wall": the measure read; None when the machine was too busy.
         interval: That measure's interval, or None.
         threshold: The speedup the candidate had to beat.
@@ -119,16 +147,19 @@ class Verdict:
 
 def judge(evidence: RatioEvidence, threshold: float) -> Verdict:
     """The verdict ``evidence`` supports at ``threshold`` (a speedup, e.g. 1.1 = 10% faster needed)."""
-    level = evidence.load.level
-    if level == "heavy":
+    busy = too_busy(evidence.threads, evidence.load.per_core)
+    if busy:
         return Verdict("inconclusive", None, None, threshold,
-                       f"the machine was too busy to trust the timing ({evidence.load}); "
+                       f"the machine was too busy to trust the timing ({busy}; {evidence.load}); "
                        f"wall {evidence.wall}, CPU {evidence.cpu}")
-    measure = deciding_measure(evidence.threads, level)
+    measure = deciding_measure(evidence.threads)
     interval = evidence.cpu if measure == "cpu" else evidence.wall
-    side = interval.side(threshold)
-    outcome = {"above": "faster", "below": "slower", "straddles": "inconclusive"}[side]
-    words = {"above": "above", "below": "below", "straddles": "straddles"}[side]
-    return Verdict(outcome, measure, interval, threshold,
-                   f"{MEASURE_NAMES[measure]} speedup {interval} ({interval.confidence:.0%} CI, {evidence.pairs} "
-                   f"pairs, {evidence.load}) {words} {threshold:.3g}")
+    side = interval.side(threshold, MARGIN)
+    outcome = {"above": "faster", "below": "slower"}.get(side, "inconclusive")
+    where = {"above": f"above {threshold:.3g} (by more than {MARGIN:.0%})",
+             "below": f"below {threshold:.3g} (by more than {MARGIN:.0%})",
+             "within": f"within {MARGIN:.0%} of {threshold:.3g}: too close to call",
+             "straddles": f"straddles {threshold:.3g} (+-{MARGIN:.0%})"}[side]
+    return Verdict(outcome, measure, interval,
+                   threshold, f"{MEASURE_NAMES[measure]} speedup {interval} ({interval.confidence:.0%} CI, "
+                              f"{evidence.pairs} pairs, {evidence.load}) {where}")

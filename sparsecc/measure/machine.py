@@ -1,16 +1,16 @@
-"""How busy the machine is: load averages around a measurement, and what they mean for trusting it.
+"""How busy the machine is: load averages around a measurement.
 
 The 1-minute load average counts the runnable tasks (the measuring process included) averaged
 over the last minute, so it lags a change of load by tens of seconds; it is read before and after
 every measurement and the larger of the two is used. Divided by the cores this process may run
-on, it gives three levels:
+on, it gives three levels for reports:
 
 - ``quiet`` (below 1 per core): every measure is usable; wall clock is what users see.
 - ``loaded`` (1 to 3 per core): other work competes for the cores; wall-clock times take in the
-  waiting, CPU time (work done, with ONNX Runtime's spinning off) stays steady and decides.
-- ``heavy`` (3 per core and over): spreads of 100-4000% were seen here at load 5-9 on 2 cores;
-  no figure taken then is trusted as a decision (the analytic model decides, and the evidence is
-  measured again on a quieter machine).
+  waiting, CPU time (work done, with ONNX Runtime's spinning off) stays steady.
+- ``heavy`` (3 per core and over): wall-clock spreads of 100-4000% were seen here at load 5-9 on
+  2 cores; only one-thread CPU time is still read (up to the limit of
+  :func:`sparsecc.measure.evidence.too_busy`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparsecc.measure.evidence import RatioEvidence
+from sparsecc.measure.evidence import RatioEvidence, too_busy
 
 WIDE = 0.2  # an interval wider than 20% of its estimate is called wide
 
@@ -25,25 +25,26 @@ def readout(evidence: RatioEvidence, ideal: float | None = None) -> dict[str, An
     """
     wall, cpu, load = evidence.wall, evidence.cpu, evidence.load
     notes = []
-    if load.level == "heavy":
-        notes.append(f"The machine was too busy to trust these figures (load {load.before[0]:.1f} -> "
-                     f"{load.after[0]:.1f} on {load.cores} cores): measure again on a quieter machine.")
-    elif load.level == "loaded":
-        notes.append(f"The machine was loaded (load {load.before[0]:.1f} -> {load.after[0]:.1f} on {load.cores} "
-                     "cores): wall-clock times include waiting for a core; the CPU-time ratio (work done) is the "
-                     "steadier figure.")
+    where = f"load {load.before[0]:.1f} -> {load.after[0]:.1f} on {load.cores} cores"
+    busy = too_busy(evidence.threads, load.per_core)
+    if busy:
+        notes.append(f"The machine was too busy to trust these figures ({where}; {busy}): measure again on a "
+                     "quieter machine.")
+    elif load.level != "quiet":
+        notes.append(f"The machine was {load.level} ({where}): wall-clock times include waiting for a core; the "
+                     "CPU-time ratio (one thread, work done) is the figure to trust.")
     if ideal is not None and abs(ideal - 1.0) < 1e-9:
         notes.append("The candidate does the same work as the baseline (ideal 1.0x): a figure away from 1 is noise "
                      "or memory layout, not a speedup.")
     if wall.side(1.0) == "straddles":
         notes.append(f"No measurable difference in wall clock: the {wall.confidence:.0%} interval "
                      f"[{wall.low:.3f}, {wall.high:.3f}] includes 1.")
-    if wall.width > WIDE and load.level != "heavy":
+    if wall.width > WIDE and not busy:
         notes.append(f"The wall-clock interval is wide ({wall.width:.0%} of the estimate): more runs would narrow it.")
     return {"speedup": round(wall.estimate, 4), "speedup_ci": [round(wall.low, 4), round(wall.high, 4)],
             "cpu_speedup": round(cpu.estimate, 4), "cpu_speedup_ci": [round(cpu.low, 4), round(cpu.high, 4)],
             "confidence": wall.confidence, "pairs": evidence.pairs, "load": load.to_dict(),
-            "trusted": load.level != "heavy", "notes": notes}
+            "trusted": busy is None, "notes": notes}
 
 
 def speedup_text(figures: dict[str, Any]) -> str:

@@ -25,9 +25,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from sparsecc.measure.evidence import RatioEvidence, Verdict, deciding_measure, judge
-from sparsecc.measure.machine import LoadReading, load_level, read_load, usable_cores
-from sparsecc.measure.stats import ratio_interval
+from sparsecc.measure.evidence import MARGIN, RatioEvidence, Verdict, deciding_measure, judge, too_busy
+from sparsecc.measure.machine import LoadReading, read_load, usable_cores
+from sparsecc.measure.stats import grouped_ratio_interval, ratio_interval
 
 Run = Callable[[], Any]
 
@@ -120,7 +120,8 @@ class Measurement:
                            for label in self.wall_ms},
             "load": self.load.to_dict(), "threads": self.threads, "spinning": self.spinning,
             "seconds": round(self.seconds, 3), "stopped": self.stopped, "schedule": self.schedule,
-            "deciding_measure": deciding_measure(self.threads, self.load.level)}
+            "deciding_measure": deciding_measure(self.threads),
+            "too_busy": too_busy(self.threads, self.load.per_core)}
         if samples:
             data["samples_ms"] = {label: {"wall": [round(v, 5) for v in self.wall_ms[label]],
                                           "cpu": [round(v, 5) for v in self.cpu_ms[label]]} for label in self.wall_ms}
@@ -162,14 +163,14 @@ def _evidence(samples: _Samples, baseline: str, label: str, settings: MeasureSet
 
 
 def _all_decided(samples: _Samples, baseline: str, labels: list[str], threshold: float, threads: int,
-                 settings: MeasureSettings, level: str) -> bool:
-    measure = deciding_measure(threads, level)
+                 settings: MeasureSettings) -> bool:
+    measure = deciding_measure(threads)
     table = samples.cpu_ns if measure == "cpu" else samples.wall_ns
     for label in labels:
         base = np.maximum(np.asarray(table[baseline], dtype=np.float64), 1.0)
         cand = np.maximum(np.asarray(table[label], dtype=np.float64), 1.0)
         interval = ratio_interval(base, cand, settings.confidence, settings.resamples, settings.seed)
-        if interval.side(threshold) == "straddles":
+        if interval.side(threshold, MARGIN) == "straddles":  # "within" is decided: too close to call
             return False
     return True
 
@@ -197,10 +198,9 @@ def _collect(step: Callable[[int, int], None], labels: list[str], baseline: str,
             if threshold is None:
                 stopped = "fixed count"
                 continue
-            level = load_level(max(before[0], load_reader()[0]) / cores)
-            if level == "heavy":
-                stopped = "too busy"
-            elif _all_decided(samples, baseline, candidates, threshold, threads, settings, level):
+            if too_busy(threads, max(before[0], load_reader()[0]) / cores):
+                stopped = "too busy"  # no verdict will be read from these runs: stop spending time on them
+            elif _all_decided(samples, baseline, candidates, threshold, threads, settings):
                 stopped = "decided"
             elif pairs >= settings.max_pairs:
                 stopped = "max pairs"
@@ -292,3 +292,38 @@ def measure_in_blocks(openers: Mapping[str, Callable[[], AbstractContextManager[
     return _collect(step, labels, baseline, threshold, threads, spinning, settings, samples, load_reader, clocks,
                     "blocks")
 
+
+
+def combine(measurements: list[Measurement], settings: MeasureSettings | None = None) -> Measurement:
+    """One measurement from several replications of the same comparison (each with its own sessions).
+
+    The intervals come from a two-level bootstrap (:func:`~sparsecc.measure.stats.grouped_ratio_interval`),
+    so replications that disagree give an interval wide enough to say so: within one process and one
+    pair of sessions, runs agree more closely than two compiles minutes apart do.
+    """
+    settings = settings or MeasureSettings()
+    first, last = measurements[0], measurements[-1]
+    if len(measurements) == 1:
+        return first
+    labels = list(first.wall_ms)
+    wall = {label: [v for m in measurements for v in m.wall_ms[label]] for label in labels}
+    cpu = {label: [v for m in measurements for v in m.cpu_ms[label]] for label in labels}
+    load = LoadReading(first.load.before, last.load.after, first.load.cores)
+    evidence = {}
+    for label, one in first.evidence.items():
+        intervals = {}
+        for name, table in (("wall", "wall_ms"), ("cpu", "cpu_ms")):
+            groups = [(np.maximum(getattr(m, table)[first.baseline], 1e-6), np.maximum(getattr(m, table)[label], 1e-6))
+                      for m in measurements]
+            intervals[name] = grouped_ratio_interval(groups, settings.confidence, settings.resamples, settings.seed)
+        total_wall = sum(sum(v) for v in wall.values())
+        evidence[label] = RatioEvidence(
+            first.baseline, label, sum(m.evidence[label].pairs for m in measurements), intervals["wall"],
+            intervals["cpu"], (float(np.median(wall[first.baseline])), float(np.median(wall[label]))),
+            (float(np.median(cpu[first.baseline])), float(np.median(cpu[label]))), load, one.threads, one.spinning,
+            sum(sum(v) for v in cpu.values()) / total_wall if total_wall else float("nan"),
+            last.evidence[label].taken_at, f"{len(measurements)} replications: "
+                                           + ", ".join(m.evidence[label].stopped for m in measurements))
+    return Measurement(first.baseline, evidence, wall, cpu, load, first.threads, first.spinning,
+                       sum(m.seconds for m in measurements), ", ".join(m.stopped for m in measurements),
+                       f"{first.schedule} x{len(measurements)}")

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from sparsecc.measure.runner import MeasureSettings, Measurement, measure, measure_in_blocks
+from sparsecc.measure.runner import MeasureSettings, Measurement, combine, measure, measure_in_blocks
 
 # two whole-model sessions alive at once hold two prepacked copies of the weights: above this,
 # the sessions are timed one at a time
@@ -49,7 +49,7 @@ def _default_feed(item: Any) -> dict[str, np.ndarray]:
 
 def measure_models(models: Mapping[str, Any], baseline: str, threshold: float | None = None, threads: int = 1,
                    settings: MeasureSettings | None = None, feed: dict[str, np.ndarray] | None = None,
-                   one_at_a_time: bool | None = None) -> Measurement:
+                   one_at_a_time: bool | None = None, replications: int = 1) -> Measurement:
     """Paired timing of ONNX models on ONNX Runtime CPU (spinning off), each against ``baseline``.
 
     Args:
@@ -64,7 +64,17 @@ def measure_models(models: Mapping[str, Any], baseline: str, threshold: float | 
         feed: The input feed of every model. Defaults to seeded random inputs of the baseline.
         one_at_a_time: Keep one session alive at a time (:func:`measure_in_blocks`). Defaults to
             doing so when the models' weights add up to more than 256 MB.
+        replications: Independent measurements, each with new sessions, combined so that the
+            interval takes in how much they differ (:func:`~sparsecc.measure.runner.combine`);
+            each gets ``settings.budget_s / replications``. Defaults to 1.
     """
+    if replications > 1:
+        from dataclasses import replace
+
+        settings = settings or MeasureSettings()
+        each = replace(settings, budget_s=settings.budget_s / replications)
+        return combine([measure_models(models, baseline, threshold, threads, each, feed, one_at_a_time)
+                        for _ in range(replications)], settings)
     from sparsecc.onnx_files import SessionFiles
 
     backend = timing_backend(threads)

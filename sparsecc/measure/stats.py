@@ -32,12 +32,18 @@ class Interval:
     high: float
     confidence: float = CONFIDENCE
 
-    def side(self, threshold: float) -> str:
-        """"above" (all of the interval over ``threshold``), "below", or "straddles"."""
-        if self.low > threshold:
+    def side(self, threshold: float, margin: float = 0.0) -> str:
+        """Where the interval lies against the band ``[threshold / (1 + margin), threshold * (1 + margin)]``:
+        "above" it, "below" it, "within" it (too close to ``threshold`` to call either way), or
+        "straddles" an edge of it (more samples could still tell). With no margin: "above", "below"
+        or "straddles" ``threshold``."""
+        high_edge, low_edge = threshold * (1.0 + margin), threshold / (1.0 + margin)
+        if self.low > high_edge:
             return "above"
-        if self.high < threshold:
+        if self.high < low_edge:
             return "below"
+        if margin > 0 and self.low >= low_edge and self.high <= high_edge:
+            return "within"
         return "straddles"
 
     @property
@@ -101,3 +107,26 @@ def ratio_interval(baseline: Sequence[float], candidate: Sequence[float], confid
                    resamples: int = RESAMPLES, seed: int = SEED) -> Interval:
     """The paired median speedup (baseline / candidate, pair by pair) with its bootstrap interval."""
     return bootstrap_median(paired_ratios(baseline, candidate), confidence, resamples, seed)
+
+
+def grouped_ratio_interval(groups: Sequence[tuple[Sequence[float], Sequence[float]]], confidence: float = CONFIDENCE,
+                           resamples: int = RESAMPLES, seed: int = SEED) -> Interval:
+    """The paired median speedup over several replications (each its own sessions), with an interval
+    that takes in how much the replications differ: each resample draws the replications, then
+    the pairs within each (a two-level bootstrap). One replication is :func:`ratio_interval`.
+
+    Args:
+        groups: Per replication, (baseline times, candidate times), paired.
+    """
+    ratios = [paired_ratios(base, cand) for base, cand in groups]
+    if len(ratios) == 1:
+        return bootstrap_median(ratios[0], confidence, resamples, seed)
+    rng = np.random.default_rng(seed)
+    medians = np.empty(resamples)
+    for index in range(resamples):
+        chosen = rng.integers(0, len(ratios), len(ratios))
+        medians[index] = np.median(np.concatenate([ratios[i][rng.integers(0, ratios[i].size, ratios[i].size)]
+                                                   for i in chosen]))
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(medians, [tail, 1.0 - tail])
+    return Interval(float(np.median(np.concatenate(ratios))), float(low), float(high), confidence)

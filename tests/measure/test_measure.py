@@ -13,7 +13,7 @@ import pytest
 
 from sparsecc.measure import (Clocks, Interval, LoadReading, MeasureSettings, RatioEvidence, bootstrap_median,
                               deciding_measure, judge, load_level, measure, measure_in_blocks, paired_ratios,
-                              ratio_interval)
+                              ratio_interval, too_busy, usable_cores)
 
 
 class SimulatedMachine:
@@ -36,12 +36,13 @@ class SimulatedMachine:
         return run
 
 
-def quiet():
-    return (0.2, 0.2, 0.2)
+def _per_core(value):
+    """A load reader giving ``value`` per core on whatever machine runs the test."""
+    return lambda: (value * usable_cores(),) * 3
 
 
-def heavy():
-    return (9.0, 8.0, 7.0)
+quiet = _per_core(0.1)
+heavy = _per_core(9.0)
 
 
 def test_bootstrap_interval_is_seeded_and_covers_the_median():
@@ -62,6 +63,11 @@ def test_pair_ratios_and_interval_sides():
             paired_ratios(*bad)
     interval = Interval(1.2, 1.1, 1.3)
     assert (interval.side(1.0), interval.side(1.5), interval.side(1.2)) == ("above", "below", "straddles")
+    # with a margin: clear of the band, inside it (too close to call), or across an edge of it
+    assert Interval(1.2, 1.16, 1.25).side(1.1, 0.05) == "above" and Interval(1.2, 1.12, 1.25).side(1.1, 0.05) == \
+        "straddles"
+    assert Interval(1.1, 1.06, 1.14).side(1.1, 0.05) == "within" and Interval(1.0, 0.9, 1.03).side(1.1, 0.05) == \
+        "below"
     assert ratio_interval([2.0] * 5, [1.0] * 5) == Interval(2.0, 2.0, 2.0, 0.9)
     assert Interval.from_dict(interval.to_dict()) == interval
 
@@ -71,8 +77,10 @@ def test_load_levels_and_which_measure_decides():
     reading = LoadReading((1.0, 1.0, 1.0), (5.0, 2.0, 1.0), 2)
     assert reading.per_core == 2.5 and reading.level == "loaded"  # the larger of before and after
     assert LoadReading.from_dict(reading.to_dict()) == reading
-    assert deciding_measure(1, "quiet") == "cpu" and deciding_measure(1, "loaded") == "cpu"
-    assert deciding_measure(2, "quiet") == "wall" and deciding_measure(2, "loaded") == "cpu"
+    assert deciding_measure(1) == "cpu" and deciding_measure(2) == "wall"
+    # one thread: CPU time holds up to 7 per core; several threads: only a quiet machine is trusted
+    assert too_busy(1, 5.0) is None and "beyond the 7 per core" in too_busy(1, 7.5)
+    assert too_busy(2, 0.5) is None and "2 threads on a busy machine" in too_busy(2, 1.5)
 
 
 def _evidence(wall, cpu, threads=1, load=(0.5, 0.5, 0.5)):
@@ -88,7 +96,11 @@ def test_verdicts_read_the_deciding_measure_and_distrust_a_heavy_load():
     verdict = judge(_evidence(noisy_wall, steady_cpu, threads=2), 1.1)
     assert (verdict.outcome, verdict.measure) == ("inconclusive", "wall")
     assert judge(_evidence(noisy_wall, Interval(0.9, 0.85, 0.95)), 1.0).outcome == "slower"
-    busy = judge(_evidence(steady_cpu, steady_cpu, load=(7.0, 6.0, 5.0)), 1.1)
+    # one thread at 4 per core: CPU time still decides; two threads there: nothing does
+    assert judge(_evidence(noisy_wall, steady_cpu, load=(8.0, 8.0, 8.0)), 1.1).outcome == "faster"
+    loaded_two = judge(_evidence(steady_cpu, steady_cpu, threads=2, load=(3.0, 3.0, 3.0)), 1.1)
+    assert loaded_two.outcome == "inconclusive" and loaded_two.measure is None
+    busy = judge(_evidence(steady_cpu, steady_cpu, load=(15.0, 6.0, 5.0)), 1.1)
     assert busy.outcome == "inconclusive" and busy.measure is None and "too busy" in busy.reason
     evidence = _evidence(noisy_wall, steady_cpu)
     assert RatioEvidence.from_dict(evidence.to_dict()) == evidence
@@ -127,7 +139,7 @@ def test_under_load_cpu_time_keeps_the_answer_wall_clock_loses():
     machine = SimulatedMachine(seed=3)
     runners = {"dense": machine.runner(1e6, 0.01, wait_ns=2e6), "pruned": machine.runner(0.8e6, 0.01, wait_ns=2e6)}
     m = measure(runners, "dense", threshold=1.1, settings=MeasureSettings(max_pairs=100), clocks=machine.clocks(),
-                load_reader=lambda: (3.0, 3.0, 3.0))
+                load_reader=_per_core(1.5))
     evidence = m.evidence["pruned"]
     assert evidence.load.level == "loaded" and evidence.cpu_per_wall < 0.5
     assert evidence.cpu.estimate == pytest.approx(1.25, rel=0.03) and evidence.cpu.side(1.1) == "above"
@@ -182,3 +194,24 @@ def test_settings_are_checked():
         MeasureSettings(min_pairs=20, max_pairs=10)
     with pytest.raises(ValueError):
         MeasureSettings(confidence=1.0)
+
+
+def test_replications_that_disagree_widen_the_interval():
+    from sparsecc.measure.runner import combine
+    from sparsecc.measure.stats import grouped_ratio_interval
+
+    rng = np.random.default_rng(0)
+    slower = (np.ones(30), rng.normal(1 / 0.95, 0.01, 30))  # one set of sessions: 0.95x
+    faster = (np.ones(30), rng.normal(1 / 1.07, 0.01, 30))  # a second one: 1.07x
+    alone = ratio_interval(*slower)
+    both = grouped_ratio_interval([slower, faster])
+    assert alone.high < 1.0 and both.low < 0.96 and both.high > 1.06  # spans both: neither call is made
+    assert grouped_ratio_interval([slower]) == alone
+    # two replications of one simulated comparison: the combined evidence counts every pair
+    machine = SimulatedMachine()
+    runs = [measure({"dense": machine.runner(2e6, 0.02), "pruned": machine.runner(1e6, 0.02)}, "dense", 1.1,
+                    settings=MeasureSettings(min_pairs=10), clocks=machine.clocks(), load_reader=quiet)
+            for _ in range(2)]
+    combined = combine(runs)
+    assert combined.evidence["pruned"].pairs == 20 and combined.schedule == "interleaved x2"
+    assert combined.verdict("pruned", 1.1).outcome == "faster" and len(combined.wall_ms["dense"]) == 20

@@ -351,7 +351,7 @@ def test_a_conclusive_slowdown_is_fixed_by_zero_channels_on_preferred_multiples(
     from sparsecc.dependency import build_channel_groups
     from sparsecc.measure.cached import Sourced
 
-    def timed(before, after, threads, cache, labels=("dense", "rewritten")):
+    def timed(before, after, threads, cache, labels=("dense", "rewritten"), min_pairs=None):
         # the compiled model conclusively slower than the masked one; the aligned one conclusively faster
         timing = SLOWER if labels == ("masked", "compiled") else FASTER
         return Sourced(evidence(timing, baseline=labels[0], candidate=labels[1]), "measured", "test")
