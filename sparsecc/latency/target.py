@@ -206,12 +206,13 @@ def plan_to_target(model: Model, candidates: Mapping[str, ChannelGroup], scores:
     speedup = _planned_speedup(target, dense_seconds)
     share, rounds, dense_ms = 1.0 / speedup, [], None
     for index in range(max(1, target.rounds if measuring else 1)):
-        allocation = allocate(options, costs, share * dense_seconds)
-        if any(allocation.kept == earlier.kept for _, earlier, _ in rounds):
-            break  # the corrected budget gives an allocation already measured: nothing new to learn
+        found = _unseen_allocation(options, costs, share, dense_seconds, rounds, speedup)
+        if found is None:
+            break  # every budget left gives an allocation already measured: nothing new to learn
+        share, allocation = found
         kept = _kept_channels(scores, allocation.kept)
         pruned = pruned_copy(model, candidates, kept)
-        row = _round_row(index, share, allocation, dense_macs, _macs(pruned))
+        row = _round_row(index, share, allocation, dense_seconds, dense_macs, _macs(pruned))
         if measuring:
             evidence = _measure(model, pruned, cache, _pairs(dense_seconds))
             row["measured"] = evidence
@@ -225,7 +226,7 @@ def plan_to_target(model: Model, candidates: Mapping[str, ChannelGroup], scores:
             progress(_round_line(row))
         achieved = row["measured"]["cpu"]["estimate"] if measuring else None
         if not allocation.feasible and (achieved is None or achieved < speedup * REACHED):
-            _unreachable(target, speedup, allocation, achieved, model.source)
+            _unreachable(target, speedup, dense_seconds / allocation.least_seconds, achieved, model.source)
         if not measuring or speedup * REACHED <= achieved <= speedup * (1 + target.tolerance):
             break
         share = _corrected_share(rounds, dense_seconds, speedup)
@@ -237,10 +238,26 @@ def plan_to_target(model: Model, candidates: Mapping[str, ChannelGroup], scores:
     return TargetResult(kept, details, [_summary(details["result"], target)])
 
 
-def _unreachable(target: SpeedTarget, speedup: float, allocation: Allocation, achieved: float | None,
-                 where: str) -> None:
+def _unseen_allocation(options: list[GroupOptions], costs, share: float, dense_seconds: float, rounds: list,
+                       speedup: float) -> tuple[float, Allocation] | None:
+    """The allocation for ``share`` of the tables' dense latency, unless it was measured already.
+
+    When it was and no round has reached the target yet, the budget is tightened (5% at a time) until an
+    allocation not yet measured comes; None when there is none, or when the target was reached already.
+    """
+    reached = any(r["measured"]["cpu"]["estimate"] >= speedup * REACHED for r, _, _ in rounds if "measured" in r)
+    for _ in range(40):
+        allocation = allocate(options, costs, share * dense_seconds)
+        if not any(allocation.kept == earlier.kept for _, earlier, _ in rounds):
+            return share, allocation
+        if reached or not allocation.feasible:
+            return None
+        share *= 0.95
+    return None
+
+
+def _unreachable(target: SpeedTarget, speedup: float, most: float, achieved: float | None, where: str) -> None:
     """Refuse a target that removing filters cannot reach (rather than prune everything for less)."""
-    most = allocation.dense_seconds / allocation.least_seconds
     measured = f", measured {achieved:.3f}x" if achieved is not None else ""
     raise OptionError(f"the speed target {target.describe()} (= {speedup:.3f}x) cannot be reached by removing "
                       f"filters: with every group at its smallest allowed count (min_keep {target.min_keep:g}, "
@@ -285,9 +302,10 @@ def _latency_goal(target: SpeedTarget, dense_ms: float) -> float:
     return dense_ms - target.share * (dense_ms - target.latency_ms)
 
 
-def _round_row(index: int, share: float, allocation: Allocation, dense_macs: int, macs: int) -> dict[str, Any]:
+def _round_row(index: int, share: float, allocation: Allocation, dense_seconds: float, dense_macs: int,
+               macs: int) -> dict[str, Any]:
     return {"round": index + 1, "budget_share": round(share, 5),
-            "predicted_speedup": round(allocation.dense_seconds / allocation.seconds, 4) if allocation.seconds else None,
+            "predicted_speedup": round(dense_seconds / allocation.seconds, 4) if allocation.seconds else None,
             "ideal": round(dense_macs / macs, 4) if macs else None, "macs": macs, "kept": dict(allocation.kept),
             "importance_kept": round(allocation.value, 4), "feasible": allocation.feasible}
 
