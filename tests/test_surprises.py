@@ -245,8 +245,9 @@ def test_a_model_with_external_data_loads_compiles_and_is_written_with_external_
     monkeypatch.setattr(onnx_files, "EXTERNAL_ABOVE", 1000)  # as if the model were over 2 GB
     result = sparsecc.compile_model(source, "none", tmp_path / "out")
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx.data", "plan.json", "plan.npz",
-                                                     "report.json", "report.md"]
+    written = ["model.onnx", "model.onnx.data", "plan.json", "plan.npz", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".sparsecc-outputs.json", *written]
+    assert json.loads((out / ".sparsecc-outputs.json").read_text())["outputs"] == written  # what --force may remove
     assert "model.onnx.data" in result.report["outputs"]
     assert (out / "model.onnx").stat().st_size < 2000  # the weights are in model.onnx.data
     x = np.random.default_rng(0).standard_normal((1, 4, 6, 6)).astype(np.float32)
