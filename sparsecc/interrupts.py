@@ -96,6 +96,7 @@ def handling() -> Iterator[None]:
             for signum, previous in _saved_handlers.items():
                 signal.signal(signum, previous)
             _saved_handlers.clear()
+            _received.clear()
 
 
 def ignore_from_now() -> None:

@@ -65,7 +65,52 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-class OutputFolder:
+class _Transaction:
+    """Interrupt handling (:func:`sparsecc.interrupts.handling`) for as long as outputs are being written;
+    :meth:`close` cleans up with signals deferred. Subclasses implement ``_open`` and ``_clean``."""
+
+    _handling = None
+
+    def __enter__(self):
+        self._handling = interrupts.handling()
+        self._handling.__enter__()
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        pass
+
+    def _clean(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Remove what was not committed (see each subclass), and stop handling interrupts."""
+        try:
+            with interrupts.deferred():
+                self._clean()
+        finally:
+            if self._handling is not None:
+                handling, self._handling = self._handling, None
+                handling.__exit__(None, None, None)
+
+
+def _remove_empty(folders: Iterable[Path]) -> None:
+    """Remove these folders, deepest first, while they are empty: a folder someone wrote into stays."""
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+class OutputFolder(_Transaction):
     """A folder a command writes through a private staging folder (see the module docstring).
 
     Args:
@@ -89,24 +134,10 @@ class OutputFolder:
         self.committed = False
         self._created: list[Path] = []
         self._lock: FileLock | None = None
-        self._handling = None
 
     def protect(self, *paths: str | os.PathLike) -> None:
         """More inputs (e.g. the external data files a model names, known once it is read)."""
         self._inputs.update(resolve(p) for p in paths)
-
-    def __enter__(self) -> "OutputFolder":
-        self._handling = interrupts.handling()
-        self._handling.__enter__()
-        try:
-            self._open()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _open(self) -> None:
         if self.path.exists() and not self.path.is_dir():
@@ -234,29 +265,19 @@ class OutputFolder:
             elif entry.name.startswith(MANIFEST + ".") and entry.name.endswith(".tmp"):
                 entry.unlink(missing_ok=True)
 
-    def close(self) -> None:
+    def _clean(self) -> None:
         """Remove the staging folder (if not committed), release the lock, remove the folders this made
         if they are empty."""
-        try:
-            with interrupts.deferred():
-                if self.staging is not None:
-                    _ACTIVE.pop(self.staging, None)
-                    shutil.rmtree(self.staging, ignore_errors=True)
-                    self.staging = None
-                if self._lock is not None:
-                    self._lock.release()
-                    self._lock = None
-                if not self.committed:
-                    for folder in self._created:  # deepest first; a folder someone else wrote into stays
-                        try:
-                            folder.rmdir()
-                        except OSError:
-                            break
-                    self._created = []
-        finally:
-            if self._handling is not None:
-                handling, self._handling = self._handling, None
-                handling.__exit__(None, None, None)
+        if self.staging is not None:
+            _ACTIVE.pop(self.staging, None)
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if not self.committed:
+            _remove_empty(self._created)
+        self._created = []
 
 
 def _plain_name(name: object) -> bool:
@@ -283,7 +304,7 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-class OutputFiles:
+class OutputFiles(_Transaction):
     """Files named by the user (``-o model.engine``, ``--json-out FILE``), replaced together or not at all.
 
     Each is written to a temporary file beside it (``.NAME.sparsecc-PID-*.tmp``, from :meth:`stage`) and
@@ -299,15 +320,6 @@ class OutputFiles:
         self._staged: list[tuple[Path, Path]] = []
         self._folders: list[tuple[Path, Path]] = []
         self._created: list[Path] = []
-        self._handling = None
-
-    def __enter__(self) -> "OutputFiles":
-        self._handling = interrupts.handling()
-        self._handling.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def stage(self, path: str | os.PathLike) -> Path:
         """A new temporary file to write ``path``'s contents into (its folder is created if missing)."""
@@ -368,25 +380,16 @@ class OutputFiles:
                 shutil.rmtree(work, ignore_errors=True)
             self._folders = []
 
-    def close(self) -> None:
-        try:
-            with interrupts.deferred():
-                for tmp, _ in self._staged:
-                    tmp.unlink(missing_ok=True)
-                self._staged = []
-                for work, _ in self._folders:
-                    shutil.rmtree(work, ignore_errors=True)
-                self._folders = []
-                for folder in sorted(self._created, key=lambda p: len(p.parts), reverse=True):
-                    try:
-                        folder.rmdir()
-                    except OSError:
-                        pass
-                self._created = []
-        finally:
-            if self._handling is not None:
-                handling, self._handling = self._handling, None
-                handling.__exit__(None, None, None)
+    def _clean(self) -> None:
+        """Remove the temporary files and folders not committed, and the folders made for them if empty."""
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+        self._staged = []
+        for work, _ in self._folders:
+            shutil.rmtree(work, ignore_errors=True)
+        self._folders = []
+        _remove_empty(self._created)
+        self._created = []
 
 
 def _remove_dead_temporaries(folder: Path, prefix: str) -> None:

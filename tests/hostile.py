@@ -66,15 +66,24 @@ def non_finite_weights(value: float) -> onnx.ModelProto:
     return conv_model(weight=weight)
 
 
-def constant_with_external_data(folder: Path) -> Path:
-    """A Constant node whose tensor lies in a file beside the model."""
-    values = randn(8)
-    (folder / "const.bin").write_bytes(values.tobytes())
-    tensor = onnx.TensorProto(name="c", data_type=TensorProto.FLOAT, dims=[1, 8, 1, 1])
+def _external_tensor(folder: Path, name: str, location: str, dims: list[int],
+                     values: np.ndarray | None = None) -> onnx.TensorProto:
+    """A float tensor whose data lies in ``folder / location`` (``values``, or 1 KiB of zeros that no
+    shape fits)."""
+    data = values.tobytes() if values is not None else b"\0" * 1024
+    (folder / location).write_bytes(data)
+    tensor = onnx.TensorProto(name=name, data_type=TensorProto.FLOAT, dims=dims)
     tensor.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", "const.bin"), ("offset", "0"), ("length", str(values.nbytes))):
+    entries = [("location", location), ("offset", "0")] + ([("length", str(len(data)))] if values is not None else [])
+    for key, value in entries:
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
+    return tensor
+
+
+def constant_with_external_data(folder: Path) -> Path:
+    """A Constant node whose tensor lies in a file beside the model."""
+    tensor = _external_tensor(folder, "c", "const.bin", [1, 8, 1, 1], randn(8))
     nodes = [helper.make_node("Constant", [], ["c"], name="const0", value=tensor),
              helper.make_node("Add", ["y", "c"], ["z"], name="add0")]
     return _save(conv_model(nodes, extra_outputs=[_value("z", [1, 8, 6, 6])]), folder / "constant-external.onnx")
@@ -82,13 +91,7 @@ def constant_with_external_data(folder: Path) -> Path:
 
 def subgraph_with_external_data(folder: Path) -> Path:
     """An If node whose branch holds an initializer that lies in a file beside the model."""
-    values = randn(1, 8, 1, 1)
-    (folder / "branch.bin").write_bytes(values.tobytes())
-    tensor = onnx.TensorProto(name="bias", data_type=TensorProto.FLOAT, dims=[1, 8, 1, 1])
-    tensor.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", "branch.bin"), ("offset", "0"), ("length", str(values.nbytes))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
+    tensor = _external_tensor(folder, "bias", "branch.bin", [1, 8, 1, 1], randn(1, 8, 1, 1))
     then_branch = helper.make_graph([helper.make_node("Add", ["y", "bias"], ["t"], name="then_add")], "then", [],
                                     [_value("t", [1, 8, 6, 6])], [tensor])
     else_branch = helper.make_graph([helper.make_node("Identity", ["y"], ["e"], name="else_id")], "else", [],
@@ -116,12 +119,7 @@ def truncated_external_data(folder: Path) -> Path:
 
 def huge_declared_external_tensor(folder: Path) -> Path:
     """A weight declaring 1024 x 1024 x 1024 x 900 float32 (3.5 TiB) in a 1 KiB file."""
-    (folder / "tiny.bin").write_bytes(b"\0" * 1024)
-    tensor = onnx.TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[1024, 1024, 1024, 900])
-    tensor.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", "tiny.bin"), ("offset", "0")):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
+    tensor = _external_tensor(folder, "W", "tiny.bin", [1024, 1024, 1024, 900])
     model = conv_model()
     del model.graph.initializer[:]
     model.graph.initializer.append(tensor)
@@ -194,18 +192,3 @@ def _save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-
-def conv_chain(channels: int = 16) -> onnx.ModelProto:
-    """x -> 4 x (Conv 3x3, pad 1) with Relus -> y, 8x8 images: inner layers group-wise pruning can take."""
-    nodes, inits, source = [], [], "x"
-    shapes = [(channels, 4), (channels, channels), (channels, channels), (4, channels)]
-    for i, (c_out, c_in) in enumerate(shapes):
-        inits.append(init(f"W{i}", randn(c_out, c_in, 3, 3, scale=0.3)))
-        nodes.append(helper.make_node("Conv", [source, f"W{i}"], [f"c{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"))
-        if i < len(shapes) - 1:
-            nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"))
-            source = f"r{i}"
-    graph = helper.make_graph(nodes, "chain", [_value("x", [1, 4, 8, 8])], [_value("c3", [1, 4, 8, 8])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model

@@ -16,9 +16,10 @@ import numpy as np
 import onnx
 import pytest
 from graphs import conv_bn_relu_fc, save
-from hostile import conv_chain, external_weights, plugin_model
+from hostile import external_weights, plugin_model
 from probe import (Outcome, check, complete_outputs, lost, run_inprocess, run_subprocess, snapshot,
                    start_subprocess)
+from test_surprises import conv_chain
 
 import sparsecc
 
@@ -211,7 +212,7 @@ CACHES = {"corrupt": "{not json", "foreign": '{"something": 1}',
 
 @pytest.mark.parametrize("case", sorted(CACHES))
 def test_a_bad_timing_cache_is_set_aside_and_the_compile_goes_on(capsys, tmp_path, case):
-    model = save(conv_chain(), tmp_path / "chain.onnx")
+    model = conv_chain(tmp_path)
     cache = tmp_path / "cache.json"
     cache.write_text(CACHES[case])
     code, _, err = run_inprocess(capsys, "compile", model, "-r", "groupwise-50", "-o", tmp_path / "out",
@@ -222,7 +223,7 @@ def test_a_bad_timing_cache_is_set_aside_and_the_compile_goes_on(capsys, tmp_pat
 
 
 def test_an_unwritable_timing_cache_is_a_warning(capsys, tmp_path):
-    model = save(conv_chain(), tmp_path / "chain.onnx")
+    model = conv_chain(tmp_path)
     (tmp_path / "afile").write_text("a file, not a folder")
     code, _, err = run_inprocess(capsys, "compile", model, "-r", "groupwise-50", "-o", tmp_path / "out",
                                  "--timing-cache", tmp_path / "afile" / "cache.json")

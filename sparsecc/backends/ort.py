@@ -80,8 +80,8 @@ class OnnxRuntimeFailure(RuntimeError):
         node = (f"node '{self.node}'" + (f" ({op})" if op else "")) if self.node else (f"op {op}" if op else "")
         return ModelLoadError(
             f"ONNX Runtime cannot {self.stage} the model" + (f" at {node}" if node else "") + f": {self.detail}",
-            where=where, fix="sparsecc checks every rewrite on ONNX Runtime, so it compiles only models ONNX Runtime "
-                             "runs: fix the model (re-export it, or check it with onnxruntime.InferenceSession), or "
+            where=where, fix="sparsecc runs every model it works on with ONNX Runtime (each rewrite is checked there): "
+                             "fix the model (re-export it; onnxruntime.InferenceSession shows the same error), or "
                              "give the input shapes it runs at with --shape")
 
 

@@ -128,22 +128,26 @@ MAX_REFERENCE_BYTES = 2**31
 def _geometry_problems(node: onnx.NodeProto, shapes: dict[str, tuple]) -> list[str]:
     """A plugin convolution's attributes against its input's shape (ranges, an empty output, the size of
     the reference's im2col)."""
-    from sparsecc.plugins.ops import GROUPWISE_LINEAR, PluginAttributeError, conv_geometry
+    from sparsecc.plugins.ops import GROUPWISE_LINEAR, PluginAttributeError, as_ints, conv_geometry
 
     if node.op_type == GROUPWISE_LINEAR:
         return []
     attrs = {a.name: list(a.ints) for a in node.attribute if a.type == onnx.AttributeProto.INTS}
     shape = shapes.get(node.input[0]) if node.input else None
     try:
-        geometry = conv_geometry(shape if shape and len(shape) == 4 else (1, 1, 65535, 65535),
-                                 attrs["kernel_shape"], attrs["strides"], attrs["pads"], attrs["dilations"])
+        if not (shape and len(shape) == 4):  # the input's shape is not known: the attributes' sizes and ranges
+            for name, length, low in (("kernel_shape", 2, 1), ("strides", 2, 1), ("pads", 4, 0), ("dilations", 2, 1)):
+                values = as_ints(attrs[name], name, length)
+                if any(v < low or v > 65535 for v in values):
+                    return [f"attribute '{name}' = {list(values)} is out of range ({low}..65535)"]
+            return []
+        geometry = conv_geometry(shape, attrs["kernel_shape"], attrs["strides"], attrs["pads"], attrs["dilations"])
     except PluginAttributeError as err:
         return [err.what]
-    if shape and len(shape) == 4:
-        cells = geometry.n * max(geometry.c, 32) * geometry.kh * geometry.kw * geometry.oh * geometry.ow
-        if cells * 8 > MAX_REFERENCE_BYTES:
-            return [f"its numpy reference would take {cells * 8 / 2**30:.1f} GiB (limit "
-                    f"{MAX_REFERENCE_BYTES / 2**30:.0f} GiB) at input shape {list(shape)}"]
+    cells = geometry.n * max(geometry.c, 32) * geometry.kh * geometry.kw * geometry.oh * geometry.ow
+    if cells * 8 > MAX_REFERENCE_BYTES:
+        return [f"its numpy reference would take {cells * 8 / 2**30:.1f} GiB (limit "
+                f"{MAX_REFERENCE_BYTES / 2**30:.0f} GiB) at input shape {list(shape)}"]
     return []
 
 
