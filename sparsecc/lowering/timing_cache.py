@@ -34,7 +34,14 @@ _ENTRY_FIELDS = ({"seconds", "spread"}, {"dense_ms", "rewritten_ms", "spread", "
 
 
 def valid_entry(entry: Any) -> bool:
-    """An entry this version reads: one of the field sets above, every number finite and >= 0."""
+    """An entry this version reads: evidence of paired runs or a calibration (:mod:`sparsecc.measure.cached`,
+    :mod:`~sparsecc.lowering.calibration`), or an older timing with one of the field sets above, every number
+    finite and >= 0 (read, but never used as a decision: it is measured again)."""
+    if isinstance(entry, dict) and "form" in entry:
+        from sparsecc.lowering.calibration import Calibration
+        from sparsecc.measure.cached import evidence_of
+
+        return evidence_of(entry) is not None or Calibration.from_entry(entry) is not None
     if not isinstance(entry, dict) or not any(fields <= set(entry) for fields in _ENTRY_FIELDS):
         return False
     numbers = [entry[k] for fields in _ENTRY_FIELDS for k in fields if k in entry]
@@ -115,7 +122,8 @@ class TimingCache:
 
     def clear(self) -> int:
         """Delete every entry, in memory and in the file (the file is removed); returns how many there were."""
-        count = len(self._read(self.path)) if self.path is not None and self.path.exists() else len(self.entries)
+        on_disk = self.path is not None and self.path.exists()
+        count = len(read_entries(self.path, FORMAT_KEY, FORMAT, valid_entry)) if on_disk else len(self.entries)
         self.entries.clear()
         self._new.clear()
         if self.path is not None and self.path.exists():
