@@ -231,3 +231,25 @@ def test_latency_target_on_the_tables_scale(tmp_path):
     result = records["plan-filters"].result.details["speed_target"]["result"]
     assert result["target_speedup"] == pytest.approx(1.5, rel=1e-3)
     assert result["predicted"] >= 1.5
+
+
+def test_a_compile_from_the_timing_cache_reproduces_the_model(tmp_path, monkeypatch):
+    """The tables and the measured rounds are evidence in the timing cache: the same compile again measures
+    nothing and writes the same bytes. (The machine is taken as busy now, so no cached entry is measured
+    again for having been taken under load: that rule is the timing cache's, tested with it.)"""
+    from sparsecc.compiler import compile_model
+    from sparsecc.recipe import load_recipe
+
+    monkeypatch.setattr("sparsecc.measure.cached.read_load", lambda: (1e3, 1e3, 1e3))
+    path = tmp_path / "net.onnx"
+    export(residual_net(), path, size=32)
+    recipe = load_recipe("filter-l2").with_options("plan-filters", {"target_speedup": 1.5}, "--target-speedup")
+    cache = tmp_path / "cache.json"
+    first = compile_model(path, recipe, tmp_path / "a", timing_cache=cache)
+    second = compile_model(path, recipe, tmp_path / "b", timing_cache=cache)
+    assert (tmp_path / "a" / "model.onnx").read_bytes() == (tmp_path / "b" / "model.onnx").read_bytes()
+    assert first.report["timing_cache"]["misses"] > 0
+    assert second.report["timing_cache"]["misses"] == 0 and second.report["timing_cache"]["hits"] > 0
+    speed = next(p for p in second.report["passes"] if p["name"] == "plan-filters")["details"]["speed_target"]
+    assert all(t["source"] == "timing cache" for t in speed["tables"].values())
+    assert all(r["measured"]["source"] == "timing cache" for r in speed["rounds"])
