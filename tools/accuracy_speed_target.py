@@ -58,8 +58,11 @@ def sparsecc_variants(target: float, extra: list[float] = (), metrics=("l2", "hy
     return found
 
 
-def compile_tuned(module, example, plan, folder: Path, shapes, split, backend):
-    """Export the fine-tuned module, remove its planned filters (or fold BatchNorm only), score it on ONNX Runtime."""
+def compile_tuned(module, example, plan, folder: Path, shapes, split, backend, cache: str):
+    """Export the fine-tuned module, remove its planned filters (or fold BatchNorm only), score it on ONNX Runtime.
+
+    The compiles go through the tool's timing cache (``cache``), not the user's.
+    """
     import sparsecc.torch as st
     from sparsecc.compiler import compile_model
     from sparsecc.demo import replay_filters_recipe
@@ -69,9 +72,9 @@ def compile_tuned(module, example, plan, folder: Path, shapes, split, backend):
     if plan is not None and len(plan):
         plan.save(folder.with_suffix(".plan.json"))
         result = compile_model(path, replay_filters_recipe(), folder, shapes=shapes, force=True,
-                               plan=folder.with_suffix(".plan.json"))
+                               plan=folder.with_suffix(".plan.json"), timing_cache=cache)
     else:
-        result = compile_model(path, "none", folder, shapes=shapes, force=True)
+        result = compile_model(path, "none", folder, shapes=shapes, force=True, timing_cache=cache)
     session = backend.load(result.model_path)
     return result.model_path, accuracy(session, split.x_test, split.y_test), onnx_macs(result.model_path, shapes)
 
@@ -96,7 +99,8 @@ def run_data(args, data: str, work: Path) -> dict:
         say(f"{data}: adapting dense {args.model} ({args.dense_epochs} epochs)")
         dense = st.finetune(dense, split, plan=SparsityPlan(), epochs=args.dense_epochs, lr=3e-3, log=say,
                             train_limit=args.train_limit).module
-    dense_path, dense_top1, dense_macs = compile_tuned(dense, example, None, work / "dense", shapes, split, backend)
+    dense_path, dense_top1, dense_macs = compile_tuned(dense, example, None, work / "dense", shapes, split, backend,
+                                                        args.timing_cache)
     rows = {"dense": {"family": "dense", "top1": dense_top1, "macs": dense_macs}}
     unreachable: dict[str, str] = {}
     paths = {"dense": dense_path}
@@ -109,7 +113,7 @@ def run_data(args, data: str, work: Path) -> dict:
                             train_limit=args.train_limit)
         folder = work / label.replace(" ", "_")
         path, top1, macs = compile_tuned(tuned.module, example, tuned.plan if recipe else None, folder, shapes, split,
-                                         backend)
+                                         backend, args.timing_cache)
         rows[label] = {"top1": top1, "macs": macs, "top1_before_finetune": tuned.top1_before_finetune,
                        "speed_target": tuned.speed_target or None, "schedule": schedule, **facts}
         paths[label] = path
@@ -192,7 +196,7 @@ def render(report: dict) -> str:
              f"Fine-tuning {report['epochs']} epochs for every variant (AdamW lr {report['lr']:g}, cosine, BatchNorm "
              f"re-estimated); speed: batch 1, ONNX Runtime CPU, 1 thread, paired interleaved rounds against dense, "
              f"median speedup with 90% bootstrap interval; CPU time decides, wall clock beside it. Run took "
-             f"{report['seconds']} s.", ""]
+             f"{report['seconds']} s.", "", f"Command: `{report.get('command', '(not recorded)')}`", ""]
     for data in report["data"]:
         lines += [f"## {data['data']} ({data['n']} test images; 1 point = {data['n'] / 100:g} images)", "",
                   f"Each variant timed against dense in its own paired run of {data['pairs']} pairs (load beside it).",
@@ -231,12 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/speed-target"))
     parser.add_argument("--timing-cache", help="timing cache of the speed targets (default OUT/timing-cache.json)")
     args = parser.parse_args(argv)
+    command = " ".join(["python", f"tools/{Path(__file__).name}", *(sys.argv[1:] if argv is None else argv)])
     torch.set_num_threads(1)
     torch.manual_seed(0)
     args.out.mkdir(parents=True, exist_ok=True)
     args.timing_cache = args.timing_cache or str(args.out / "timing-cache.json")
     started = time.perf_counter()
-    report = {"model": args.model, "target": args.target, "epochs": args.epochs, "lr": args.lr,
+    report = {"command": command, "model": args.model, "target": args.target, "epochs": args.epochs, "lr": args.lr,
               "load_at_start": list(os.getloadavg()), "data": []}
     with tempfile.TemporaryDirectory(prefix="sparsecc-accuracy-target-") as folder:
         for data in args.data:

@@ -237,7 +237,8 @@ def render(report: dict) -> str:
              f"{env.get('torch')}, torch-pruning {report['torch_pruning']}; run took {report['seconds']} s. "
              "Speedups are paired medians over dense (interleaved rounds, ONNX Runtime spinning off) with 90% "
              "bootstrap intervals; CPU time decides at 1 thread, wall clock is what users see; load = 1-minute "
-             "load average before -> after, on the cores given.", ""]
+             "load average before -> after, on the cores given.", "",
+             f"Command: `{report.get('command', '(not recorded)')}`", ""]
     for model in report["models"]:
         lines += [f"## {model['model']}-style, input {'x'.join(map(str, model['input']))}, target {model['target']:g}x",
                   ""]
@@ -289,11 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/speed-target"))
     parser.add_argument("--timing-cache", help="timing cache of the compiles (default OUT/timing-cache.json)")
     args = parser.parse_args(argv)
+    command = " ".join(["python", f"tools/{Path(__file__).name}", *(sys.argv[1:] if argv is None else argv)])
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.timing_cache or str(args.out / "timing-cache.json")
     started = time.perf_counter()
-    report = {"environment": environment(), "torch_pruning": torch_pruning.__version__, "target": args.target,
+    report = {"command": command, "environment": environment(), "torch_pruning": torch_pruning.__version__,
+              "target": args.target,
               "load_at_start": list(os.getloadavg()), "models": []}
     with tempfile.TemporaryDirectory(prefix="sparsecc-speed-target-") as folder:
         for name in args.models:
