@@ -163,8 +163,8 @@ def prunable_layers(model: Model, candidates: Mapping[str, ChannelGroup],
             inputs, in_covered = outputs, out_covered
         else:
             inputs, in_covered = _terms(read.get(layer.node, []), sizes)
-        found.append(PrunableLayer(layer.node, geometry, inputs, outputs,
-                                   int(round(geometry.full_in - in_covered)), int(round(geometry.full_out - out_covered))))
+        found.append(PrunableLayer(layer.node, geometry, inputs, outputs, int(round(geometry.full_in - in_covered)),
+                                   int(round(geometry.full_out - out_covered))))
     return found
 
 

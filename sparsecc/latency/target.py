@@ -76,8 +76,8 @@ class SpeedTarget:
             raise OptionError("give one of target_speedup and target_latency", where=where,
                               fix="e.g. --target-speedup 2, or --target-latency 5 (ms)")
         if self.speedup is not None and not (isinstance(self.speedup, (int, float)) and 1.0 < self.speedup < 1e3):
-            raise OptionError(f"target speedup {self.speedup!r} is not a number above 1", where=f"{where}: target_speedup",
-                              fix="e.g. 2 for twice as fast")
+            raise OptionError(f"target speedup {self.speedup!r} is not a number above 1",
+                              where=f"{where}: target_speedup", fix="e.g. 2 for twice as fast")
         if self.latency_ms is not None and not (isinstance(self.latency_ms, (int, float)) and self.latency_ms > 0):
             raise OptionError(f"target latency {self.latency_ms!r} ms is not a positive number",
                               where=f"{where}: target_latency", fix="give milliseconds, e.g. 5")

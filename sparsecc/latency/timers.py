@@ -106,8 +106,8 @@ def layer_graph(geometry: LayerGeometry, c_in: int, c_out: int, seed: int = 0) -
         inputs = [x, em.const("weight", rng.standard_normal(shape) * 0.05)]
         if geometry.op == "Gemm" and geometry.bias:
             inputs.append(em.const("bias", np.zeros(c_out)))
-        em.node(geometry.op, inputs, [y], geometry.op.lower(),
-                **({k: v for k, v in attrs.items() if k in ("transB", "alpha", "beta")} if geometry.op == "Gemm" else {}))
+        gemm_attrs = {k: v for k, v in attrs.items() if k in ("transB", "alpha", "beta")}
+        em.node(geometry.op, inputs, [y], geometry.op.lower(), **(gemm_attrs if geometry.op == "Gemm" else {}))
     graph.inputs, graph.outputs = [x], [y]
     feed = {"x": rng.standard_normal(in_shape).astype(dtype)}
     return graph, feed

@@ -73,7 +73,8 @@ def test_analytic_target_plans_aligned_counts_and_removes_coupled_channels_exact
 
 def test_dead_channels_stay_removed(tmp_path):
     net = residual_net()
-    with torch.no_grad():  # zero some filters of the first 3x3 conv of block 1, as a gradual schedule's earlier step did
+    # zero some filters of the first 3x3 conv of block 1, as a gradual schedule's earlier step did
+    with torch.no_grad():
         net[3].body[3].weight[:8] = 0.0
     model = export(net, tmp_path / "net.onnx")
     ctx, records = compile_passes(model, [
