@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from sparsecc.model import Model
-from sparsecc.onnx_files import SessionFiles
+from sparsecc.session_files import SessionFiles
 
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4

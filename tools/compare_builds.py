@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from compare_recipes import batch_one  # the --shape options fixing dynamic dims to 1 (a script beside this one)
+
 ROOT = Path(__file__).resolve().parent.parent
 # Passes that time the whole model whatever the cost model says: disabled, so that no choice depends on a timing.
 TIMED_PASSES = ("deprune-model-check",)
@@ -51,18 +53,6 @@ def strip_volatile(value):
 
 def digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-
-
-def batch_one(model: Path) -> list[str]:
-    """``--shape`` options fixing every dynamic dimension to 1."""
-    import onnx
-
-    proto = onnx.load(str(model), load_external_data=False)
-    options = []
-    for tensor in proto.graph.input:
-        dims = [d.dim_value if d.dim_value > 0 else 1 for d in tensor.type.tensor_type.shape.dim]
-        options += ["--shape", f"{tensor.name}:{'x'.join(map(str, dims))}"]
-    return options
 
 
 def builtin_recipe_names(python: str) -> list[str]:
