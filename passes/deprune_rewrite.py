@@ -82,7 +82,8 @@ class DepruneRewrite(LoweringPass):
         if self.lowering != "auto":
             forced = next((c for c in candidates if c.name == self.lowering), None)
             if forced is None:
-                info.update(lowering=BASELINE, reason=f"{self.lowering} does not apply: {not_applicable[self.lowering]}")
+                why = not_applicable[self.lowering]
+                info.update(lowering=BASELINE, reason=f"{self.lowering} does not apply: {why}")
                 return plain, None
             info.update(lowering=forced.name, reason="forced")
             return forced, None

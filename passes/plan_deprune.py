@@ -123,7 +123,8 @@ class PlanDeprune(Pass):
             else:
                 mask = bwt_mask(weight, ratio, self.width, counts.get(block.dw, (None, None))[1])
             pattern = counts.get(block.dw, ("-",))[0]
-            facts = {"method": self.method, "channel_share": self.channel_share, "width": self.width, "dw_ratio": round(1.0 - float(mask.mean()), 4),
+            facts = {"method": self.method, "channel_share": self.channel_share, "width": self.width,
+                     "dw_ratio": round(1.0 - float(mask.mean()), 4),
                      "real_dw": round(real_dw_ratio(mask, self.width), 4),
                      "imbalance": round(imbalance_overhead(mask, self.width), 4), "hsr": pattern,
                      "sub_gemm_ratios": [round(float(r), 4) for r in subgemm_ratios(mask, self.width)],

@@ -1,4 +1,4 @@
-"""Tables for people: Markdown (reports) and aligned plain text (the terminal), one of each, and numbers as people read them."""
+"""Tables for people: Markdown (reports) and aligned plain text (the terminal); numbers as people read them."""
 
 from __future__ import annotations
 

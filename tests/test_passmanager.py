@@ -150,3 +150,15 @@ def test_trace_prints_why_each_rule_did_not_fire(cli, tmp_path):
     quiet = cli("compile", model, "--recipe", recipe, "-o", tmp_path / "out2", "--cost-model", "analytic", check=True)
     assert "trace:" not in quiet.stderr
     assert "channel-gather: every input channel is read" in (tmp_path / "out2" / "report.md").read_text()
+
+
+def test_passes_hand_on_through_typed_fields_only():
+    import dataclasses
+
+    types = {f.name: str(f.type) for f in dataclasses.fields(PassContext)}
+    assert "state" not in types and not any("dict" in t for t in types.values())  # no free-form hand-off
+    ctx = PassContext(_model())
+    PassManager([make_pass("plan-from-zeros"), make_pass("apply-plan")]).run(ctx)
+    assert [(r.name, r.role) for r in ctx.history] == [("plan-from-zeros", "plan"), ("apply-plan", "apply")]
+    assert ctx.masked is not None and ctx.masked is not ctx.model and len(ctx.applied_plans) == 1
+    assert ctx.details_of("plan-from-zeros") == {"patterns": {}} and ctx.details_of("fold-batchnorm") == {}

@@ -136,7 +136,7 @@ class LoweringPass(Pass):
                ) -> tuple[Candidate, str | None]:
         """The candidate to emit (``proposals.candidates[0]``: stay as it is) and, when the layer stays,
         why (listed in the report; None: not listed). Records what it weighed in ``info``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not say how it decides a layer (decide)")
 
     def summary(self, run: LoweringRun) -> str:
         """The first note: what the pass did."""

@@ -115,7 +115,8 @@ def render_markdown(result: StudyResult, plot: str | None = None) -> str:
     parts = ["# Pruning-pattern characterisation (sparsecc characterize)", "",
              "Reproduces the study of Liu et al., *Performance characterization and optimization of pruning "
              "patterns for sparse DNN inference* (sections 3 and 5, Figs 7-10) on this machine.", "",
-             "## Latency relative to dense", "", markdown_table(rows, headers), "", _legend(result).replace("\n", "\n\n"),
+             "## Latency relative to dense", "", markdown_table(rows, headers), "",
+             _legend(result).replace("\n", "\n\n"),
              "", "## Break-even share pruned", "", markdown_table(be_rows, be_headers), ""]
     if plot:
         parts += [f"![latency relative to dense]({plot})", ""]
