@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sparsecc.finetuning as st  # noqa: E402
-from test_torch import _model, _split  # noqa: E402
+from test_finetuning import _model, _split  # noqa: E402
 
 torch.set_num_threads(1)
 result = st.finetune(_model(), _split(), "groupwise-50", epochs=3, lr=1e-2, batch_size=32, augment=False,
