@@ -141,4 +141,6 @@ register_backend(BackendSpec(
                       commands=("build",), argparse={"type": int, "metavar": "OPT_LEVEL"}),
         BackendOption("timing_cache", "--timing-cache", "tactic timing cache, read if present and updated",
                       commands=("build",), argparse={"metavar": "FILE"}),
+        BackendOption("tf32", "--tf32", "let FP32 layers and the sparsecc plugin kernels use TF32 tensor cores. "
+                      "Default: IEEE FP32", commands=("build",), argparse={"action": "store_true"}),
     )))

@@ -33,8 +33,8 @@ def run(args) -> int:
     reason = backend_class(args.backend).unavailable_reason()
     if reason:
         raise BackendUnavailableError(f"cannot build a TensorRT engine here: {reason}",
-                                      fix="build on a machine with TensorRT and an NVIDIA GPU; here, `sparsecc validate "
-                                          "MODEL --against ORIGINAL` and `sparsecc bench` run on ONNX Runtime")
+                                      fix="build on a machine with TensorRT and an NVIDIA GPU; here, `sparsecc "
+                                          "validate MODEL --against ORIGINAL` and `sparsecc bench` run on ONNX Runtime")
     options = backend_options(args.backend, args, "build", shapes=parse_shape_overrides(args.shape) or None)
     backend = get_backend(args.backend, engine_path=args.output, **options)
     session = backend.load(Path(args.model))
@@ -48,6 +48,7 @@ def run(args) -> int:
           f"built in {report.get('build_time_s')} s)")
     print(f"  2:4 sparsity: eligible {sparsity.get('eligible', [])}; picked sparse {sparsity.get('picked_sparse', [])}"
           + ("" if sparsity.get("reported") else " (the builder reported no sparsity lines)"))
+    print(f"  precision: {str(report.get('precision', '?')).upper()} (validate's default tolerances follow it)")
     print(f"  plugin layers: {report.get('plugin_layers') or 'none'}")
     print("  known limits: grouped/depthwise convs never take sparse kernels; sparse tactics rarely win below "
           "~256 channels; Q/DQ graphs may get no sparse tactic")
