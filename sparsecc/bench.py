@@ -68,19 +68,32 @@ def time_interleaved(sessions: dict[str, Session], feeds: dict[str, dict], warmu
 
 def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2,
                  shapes: dict[str, tuple[int, ...]] | None = None, runs: int = DEFAULT_RUNS,
-                 warmup: int = DEFAULT_WARMUP, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 warmup: int = DEFAULT_WARMUP, progress: Callable[[str], None] | None = None,
+                 options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Benchmark one model, or pair two (the first is the baseline) interleaved.
+
+    Args:
+        paths: One model, or the baseline and the candidate.
+        backend: A backend serving ``bench`` (:func:`sparsecc.backends.backend_names`). Defaults to "ort".
+        threads: Intra-op threads, for backends that take them. Defaults to 2.
+        shapes: Concrete shapes of dynamic inputs. Defaults to none.
+        runs: Timed rounds. Defaults to 20.
+        warmup: Untimed rounds first. Defaults to 5.
+        progress: Called with a progress line now and then. Defaults to none.
+        options: The backend's options (:func:`sparsecc.backends.backend_options`). Defaults to
+            ``threads`` (and ``shapes``) where the backend declares them.
 
     Returns a dict with per-model timing, MACs and parameters, and for a pair the
     measured speedup, the ideal (MAC ratio) and the efficiency.
     """
-    from sparsecc.backends import get_backend
+    from sparsecc.backends import backend_options, get_backend
+    from sparsecc.counting import count_work
     from sparsecc.environment import environment
-    from sparsecc.inspect import inspect_model
     from sparsecc.model import load_model
     from sparsecc.verify import input_specs, random_feeds
 
-    options = {"threads": threads} if backend == "ort" else {"shapes": shapes}
+    if options is None:
+        options = backend_options(backend, {"threads": threads}, "bench", shapes=shapes)
     engine = get_backend(backend, **options)
     labels = ["baseline", "candidate"][: len(paths)] if len(paths) == 2 else ["model"]
     models, sessions, feeds, info = {}, {}, {}, {}
@@ -91,7 +104,7 @@ def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2
         check_same_interface(models["baseline"], models["candidate"])
     for label, path in zip(labels, paths):
         model = models[label]
-        info[label] = inspect_model(model)["totals"]
+        info[label] = count_work(model)
         sessions[label] = engine.load(Path(path))
         feeds[label] = random_feeds(input_specs(model), seed=0)[0]
     report_every = max(1, runs // 4)
@@ -110,7 +123,7 @@ def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2
     result: dict[str, Any] = {
         "backend": engine.describe(), "environment": environment(), "runs": runs, "warmup": warmup,
         "clock": "host wall-clock around each session.run, interleaved",
-        "models": {label: {"path": str(path), "macs": info[label]["macs"], "params": info[label]["weight_params"],
+        "models": {label: {"path": str(path), "macs": info[label].macs, "params": info[label].weight_params,
                            **timings[label].to_dict()} for label, path in zip(labels, paths)},
     }
     for label, ms in device_ms.items():
