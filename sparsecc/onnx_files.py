@@ -234,6 +234,15 @@ def read_weights(graph: gs.Graph, base_dir: str | os.PathLike | None) -> None:
             tensor._values = onnx.numpy_helper.to_array(proto)
 
 
+def inside_folder(base_dir: Path, location: str, name: str) -> Path:
+    """The external data file, which the model must name inside its folder (as ONNX Runtime requires):
+    no absolute path, no ``..`` out of it. (A symbolic link there is the user's layout, and followed.)"""
+    normal = os.path.normpath(location) if location else ""
+    if not normal or os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
+        raise ValueError(f"the external data of '{name}' is named '{location}', outside the model's folder")
+    return base_dir / normal
+
+
 def _read_external(proto: onnx.TensorProto, base_dir: Path) -> np.ndarray:
     info = {entry.key: entry.value for entry in proto.external_data}
     dtype = _as_numpy(proto.data_type)
@@ -241,8 +250,6 @@ def _read_external(proto: onnx.TensorProto, base_dir: Path) -> np.ndarray:
     if dtype is None:  # a type numpy lacks: let onnx decode it
         onnx.external_data_helper.load_external_data_for_tensor(proto, str(base_dir))
         return onnx.numpy_helper.to_array(proto)
-    from sparsecc.model_files import inside_folder
-
     location = inside_folder(base_dir, info.get("location", ""), proto.name)
     count = int(np.prod(shape, dtype=object))  # Python ints: a declared size never overflows
     offset = int(info.get("offset", 0))

@@ -21,8 +21,9 @@ LAYERS = [
     # foundations: no sparsecc import beyond these (numpy-only analysis, plugin references, data)
     ["sparsecc.errors", "sparsecc.log", "sparsecc.tables", "sparsecc.environment", "sparsecc.graphutil",
      "sparsecc.weight_origins", "sparsecc.extensions", "sparsecc.data", "sparsecc.sparsity", "sparsecc.plugins",
-     "sparsecc.conv_geometry", "sparsecc.precision"],
-    ["sparsecc.onnx_files", "sparsecc.session_files", "sparsecc.model"],  # files and the model
+     "sparsecc.conv_geometry", "sparsecc.precision", "sparsecc.limits", "sparsecc.interrupts", "sparsecc.locks",
+     "sparsecc.outputs", "sparsecc.polygraphy_guard"],
+    ["sparsecc.onnx_files", "sparsecc.model_files", "sparsecc.session_files", "sparsecc.model"],  # files and the model
     ["sparsecc.backends"],  # runtimes
     ["sparsecc.shapes", "sparsecc.verify", "sparsecc.verify_options"],  # graphs run on a runtime
     ["sparsecc.layers", "sparsecc.dsc", "sparsecc.dependency", "sparsecc.plan", "sparsecc.path_constants",
