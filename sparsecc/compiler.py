@@ -1,29 +1,32 @@
 """``sparsecc compile``: canonicalise -> plan -> rewrite -> verify -> write.
 
 Outputs (``model.onnx``, ``plan.json`` + ``plan.npz``, ``report.json``,
-``report.md``) are written into a staging folder inside the output folder and
-moved into place only when everything succeeded, so a failed compile leaves
-nothing half-written. The input file is only ever read.
+``report.md``) are written as every command writes (:mod:`sparsecc.outputs`): into a
+staging folder inside the output folder, moved into place only when everything
+succeeded, so a failed or interrupted compile leaves the folder as it was. The
+input file and its data are only ever read.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from sparsecc.errors import OptionError, OutputError, VerificationError
-from sparsecc.inspect import inspect_model
+import numpy as np
+
+from sparsecc import interrupts
+from sparsecc.errors import ModelLoadError, OptionError, OutputError, VerificationError
+from sparsecc.inspection import inspect_model
 from sparsecc.log import progress
 from sparsecc.model import Model, load_model
-from sparsecc.onnx_files import SessionFiles, external_data_path, release_to_files, write_model
-from sparsecc.passes.canonicalize import CANONICAL_PASSES
-from sparsecc.passmanager import PassContext, PassManager, PassRecord
+from sparsecc.onnx_files import external_data_path, write_model
+from sparsecc.outputs import OutputFolder, final_path, resolve
+from sparsecc.passmanager import Instrument, PassContext, PassManager, PassRecord, Role, steps_of
+from sparsecc.session_files import SessionFiles, release_to_files
 from sparsecc.plan import SparsityPlan
 from sparsecc.recipe import Recipe, load_recipe
 from sparsecc.verify import (VerifyConfig, compare_models, input_specs, lowest_precision, model_float_dtype,
@@ -41,52 +44,6 @@ class CompileResult:
     @property
     def model_path(self) -> Path:
         return self.out_dir / "model.onnx"
-
-
-def prepare_output_dir(out_dir: str | os.PathLike, model_path: Path) -> Path:
-    """Create the output folder (or fail early, before any work) and refuse to overwrite the input."""
-    return _prepare_output_dir(out_dir, model_path)[0]
-
-
-def _prepare_output_dir(out_dir: str | os.PathLike, model_path: Path, force: bool = True
-                        ) -> tuple[Path, Path | None]:
-    """The output folder, and the top-most folder this call created (None if it existed).
-
-    Without ``force`` a folder that holds anything is refused: a compile must not silently
-    replace what is there.
-    """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputError("the output path exists and is not a folder", where=str(out),
-                          fix="give -o a folder (it is created if missing)")
-    if (out / "model.onnx").resolve() == model_path.resolve():
-        raise OutputError("the output would overwrite the input model", where=str(out),
-                          fix="choose another output folder")
-    if not force and out.is_dir() and any(out.iterdir()):
-        shown = sorted(p.name for p in out.iterdir())
-        listing = ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
-        raise OutputError(f"the output folder is not empty ({listing})", where=str(out),
-                          fix="choose a new or empty folder with -o, or pass --force (force=True) to replace "
-                              "the outputs in it")
-    created = None
-    for folder in [out, *out.absolute().parents]:
-        if folder.exists():
-            break
-        created = folder
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".sparsecc-probe-", delete=True)
-        probe.close()
-    except OSError as exc:
-        _remove_created(created)
-        raise OutputError(f"cannot write to the output folder ({exc.strerror})", where=str(out),
-                          fix="choose a writable folder with -o") from None
-    return out, created
-
-
-def _remove_created(folder: Path | None) -> None:
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", out_dir: str | os.PathLike = "out",
@@ -116,7 +73,7 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
             ``~/.cache/sparsecc/timing-cache.json`` (see :mod:`sparsecc.lowering.timing_cache`).
         trace: Log, after each pass, why each rewrite rule did not fire on each layer. Defaults to False.
 
-    A failed compile leaves nothing behind: no outputs, and no folder it created.
+    A failed or interrupted compile leaves the output folder as it was, and removes the folders it created.
     """
     from sparsecc.lowering import open_timing_cache
 
@@ -124,17 +81,25 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
     model_path = Path(model_path)
     if cost_model not in (None, "measured", "analytic"):
         raise OptionError(f"unknown cost model '{cost_model}'", fix="use --cost-model measured or analytic")
-    cache = open_timing_cache(timing_cache)
+    check_dump_dir(dump_dir)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     verify = _verify_config(recipe, verify)
     passes = recipe.build_passes()
-    out, created = _prepare_output_dir(out_dir, model_path, force=force)
-    try:
-        return _compile(model_path, recipe, out, shapes, disable, dump_dir, plan, verify, passes, started,
+    cache = open_timing_cache(timing_cache)
+    if resolve(Path(out_dir) / "model.onnx") == resolve(model_path):
+        raise OutputError("the output would overwrite the input model", where=str(out_dir),
+                          fix="choose another output folder")
+    inputs = [model_path, *plan_files(plan), *([recipe.source] if Path(recipe.source).is_file() else [])]
+    with OutputFolder(out_dir, "compile", inputs=inputs, force=force) as folder:
+        return _compile(model_path, recipe, folder, shapes, disable, dump_dir, plan, verify, passes, started,
                         PassContextOptions(trace, cost_model, cache))
-    except BaseException:
-        _remove_created(created)
-        raise
+
+
+def check_dump_dir(dump_dir: str | os.PathLike | None) -> None:
+    """``--dump-dir`` must be a folder (or a path where one can be made), refused before any work."""
+    if dump_dir is not None and Path(dump_dir).exists() and not Path(dump_dir).is_dir():
+        raise OptionError("--dump-dir names something that is not a folder", where=str(dump_dir),
+                          fix="give --dump-dir a folder (it is created if missing)")
 
 
 @dataclass
@@ -146,41 +111,43 @@ class PassContextOptions:
     timing_cache: Any
 
 
-def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_dir, plan, verify: VerifyConfig,
-             passes, started: float, options: PassContextOptions) -> CompileResult:
+def _compile(model_path: Path, recipe: Recipe, folder: OutputFolder, shapes, disable, dump_dir, plan,
+             verify: VerifyConfig, passes, started: float, options: PassContextOptions) -> CompileResult:
     progress(f"loading {model_path}")
     original = load_model(model_path, shapes)
+    folder.protect(*original.files)  # its external data is never replaced or removed
     original.static_input_shapes()  # dynamic inputs without --shape fail here, before any work
+    interrupts.point("loaded")
     given = verify
     verify = verify.for_model(original)  # tolerances not given follow the model's float type
     model = original.copy()  # shares the weight arrays with the original until a pass replaces them
     ctx = PassContext(model, trace=options.trace, cost_model=options.cost_model,
                       timing_cache=options.timing_cache)
+    steps = steps_of(passes)
     if plan is not None:
-        if "apply-plan" not in [p.name for p in passes] or "apply-plan" in disable:
+        if not any(p.role == Role.APPLY and p.name not in disable for p in steps):
             raise OptionError(f"--plan was given but recipe '{recipe.name}' never applies a plan",
                               where=str(plan), fix="use a recipe with apply-plan and the rewrite you want, e.g. "
                                                    "passes: [apply-plan, groupwise-rewrite] or [apply-plan, "
                                                    "remove-filters]")
         ctx.plan = SparsityPlan.load(plan)
 
-    progress(f"running recipe '{recipe.name}' ({len(passes)} passes)")
     # the graphs checked share one temporary weight file: each array is written to it once
     files = SessionFiles()
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".sparsecc-staging-"))
+    staging, out = folder.staging, folder.given
     try:
-        # tolerances not given are resolved per pass, from the graph being checked (to-fp16 changes it)
-        manager = PassManager(passes, disabled=tuple(disable), dump_dir=dump_dir, verify=given,
-                              session_files=files)
-        records = manager.run(ctx, stop=len(CANONICAL_PASSES))
+        check_runs_on_onnxruntime(original, verify, files)
+        progress(f"running recipe '{recipe.name}' ({len(steps)} passes)")
         inspected: dict = {}  # weights the passes leave as they were are inspected once
-        before = inspect_model(ctx.model, inspected)  # the canonical input; one sparsecc cannot work on fails here
-        for index in range(len(CANONICAL_PASSES), len(passes)):
-            records += manager.run(ctx, start=index, stop=index + 1)
-            _release_references(original, ctx)
-        manager.close()
+        canonical_steps = len(steps_of(passes[:1]))
+        canonical = CanonicalInput(canonical_steps, inspected)
+        # tolerances not given are resolved per pass, from the graph being checked (to-fp16 changes it)
+        manager = PassManager(passes, disabled=tuple(disable), dump_dir=dump_dir, verify=given, session_files=files,
+                              instruments=[InterruptPoints(canonical_steps), canonical, ReleaseReferences(original)])
+        records = manager.run(ctx).records
+        before = canonical.inspection
 
-        specialized = _specialize_input_shapes(original, ctx.model, records, passes)
+        specialized = _specialize_input_shapes(original, ctx.model, records, steps)
         # streamed from the graph's arrays; the check below runs the same export, with the weights
         # in the shared temporary file (ONNX Runtime holds one copy of them, not two as from one file)
         model_files = _write_compiled(staging, ctx)
@@ -192,32 +159,129 @@ def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_
                                inspected)
         report["specialized_input_shapes"] = specialized
         report["timing_cache"] = options.timing_cache.describe()
+        warnings = non_finite_warnings(original)
+        report["summary"]["warnings"] = warnings + report["summary"]["warnings"]
         progress(f"writing {out}")
-        _write_outputs(out, staging, model_files, ctx, report)
+        _write_outputs(folder, model_files, ctx, report)
+        interrupts.point("written")
+        folder.commit()
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         files.close()
     return CompileResult(out, ctx.model, records, report)
 
 
-def _release_references(original: Model, ctx: PassContext) -> None:
-    """The unpruned and the masked originals are only compared against (ONNX Runtime reads their
-    weights from files): their arrays already in a file are mapped from it, so the memory of those
-    the working model has replaced is freed, not kept for the final check."""
-    release_to_files(original.graph)
-    masked = ctx.state.get("masked")
-    if masked is not None:
-        release_to_files(masked.graph)
+def check_runs_on_onnxruntime(original: Model, config: VerifyConfig, files: SessionFiles) -> None:
+    """The input model runs on ONNX Runtime at the compile shapes, or a user error names the node.
+
+    Every check runs the graphs on ONNX Runtime, so a model it cannot load or run (a custom-domain op,
+    a kernel larger than its input, mixed float types) is refused here, as the user's, before any pass;
+    a failure after this is sparsecc's. Its outputs are kept for the first check that needs them.
+    """
+    from sparsecc.backends.ort import OnnxRuntimeFailure
+    from sparsecc.verify import run_model
+
+    specs = input_specs(original)
+    for name, _, dtype in specs:
+        if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+            kind = "strings" if dtype.kind in "OSU" else str(dtype)
+            raise ModelLoadError(f"input '{name}' holds {kind}; sparsecc checks every rewrite on random numbers "
+                                 "and booleans, so it compiles models with numeric inputs only",
+                                 where=original.source, fix="compile the numeric part of the model")
+    try:
+        run_model(original, specs, config, files)
+    except OnnxRuntimeFailure as failure:
+        raise failure.user_error(original.source, original.graph) from None
 
 
-def _specialize_input_shapes(original: Model, model: Model, records: list[PassRecord], passes) -> dict:
+def non_finite_warnings(model: Model) -> list[str]:
+    """A warning naming the weights that hold NaN or infinite values (checks compare them as they are)."""
+    import onnx_graphsurgeon as gs
+
+    found = []
+    for tensor in model.graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and not isinstance(tensor._values, gs.ir.tensor.LazyValues):
+            values = tensor.values
+            # a float64 sum is finite exactly when every float16/32 value is (and needs no copy of the array)
+            if np.issubdtype(values.dtype, np.floating) and values.size and \
+                    not np.isfinite(np.sum(values, dtype=np.float64)):
+                found.append(tensor.name)
+    if not found:
+        return []
+    return [f"the input model's weights hold NaN or infinite values ({', '.join(found[:5])}"
+            f"{f' and {len(found) - 5} more' if len(found) > 5 else ''}): outputs may be NaN or infinite; the "
+            "checks count the same NaN or infinity in both graphs as agreement, any other as a mismatch"]
+
+
+class CanonicalInput(Instrument):
+    """Inspects the canonical input once the canonical passes are done, before any recipe pass runs.
+
+    A model sparsecc cannot work on (no weight layer) fails there, before any pruning; the
+    inspection is the report's "before".
+
+    Args:
+        steps: How many steps the canonicalisation takes (the recipe's passes follow).
+        cache: The compile's inspection cache (see :func:`~sparsecc.inspection.inspect_model`).
+    """
+
+    def __init__(self, steps: int, cache: dict):
+        self.steps = steps
+        self.cache = cache
+        self.inspection: dict[str, Any] | None = None
+
+    def before_pass(self, index, pass_, ctx) -> None:
+        if index >= self.steps:
+            self._inspect(ctx)
+
+    def exit_pipeline(self, ctx, failed: bool) -> None:
+        if not failed:  # a recipe with no pass of its own (none) inspects the model canonicalisation left
+            self._inspect(ctx)
+
+    def _inspect(self, ctx) -> None:
+        if self.inspection is None:
+            self.inspection = inspect_model(ctx.model, self.cache)
+
+
+class ReleaseReferences(Instrument):
+    """After each pass, the unpruned and the masked originals map their weights already in a file.
+
+    They are only compared against (ONNX Runtime reads their weights from files), so the memory
+    of the arrays the working model has replaced is freed, not kept for the final check.
+    """
+
+    def __init__(self, original: Model):
+        self.original = original
+
+    def after_pass(self, index, pass_, ctx, record) -> None:
+        release_to_files(self.original.graph)
+        if ctx.masked is not None:
+            release_to_files(ctx.masked.graph)
+
+
+class InterruptPoints(Instrument):
+    """After each recipe pass (verified, references released): the ``pass`` test point, and a signal
+    something swallowed stops the compile there, not at the end.
+
+    Args:
+        steps: How many steps the canonicalisation takes (the recipe's passes follow).
+    """
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def after_pass(self, index, pass_, ctx, record) -> None:
+        if index >= self.steps:
+            interrupts.point("pass")
+            interrupts.check()
+
+
+def _specialize_input_shapes(original: Model, model: Model, records: list[PassRecord], steps) -> dict:
     """Fix dynamic input dims to the compile shapes when a shape-specific rewrite ran.
 
     Such a rewrite is verified at the compile shapes only, so the output must not claim to
     accept others. Returns the inputs fixed, {name: shape} (empty when nothing was).
     """
     ran = {r.name for r in records if r.status == "ran"}
-    if not any(p.specializes_shapes and p.name in ran for p in passes):
+    if not any(p.specializes_shapes and p.name in ran for p in steps):
         return {}
     fixed = {}
     for tensor in model.graph.inputs:
@@ -242,7 +306,7 @@ def _write_compiled(staging: Path, ctx: PassContext) -> list[str]:
     try:
         path = write_model(ctx.model.graph, staging / "model.onnx")
     except OSError as exc:
-        raise OutputError(f"cannot write the compiled model ({exc.strerror})", where=str(staging.parent),
+        raise OutputError(f"cannot write the compiled model ({exc.strerror})", where=str(final_path(staging.parent)),
                           fix="check free space and permissions") from None
     data = external_data_path(path)
     return ["model.onnx", data.name] if data.exists() else ["model.onnx"]
@@ -259,7 +323,7 @@ def _final_verification(original: Model, ctx: PassContext, compiled: Path, confi
     from sparsecc.verify_options import raise_if_too_tight
 
     specs = input_specs(ctx.model)
-    masked = ctx.state.get("masked")
+    masked = ctx.masked
     reference = masked if masked is not None else original
     backend = verification_backend(reference, ctx.model)
     if masked is not None and not _changed_after_last_mask(records):
@@ -283,7 +347,7 @@ def _final_verification(original: Model, ctx: PassContext, compiled: Path, confi
 
 
 def _changed_after_last_mask(records: list[PassRecord]) -> bool:
-    last = max((i for i, r in enumerate(records) if r.name == "apply-plan" and r.result is not None), default=-1)
+    last = max((i for i, r in enumerate(records) if r.role == Role.APPLY and r.result is not None), default=-1)
     return any(r.status == "ran" for r in records[last + 1:])
 
 
@@ -325,7 +389,7 @@ def _build_report(model_path: Path, recipe: Recipe, original: Model, before: dic
             "compile_seconds": round(time.perf_counter() - started, 3),
             "warnings": warnings,
         },
-        "shape_changes": explain_shape_changes(before, after, records, ctx.state.get("applied_plans")),
+        "shape_changes": explain_shape_changes(before, after, records, ctx.applied_plans),
         "skipped": skipped,
         "environment": environment(),
     }
@@ -338,7 +402,7 @@ def _no_gain_warnings(recipe: Recipe, records: list[PassRecord], ctx: PassContex
     if not pruned or macs_after < macs_before:
         return []
     why = []
-    patterns = {e.pattern for plan in ctx.state.get("applied_plans") or [] for e in plan.entries.values()}
+    patterns = {e.pattern for plan in ctx.applied_plans for e in plan.entries.values()}
     if patterns & {"2:4"}:
         why.append("2:4 weights keep their MACs: TensorRT's sparse tensor cores exploit them, ONNX Runtime runs "
                    "them dense")
@@ -353,32 +417,36 @@ def _no_gain_warnings(recipe: Recipe, records: list[PassRecord], ctx: PassContex
             + (f" ({'; '.join(why)})" if why else "")]
 
 
-def _write_outputs(out: Path, staging: Path, model_files: list[str], ctx: PassContext,
-                   report: dict[str, Any]) -> None:
+def _write_outputs(folder: OutputFolder, model_files: list[str], ctx: PassContext, report: dict[str, Any]) -> None:
+    """Plans and reports into the staging folder, beside the model (outputs of an earlier compile that are
+    not written again are removed at the commit)."""
     from sparsecc.report import render_compile_markdown
 
+    staging = folder.staging
     try:
         plan_files = _write_plans(staging, ctx)
         names = [*model_files, *plan_files, "report.json", "report.md"]
-        report["outputs"] = {name: str(out / name) for name in names}
+        report["outputs"] = {name: str(final_path(folder.path / name)) for name in names}
         (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
         (staging / "report.md").write_text(render_compile_markdown(report))
-        # from an earlier compile into the same folder (--force)
-        stale = [*out.glob("plan.stage*.*"), *([out / "model.onnx.data"] if "model.onnx.data" not in names else [])]
-        for path in stale:
-            path.unlink(missing_ok=True)
-        for name in names:
-            os.replace(staging / name, out / name)
     except OSError as exc:
-        raise OutputError(f"cannot write the outputs ({exc.strerror})", where=str(out),
+        raise OutputError(f"cannot write the outputs ({exc.strerror})", where=str(folder.given),
                           fix="check free space and permissions") from None
+
+
+def plan_files(plan: str | os.PathLike | None) -> list[Path]:
+    """A plan.json and the mask file beside it (inputs of a compile: never replaced)."""
+    if plan is None:
+        return []
+    plan = Path(plan)
+    return [plan, plan.with_suffix(".npz")]
 
 
 def _write_plans(folder: Path, ctx: PassContext) -> list[str]:
     """``plan.json`` (+ .npz): the plan as applied to the canonical input model, so that
     ``--plan`` can replay it. A multi-stage recipe (e.g. filters, then 2:4 on the smaller
     weights) writes each later stage as ``plan.stageN.json``, against the graph of its stage."""
-    applied = ctx.state.get("applied_plans") or [ctx.plan or SparsityPlan(source="no pruning")]
+    applied = ctx.applied_plans or [ctx.plan or SparsityPlan(source="no pruning")]
     names = []
     for index, plan in enumerate(applied, start=1):
         stem = "plan" if index == 1 else f"plan.stage{index}"
