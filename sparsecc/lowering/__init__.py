@@ -38,8 +38,8 @@ first (``imports: [my_lowering.py]``, see :mod:`sparsecc.extensions`).
 
 from sparsecc.conv_geometry import ConvGeometry, conv_geometry
 from sparsecc.lowering.calibration import Calibration, build_calibration
-from sparsecc.lowering.cost import (AnalyticCost, MeasuredCost, choose_lowering, describe_candidates, machine_calibration,
-                                    timing_environment)
+from sparsecc.lowering.cost import (AnalyticCost, MeasuredCost, choose_lowering, describe_candidates,
+                                    machine_calibration, timing_environment)
 from sparsecc.lowering.model_check import (check_removed_work, keep_lowerings_unless_slower, model_evidence,
                                            work_profile)
 from sparsecc.lowering.driver import IGNORE, LoweringPass, LoweringRun
