@@ -71,23 +71,41 @@ def time_interleaved(sessions: dict[str, Session], feeds: dict[str, dict], warmu
 
 def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2,
                  shapes: dict[str, tuple[int, ...]] | None = None, runs: int = DEFAULT_RUNS,
-                 warmup: int = DEFAULT_WARMUP, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 warmup: int = DEFAULT_WARMUP, progress: Callable[[str], None] | None = None,
+                 options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Benchmark one model, or pair two (the first is the baseline) interleaved.
+
+    Args:
+        paths: One model, or the baseline and the candidate.
+        backend: A backend serving ``bench`` (:func:`sparsecc.backends.backend_names`). Defaults to "ort".
+        threads: Intra-op threads, for backends that take them. Defaults to 2.
+        shapes: Concrete shapes of dynamic inputs. Defaults to none.
+        runs: Timed rounds. Defaults to 20.
+        warmup: Untimed rounds first. Defaults to 5.
+        progress: Called with a progress line now and then. Defaults to none.
+        options: The backend's options (:func:`sparsecc.backends.backend_options`). Defaults to
+            ``threads`` (and ``shapes``) where the backend declares them.
 
     Returns a dict with per-model timing (wall-clock median and minimum, CPU-time median), MACs
     and parameters, the load, and for a pair the speedup with its interval by wall clock and by
     CPU time, the ideal (MAC ratio), the efficiency, and notes on how far to trust them.
     """
-    from sparsecc.backends import get_backend
+    from sparsecc.backends import backend_options, get_backend
+    from sparsecc.counting import count_work
     from sparsecc.environment import environment
-    from sparsecc.inspect import inspect_model
     from sparsecc.measure import MeasureSettings, measure
     from sparsecc.measure.readout import readout
     from sparsecc.model import load_model
     from sparsecc.verify import input_specs, random_feeds
 
-    # spinning off: idle worker threads sleep, so CPU time is work done and two sessions share the cores
-    options = {"threads": threads, "allow_spinning": False} if backend == "ort" else {"shapes": shapes}
+    if options is None:
+        options = backend_options(backend, {"threads": threads}, "bench", shapes=shapes)
+    if backend == "ort":
+        # spinning off: idle worker threads sleep, so CPU time is work done and two sessions share the cores
+        options = {**options, "allow_spinning": False}
+        threads = int(options.get("threads") or threads)
+    else:
+        threads = 1  # what the trust rule reads: the host thread that waits on the device
     engine = get_backend(backend, **options)
     labels = ["baseline", "candidate"][: len(paths)] if len(paths) == 2 else ["model"]
     models, sessions, feeds, info = {}, {}, {}, {}
@@ -98,13 +116,13 @@ def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2
         check_same_interface(models["baseline"], models["candidate"])
     for label, path in zip(labels, paths):
         model = models[label]
-        info[label] = inspect_model(model)["totals"]
+        info[label] = count_work(model)
         sessions[label] = engine.load(Path(path))
         feeds[label] = random_feeds(input_specs(model), seed=0)[0]
     if progress:
         progress(f"timing {runs} paired rounds after {warmup} warm-up")
     runners = {label: (lambda s=sessions[label], f=feeds[label]: s.run(f)) for label in labels}
-    measured = measure(runners, labels[0], None, threads if backend == "ort" else 1, spinning=False,
+    measured = measure(runners, labels[0], None, threads, spinning=False,
                        settings=MeasureSettings.fixed(runs, warmup))
     # Device time (CUDA events) where the backend has a device clock, beside the host wall-clock.
     device_ms = {}
@@ -117,7 +135,7 @@ def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2
         "clock": "host wall clock and process CPU time around each run; baseline and candidate paired and "
                  "interleaved (order alternating), speedup = median of per-pair ratios with a 90% bootstrap interval",
         "load": measured.load.to_dict(),
-        "models": {label: {"path": str(path), "macs": info[label]["macs"], "params": info[label]["weight_params"],
+        "models": {label: {"path": str(path), "macs": info[label].macs, "params": info[label].weight_params,
                            **_timing(label, measured)} for label, path in zip(labels, paths)},
     }
     for label, ms in device_ms.items():

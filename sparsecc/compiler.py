@@ -20,13 +20,13 @@ import numpy as np
 
 from sparsecc import interrupts
 from sparsecc.errors import ModelLoadError, OptionError, OutputError, VerificationError
-from sparsecc.inspect import inspect_model
+from sparsecc.inspection import inspect_model
 from sparsecc.log import progress
 from sparsecc.model import Model, load_model
-from sparsecc.onnx_files import SessionFiles, external_data_path, release_to_files, write_model
+from sparsecc.onnx_files import external_data_path, write_model
 from sparsecc.outputs import OutputFolder, final_path, resolve
-from sparsecc.passes.canonicalize import CANONICAL_PASSES
-from sparsecc.passmanager import PassContext, PassManager, PassRecord
+from sparsecc.passmanager import Instrument, PassContext, PassManager, PassRecord, Role, steps_of
+from sparsecc.session_files import SessionFiles, release_to_files
 from sparsecc.plan import SparsityPlan
 from sparsecc.recipe import Recipe, load_recipe
 from sparsecc.verify import (VerifyConfig, compare_models, input_specs, lowest_precision, model_float_dtype,
@@ -123,8 +123,9 @@ def _compile(model_path: Path, recipe: Recipe, folder: OutputFolder, shapes, dis
     model = original.copy()  # shares the weight arrays with the original until a pass replaces them
     ctx = PassContext(model, trace=options.trace, cost_model=options.cost_model,
                       timing_cache=options.timing_cache)
+    steps = steps_of(passes)
     if plan is not None:
-        if "apply-plan" not in [p.name for p in passes] or "apply-plan" in disable:
+        if not any(p.role == Role.APPLY and p.name not in disable for p in steps):
             raise OptionError(f"--plan was given but recipe '{recipe.name}' never applies a plan",
                               where=str(plan), fix="use a recipe with apply-plan and the rewrite you want, e.g. "
                                                    "passes: [apply-plan, groupwise-rewrite] or [apply-plan, "
@@ -136,21 +137,17 @@ def _compile(model_path: Path, recipe: Recipe, folder: OutputFolder, shapes, dis
     staging, out = folder.staging, folder.given
     try:
         check_runs_on_onnxruntime(original, verify, files)
-        progress(f"running recipe '{recipe.name}' ({len(passes)} passes)")
-        # tolerances not given are resolved per pass, from the graph being checked (to-fp16 changes it)
-        manager = PassManager(passes, disabled=tuple(disable), dump_dir=dump_dir, verify=given,
-                              session_files=files)
-        records = manager.run(ctx, stop=len(CANONICAL_PASSES))
+        progress(f"running recipe '{recipe.name}' ({len(steps)} passes)")
         inspected: dict = {}  # weights the passes leave as they were are inspected once
-        before = inspect_model(ctx.model, inspected)  # the canonical input; one sparsecc cannot work on fails here
-        for index in range(len(CANONICAL_PASSES), len(passes)):
-            records += manager.run(ctx, start=index, stop=index + 1)
-            _release_references(original, ctx)
-            interrupts.point("pass")
-            interrupts.check()  # a signal something swallowed stops the compile here, not at the end
-        manager.close()
+        canonical_steps = len(steps_of(passes[:1]))
+        canonical = CanonicalInput(canonical_steps, inspected)
+        # tolerances not given are resolved per pass, from the graph being checked (to-fp16 changes it)
+        manager = PassManager(passes, disabled=tuple(disable), dump_dir=dump_dir, verify=given, session_files=files,
+                              instruments=[InterruptPoints(canonical_steps), canonical, ReleaseReferences(original)])
+        records = manager.run(ctx).records
+        before = canonical.inspection
 
-        specialized = _specialize_input_shapes(original, ctx.model, records, passes)
+        specialized = _specialize_input_shapes(original, ctx.model, records, steps)
         # streamed from the graph's arrays; the check below runs the same export, with the weights
         # in the shared temporary file (ONNX Runtime holds one copy of them, not two as from one file)
         model_files = _write_compiled(staging, ctx)
@@ -215,24 +212,76 @@ def non_finite_warnings(model: Model) -> list[str]:
             "checks count the same NaN or infinity in both graphs as agreement, any other as a mismatch"]
 
 
-def _release_references(original: Model, ctx: PassContext) -> None:
-    """The unpruned and the masked originals are only compared against (ONNX Runtime reads their
-    weights from files): their arrays already in a file are mapped from it, so the memory of those
-    the working model has replaced is freed, not kept for the final check."""
-    release_to_files(original.graph)
-    masked = ctx.state.get("masked")
-    if masked is not None:
-        release_to_files(masked.graph)
+class CanonicalInput(Instrument):
+    """Inspects the canonical input once the canonical passes are done, before any recipe pass runs.
+
+    A model sparsecc cannot work on (no weight layer) fails there, before any pruning; the
+    inspection is the report's "before".
+
+    Args:
+        steps: How many steps the canonicalisation takes (the recipe's passes follow).
+        cache: The compile's inspection cache (see :func:`~sparsecc.inspection.inspect_model`).
+    """
+
+    def __init__(self, steps: int, cache: dict):
+        self.steps = steps
+        self.cache = cache
+        self.inspection: dict[str, Any] | None = None
+
+    def before_pass(self, index, pass_, ctx) -> None:
+        if index >= self.steps:
+            self._inspect(ctx)
+
+    def exit_pipeline(self, ctx, failed: bool) -> None:
+        if not failed:  # a recipe with no pass of its own (none) inspects the model canonicalisation left
+            self._inspect(ctx)
+
+    def _inspect(self, ctx) -> None:
+        if self.inspection is None:
+            self.inspection = inspect_model(ctx.model, self.cache)
 
 
-def _specialize_input_shapes(original: Model, model: Model, records: list[PassRecord], passes) -> dict:
+class ReleaseReferences(Instrument):
+    """After each pass, the unpruned and the masked originals map their weights already in a file.
+
+    They are only compared against (ONNX Runtime reads their weights from files), so the memory
+    of the arrays the working model has replaced is freed, not kept for the final check.
+    """
+
+    def __init__(self, original: Model):
+        self.original = original
+
+    def after_pass(self, index, pass_, ctx, record) -> None:
+        release_to_files(self.original.graph)
+        if ctx.masked is not None:
+            release_to_files(ctx.masked.graph)
+
+
+class InterruptPoints(Instrument):
+    """After each recipe pass (verified, references released): the ``pass`` test point, and a signal
+    something swallowed stops the compile there, not at the end.
+
+    Args:
+        steps: How many steps the canonicalisation takes (the recipe's passes follow).
+    """
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def after_pass(self, index, pass_, ctx, record) -> None:
+        if index >= self.steps:
+            interrupts.point("pass")
+            interrupts.check()
+
+
+def _specialize_input_shapes(original: Model, model: Model, records: list[PassRecord], steps) -> dict:
     """Fix dynamic input dims to the compile shapes when a shape-specific rewrite ran.
 
     Such a rewrite is verified at the compile shapes only, so the output must not claim to
     accept others. Returns the inputs fixed, {name: shape} (empty when nothing was).
     """
     ran = {r.name for r in records if r.status == "ran"}
-    if not any(p.specializes_shapes and p.name in ran for p in passes):
+    if not any(p.specializes_shapes and p.name in ran for p in steps):
         return {}
     fixed = {}
     for tensor in model.graph.inputs:
@@ -274,7 +323,7 @@ def _final_verification(original: Model, ctx: PassContext, compiled: Path, confi
     from sparsecc.verify_options import raise_if_too_tight
 
     specs = input_specs(ctx.model)
-    masked = ctx.state.get("masked")
+    masked = ctx.masked
     reference = masked if masked is not None else original
     backend = verification_backend(reference, ctx.model)
     if masked is not None and not _changed_after_last_mask(records):
@@ -298,7 +347,7 @@ def _final_verification(original: Model, ctx: PassContext, compiled: Path, confi
 
 
 def _changed_after_last_mask(records: list[PassRecord]) -> bool:
-    last = max((i for i, r in enumerate(records) if r.name == "apply-plan" and r.result is not None), default=-1)
+    last = max((i for i, r in enumerate(records) if r.role == Role.APPLY and r.result is not None), default=-1)
     return any(r.status == "ran" for r in records[last + 1:])
 
 
@@ -316,7 +365,7 @@ def _build_report(model_path: Path, recipe: Recipe, original: Model, before: dic
                   records: list[PassRecord], verification: dict[str, Any], started: float, verify: VerifyConfig,
                   inspected: dict | None = None) -> dict[str, Any]:
     from sparsecc.environment import environment
-
+    from sparsecc.latency.describe import speed_target_summary
     from sparsecc.shape_changes import explain_shape_changes
 
     after = inspect_model(ctx.model, inspected)
@@ -339,22 +388,12 @@ def _build_report(model_path: Path, recipe: Recipe, original: Model, before: dic
             "params_before": before["totals"]["weight_params"], "params_after": after["totals"]["weight_params"],
             "compile_seconds": round(time.perf_counter() - started, 3),
             "warnings": warnings,
-            **_speed_target(records),
+            **speed_target_summary(records),
         },
-        "shape_changes": explain_shape_changes(before, after, records, ctx.state.get("applied_plans")),
+        "shape_changes": explain_shape_changes(before, after, records, ctx.applied_plans),
         "skipped": skipped,
         "environment": environment(),
     }
-
-
-def _speed_target(records: list[PassRecord]) -> dict[str, Any]:
-    """The speed target's line (target, achieved, predicted, ideal) for the summary, when a pass had one."""
-    for record in records:
-        result = record.result.details.get("speed_target") if record.result else None
-        if result:
-            return {"speed_target": next((n for n in record.result.notes if n.startswith("speed target")), ""),
-                    "speed_target_result": result["result"]}
-    return {}
 
 
 def _no_gain_warnings(recipe: Recipe, records: list[PassRecord], ctx: PassContext, macs_before: int,
@@ -364,7 +403,7 @@ def _no_gain_warnings(recipe: Recipe, records: list[PassRecord], ctx: PassContex
     if not pruned or macs_after < macs_before:
         return []
     why = []
-    patterns = {e.pattern for plan in ctx.state.get("applied_plans") or [] for e in plan.entries.values()}
+    patterns = {e.pattern for plan in ctx.applied_plans for e in plan.entries.values()}
     if patterns & {"2:4"}:
         why.append("2:4 weights keep their MACs: TensorRT's sparse tensor cores exploit them, ONNX Runtime runs "
                    "them dense")
@@ -408,7 +447,7 @@ def _write_plans(folder: Path, ctx: PassContext) -> list[str]:
     """``plan.json`` (+ .npz): the plan as applied to the canonical input model, so that
     ``--plan`` can replay it. A multi-stage recipe (e.g. filters, then 2:4 on the smaller
     weights) writes each later stage as ``plan.stageN.json``, against the graph of its stage."""
-    applied = ctx.state.get("applied_plans") or [ctx.plan or SparsityPlan(source="no pruning")]
+    applied = ctx.applied_plans or [ctx.plan or SparsityPlan(source="no pruning")]
     names = []
     for index, plan in enumerate(applied, start=1):
         stem = "plan" if index == 1 else f"plan.stage{index}"

@@ -34,6 +34,11 @@ def mark_provenance(node: gs.Node, pass_name: str) -> gs.Node:
     return node
 
 
+def optional_input(node: gs.Node, index: int) -> gs.Tensor | None:
+    """The node's input ``index`` (a Conv's bias, a Gemm's C), or None when it is absent or empty."""
+    return node.inputs[index] if len(node.inputs) > index and not node.inputs[index].is_empty() else None
+
+
 def is_graph_output(graph: gs.Graph, tensor) -> bool:
     return any(t is tensor for t in graph.outputs)
 

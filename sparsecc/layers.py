@@ -88,11 +88,16 @@ class WeightLayer:
 
 @dataclass
 class Unsupported:
-    """A node that looks like a weight layer but is not treated as one, and why."""
+    """A node that looks like a weight layer but is not treated as one, and why.
+
+    ``quantized``: a layer of a quantized graph (an integer op, or a float op whose weight is
+    dequantized at run time).
+    """
 
     node: str
     op: str
     reason: str
+    quantized: bool = False
 
 
 def classify_conv(node: gs.Node, weight: np.ndarray) -> str:
@@ -125,7 +130,7 @@ def find_weight_layers(model: Model, shapes: dict[str, tuple[int, ...]] | None =
     for node in model.graph.nodes:
         if node.op in QUANTIZED_WEIGHT_OPS:
             unsupported.append(Unsupported(_node_label(node), node.op, "quantized layer (integer weights): "
-                                           "sparsecc prunes float weights only; left as it is"))
+                                           "sparsecc prunes float weights only; left as it is", quantized=True))
             continue
         if node.op not in WEIGHT_OPS:
             continue
@@ -152,12 +157,17 @@ def _weight_source(tensor) -> str:
     return f"node '{_node_label(tensor.inputs[0])}' ({tensor.inputs[0].op})"
 
 
+def _dequantized(tensor) -> bool:
+    return bool(tensor.inputs) and tensor.inputs[0].op == "DequantizeLinear"
+
+
 def _classify(node: gs.Node, label: str, unsupported: list[Unsupported]) -> WeightLayer | None:
     if node.op == "Conv":
         weight = node.inputs[1]
         if not isinstance(weight, gs.Constant):
             unsupported.append(Unsupported(label, node.op, f"weight '{weight.name}' is not constant: "
-                                                           f"it comes from {_weight_source(weight)}"))
+                                                           f"it comes from {_weight_source(weight)}",
+                                           _dequantized(weight)))
             return None
         values = weight.values
         if values.ndim != 4:
@@ -175,7 +185,8 @@ def _classify(node: gs.Node, label: str, unsupported: list[Unsupported]) -> Weig
             return None
         if not isinstance(weight, gs.Constant):
             unsupported.append(Unsupported(label, node.op, f"weight B '{weight.name}' is not constant: "
-                                                           f"it comes from {_weight_source(weight)}"))
+                                                           f"it comes from {_weight_source(weight)}",
+                                           _dequantized(weight)))
             return None
         bias = node.inputs[2].name if len(node.inputs) > 2 and not node.inputs[2].is_empty() else None
         return WeightLayer(label, "Gemm", "gemm", weight.name, tuple(weight.values.shape), bias=bias,

@@ -18,11 +18,9 @@ import onnx_graphsurgeon as gs
 
 from sparsecc.errors import ModelLoadError, ShapeError
 from sparsecc.model_files import external_data_files, inline_nested_external_data
-from sparsecc.onnx_files import read_onnx, read_weights
+# clamp_ir_version lives with the file format; imported here too, for its old address
+from sparsecc.onnx_files import clamp_ir_version, read_onnx, read_weights
 
-# onnx 1.23 writes IR 14 by default and ONNX Runtime 1.31 reads at most 13; IR 10 covers
-# opsets up to 21 and every ONNX Runtime since 1.16, so saved models are capped there.
-ORT_MAX_IR_VERSION = 10
 # Default-domain opsets sparsecc has been written and tested against.
 SUPPORTED_OPSETS = range(9, 23)
 # Older opsets are upgraded to this one by the canonical pass `upgrade-opset` (onnx.version_converter),
@@ -158,12 +156,6 @@ def default_opset(import_domains, fallback: int | None) -> int:
         if opset.domain in DEFAULT_DOMAINS:
             return opset.version
     return fallback or 0
-
-
-def clamp_ir_version(proto: onnx.ModelProto) -> None:
-    """Lower the IR version to one ONNX Runtime accepts, but never below what the opsets need."""
-    needed = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
-    proto.ir_version = max(needed, min(proto.ir_version, ORT_MAX_IR_VERSION))
 
 
 def parse_shape_overrides(specs: list[str] | None) -> dict[str, tuple[int, ...]]:

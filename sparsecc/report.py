@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparsecc.inspect import format_table, human
-from sparsecc.tables import markdown_table
+from sparsecc.tables import human, markdown_table, text_table
 
 
 _BACKEND_WORDS = {"onnxruntime": "ONNX Runtime (CPU)",
@@ -54,21 +53,21 @@ def render_compile_markdown(report: dict[str, Any]) -> str:
         status = "-" if not check else ("passed" if check["passed"] else "differs (expected)")
         rows.append([record["name"], "yes" if record["exact"] else "no", record["status"],
                      record.get("rewrites", 0), f"{record['seconds']:.3f}", status])
-    lines += _md_table(rows, ["pass", "exact", "status", "rewrites", "seconds", "verification"])
+    lines += _markdown_lines(rows, ["pass", "exact", "status", "rewrites", "seconds", "verification"])
     if report.get("shape_changes"):
         lines += ["", "## Shape changes", "",
                   "Every weight layer whose weight shape changed, and why:", ""]
-        lines += _md_table([[c["layer"], c["change"], "x".join(map(str, c["before"])) if c["before"] else "-",
+        lines += _markdown_lines([[c["layer"], c["change"], "x".join(map(str, c["before"])) if c["before"] else "-",
                              "x".join(map(str, c["after"])) if c["after"] else "-", c["why"]]
                             for c in report["shape_changes"]], ["layer", "change", "before", "after", "why"])
     lines += speed_target_lines(report)
     lines += _lowering_decisions(report)
     if report["skipped"]:
         lines += ["", "## Left as they were", ""]
-        lines += _md_table([[s["pass"], s["layer"], s["reason"]] for s in report["skipped"]],
+        lines += _markdown_lines([[s["pass"], s["layer"], s["reason"]] for s in report["skipped"]],
                            ["pass", "layer", "reason"])
     lines += ["", "## Weight layers after compilation", ""]
-    lines += _md_table([[r["node"], r["kind"], "x".join(map(str, r["weight_shape"])), human(r["macs"] or 0),
+    lines += _markdown_lines([[r["node"], r["kind"], "x".join(map(str, r["weight_shape"])), human(r["macs"] or 0),
                          f"{100 * r['sparsity']:.1f}%", r["pattern"]] for r in report["after"]["layers"]],
                        ["layer", "kind", "weight", "MACs", "zeros", "pattern"])
     env = report["environment"]
@@ -105,8 +104,8 @@ def _lowering_decisions(report: dict[str, Any]) -> list[str]:
                       "runs (CPU time and wall clock, ONNX Runtime spinning off); a speedup is shown with its "
                       "90% interval, the pairs and the load. Where the interval straddles the needed speedup, or "
                       "the machine was too busy, the analytic model decides and the row says so.", ""]
-        lines += _md_table(rows, ["layer", "lowering", "timing", "speedup vs baseline", "decided by", "why",
-                                  "did not apply"])
+        lines += _markdown_lines(rows, ["layer", "lowering", "timing", "speedup vs baseline", "decided by", "why",
+                                        "did not apply"])
         lines += _decided_by_summary(layers)
         check = details.get("model_check")
         if check:
@@ -135,7 +134,7 @@ def _decided_by_summary(layers: dict[str, Any]) -> list[str]:
     return ["", line]
 
 
-def _md_table(rows: list[list[Any]], headers: list[str]) -> list[str]:
+def _markdown_lines(rows: list[list[Any]], headers: list[str]) -> list[str]:
     return markdown_table(rows, headers).split("\n")
 
 
@@ -144,7 +143,7 @@ def format_bench(result: dict[str, Any]) -> str:
 
     rows = [[label, m["path"], f"{m['median_ms']:.3f}", f"{m['min_ms']:.3f}", f"{m['cpu_median_ms']:.3f}",
              human(m["macs"])] for label, m in result["models"].items()]
-    text = format_table(rows, ["model", "path", "median ms", "min ms", "CPU ms", "MACs"])
+    text = text_table(rows, ["model", "path", "median ms", "min ms", "CPU ms", "MACs"])
     backend = result["backend"]
     load = result["load"]
     text += (f"\n\n{result['runs']} paired rounds after {result['warmup']} warm-up; {result['clock']}; "

@@ -42,7 +42,8 @@ def test_removed_work_under_heavy_load_is_kept_and_not_trusted():
 
 
 def test_a_conclusive_timing_chooses_between_alternatives_that_each_cost_something():
-    options = [Option("channel-gather", judge(evidence(FASTER), 1.1)), Option("tap-gather", judge(evidence(SLOWER), 1.1))]
+    options = [Option("channel-gather", judge(evidence(FASTER), 1.1)),
+               Option("tap-gather", judge(evidence(SLOWER), 1.1))]
     assert not needs_estimates(options)
     decision = choose("dense", options, 1.1)
     assert (decision.choice, decision.by, decision.fallback) == ("channel-gather", "CPU time", False)

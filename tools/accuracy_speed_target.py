@@ -2,7 +2,7 @@
 
 On a zoo model with a trained checkpoint and a data set of ``sparsecc.data`` (MNIST-5k: 1,000 test
 images, digits: 360), every variant is fine-tuned for the same epochs (AdamW, cosine, BatchNorm
-re-estimated, ``sparsecc.torch.finetune``), exported, compiled (filters removed physically, BatchNorm
+re-estimated, ``sparsecc.finetuning.finetune``), exported, compiled (filters removed physically, BatchNorm
 folded) and scored on ONNX Runtime; then each is timed against the dense model in its own paired,
 interleaved run (``sparsecc.measure``: ONNX Runtime spinning off, one thread, CPU time and wall clock
 with 90% intervals, the load before and after; two sessions at a time, since a rotation of fifteen
@@ -63,12 +63,12 @@ def compile_tuned(module, example, plan, folder: Path, shapes, split, backend, c
 
     The compiles go through the tool's timing cache (``cache``), not the user's.
     """
-    import sparsecc.torch as st
+    import sparsecc.finetuning as ft
     from sparsecc.compiler import compile_model
     from sparsecc.demo import replay_filters_recipe
     from sparsecc.evaluate import accuracy
 
-    path = st.export_onnx(module, folder.with_suffix(".onnx"), example)
+    path = ft.export_pruned_onnx(module, folder.with_suffix(".onnx"), example)
     if plan is not None and len(plan):
         plan.save(folder.with_suffix(".plan.json"))
         result = compile_model(path, replay_filters_recipe(), folder, shapes=shapes, force=True,
@@ -82,7 +82,7 @@ def compile_tuned(module, example, plan, folder: Path, shapes, split, backend, c
 def run_data(args, data: str, work: Path) -> dict:
     import torch
 
-    import sparsecc.torch as st
+    import sparsecc.finetuning as ft
     from sparsecc import zoo
     from sparsecc.data import load_dataset
     from sparsecc.errors import SparseccError
@@ -97,7 +97,7 @@ def run_data(args, data: str, work: Path) -> dict:
     dense = zoo.build_model(args.model, pretrained=True)
     if data != "digits" and args.dense_epochs:
         say(f"{data}: adapting dense {args.model} ({args.dense_epochs} epochs)")
-        dense = st.finetune(dense, split, plan=SparsityPlan(), epochs=args.dense_epochs, lr=3e-3, log=say,
+        dense = ft.finetune(dense, split, plan=SparsityPlan(), epochs=args.dense_epochs, lr=3e-3, log=say,
                             train_limit=args.train_limit).module
     dense_path, dense_top1, dense_macs = compile_tuned(dense, example, None, work / "dense", shapes, split, backend,
                                                         args.timing_cache)
@@ -108,7 +108,7 @@ def run_data(args, data: str, work: Path) -> dict:
 
     def finetuned(label: str, module, recipe=None, schedule="one-shot", **facts):
         say(f"{data}: {label}: fine-tuning {args.epochs} epochs")
-        tuned = st.finetune(module, split, recipe, plan=None if recipe else SparsityPlan(), epochs=args.epochs,
+        tuned = ft.finetune(module, split, recipe, plan=None if recipe else SparsityPlan(), epochs=args.epochs,
                             schedule=schedule, lr=args.lr, log=say, timing_cache=args.timing_cache,
                             train_limit=args.train_limit)
         folder = work / label.replace(" ", "_")

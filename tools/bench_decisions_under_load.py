@@ -52,7 +52,8 @@ CASES = {"efficientnet-b0": ("own-efficientnet-b0", "deprune-bh"), "mobilenetv2"
          "resnet18": ("resnet18", "groupwise-50")}
 CHECK_PASSES = {"deprune-bh": "deprune-model-check", "groupwise-50": "groupwise-rewrite"}
 COMPILE_LABELS = [("quiet, cache filled under load", "reused"), ("analytic, no cache", "analytic_none"),
-                  ("analytic, loaded cache", "analytic_loaded_cache"), ("analytic, quiet cache", "analytic_quiet_cache")]
+                  ("analytic, loaded cache", "analytic_loaded_cache"),
+                  ("analytic, quiet cache", "analytic_quiet_cache")]
 
 
 def say(message: str) -> None:
@@ -269,15 +270,16 @@ def markdown(results: dict) -> str:
              "Load = 1-minute load average before->after each step.", "", "## Compiles", ""]
     rows = []
     for name, case in results["cases"].items():
-        records = [("quiet", case.get("quiet"))] + [(f"loaded {i + 1}", r) for i, r in enumerate(case.get("loaded", []))]
+        loaded = [(f"loaded {i + 1}", r) for i, r in enumerate(case.get("loaded", []))]
+        records = [("quiet", case.get("quiet"))] + loaded
         records += [(label, case.get(key)) for label, key in COMPILE_LABELS]
         for label, record in [(label, record) for label, record in records if record]:
             claimed = record["claimed"]
             rows.append([name, case["recipe"], label, _load(record), f"{record['macs_before'] / 1e6:.1f}M",
                          f"{record['macs_after'] / 1e6:.1f}M", record["sha256"][:12],
                          "-" if not claimed else f"{claimed['cpu']:.3f} ({claimed['decided_by']})", record["seconds"]])
-    lines += markdown_table(rows, ["model", "recipe", "compile", "load", "MACs before", "MACs after", "model.onnx sha256",
-                                   "claimed speedup (CPU)", "s"]).split("\n")
+    lines += markdown_table(rows, ["model", "recipe", "compile", "load", "MACs before", "MACs after",
+                                   "model.onnx sha256", "claimed speedup (CPU)", "s"]).split("\n")
     lines += ["", "## Checks", ""]
     rows = []
     done = {name: case for name, case in results["cases"].items() if "checks" in case}

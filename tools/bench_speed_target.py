@@ -137,8 +137,8 @@ class Variants:
             self._canonical, self._cache = canonical_model(self.dense_path), open_timing_cache(self.cache)
         options = sparsecc_recipe({"target_speedup": speedup, "target_rounds": 0}).passes[0][1]
         ctx = PassContext(self._canonical.copy(), timing_cache=self._cache)
-        records = PassManager([make_pass("plan-filters", **options)], verify=None).run(ctx)
-        rounds = records[0].result.details["speed_target"]["rounds"]
+        PassManager([make_pass("plan-filters", **options)], verify=None).run(ctx)
+        rounds = ctx.details_of("plan-filters")["speed_target"]["rounds"]
         return rounds[-1]["macs"]
 
     def add_sparsecc(self, label: str, options: dict, what: str) -> dict:

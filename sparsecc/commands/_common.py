@@ -28,12 +28,3 @@ def add_speed_target_options(parser) -> None:
     group.add_argument("--target-latency", type=float, metavar="MS",
                        help="filter recipes: remove filters until one run takes MS milliseconds (CPU time at one "
                             "thread on ONNX Runtime CPU)")
-
-
-def with_speed_target(recipe, args):
-    """The recipe with the command line's speed target set on its plan-filters passes (unchanged without one)."""
-    if args.target_speedup is None and args.target_latency is None:
-        return recipe
-    option = "--target-speedup" if args.target_speedup is not None else "--target-latency"
-    return recipe.with_options("plan-filters", {"target_speedup": args.target_speedup,
-                                                "target_latency": args.target_latency}, option)

@@ -15,7 +15,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("cache", help="show, clear or locate the timing cache", description=__doc__)
     parser.add_argument("action", choices=["show", "clear", "path", "calibrate"], help="what to do")
     parser.add_argument("--timing-cache", metavar="FILE",
-                        help="the cache file. Default: $SPARSECC_TIMING_CACHE, else ~/.cache/sparsecc/timing-cache.json")
+                        help="the cache file. "
+                             "Default: $SPARSECC_TIMING_CACHE, else ~/.cache/sparsecc/timing-cache.json")
     parser.add_argument("--threads", type=int, default=1,
                         help="calibrate: ONNX Runtime threads (as the passes' `threads`). Default: 1")
     parser.add_argument("--json", action="store_true", help="print JSON")

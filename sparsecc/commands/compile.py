@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparsecc.commands._common import add_shape_option, add_speed_target_options, print_json, with_speed_target
+from sparsecc.commands._common import add_shape_option, add_speed_target_options, print_json
 
 
 def register(subparsers) -> None:
@@ -45,10 +45,10 @@ def run(args) -> int:
         raise OptionError("no model given", fix="sparsecc compile MODEL.onnx --recipe none -o OUT")
     from sparsecc.compiler import compile_model
     from sparsecc.model import parse_shape_overrides
-    from sparsecc.recipe import load_recipe
+    from sparsecc.recipe import load_recipe, with_speed_target
     from sparsecc.verify_options import verify_config
 
-    recipe = with_speed_target(load_recipe(args.recipe), args)
+    recipe = with_speed_target(load_recipe(args.recipe), args.target_speedup, args.target_latency)
     given = {"atol": args.atol, "rtol": args.rtol}
     verify_config(given, where="command line (--atol/--rtol)")  # refused before any work, whatever the recipe
     result = compile_model(args.model, recipe, args.output, shapes=parse_shape_overrides(args.shape),
@@ -81,9 +81,11 @@ def list_passes(as_json: bool) -> int:
 
     passes = available_passes()
     if as_json:
-        print_json([{"name": n, "exact": c.exact, "description": c.description} for n, c in passes.items()])
+        print_json([{"name": n, "exact": c.exact, "role": c.role, "description": c.description}
+                    for n, c in passes.items()])
         return 0
     width = max(len(n) for n in passes)
+    roles = max(len(c.role) for c in passes.values())
     for name, cls in passes.items():
-        print(f"{name.ljust(width)}  {'exact ' if cls.exact else 'prunes'}  {cls.description}")
+        print(f"{name.ljust(width)}  {'exact ' if cls.exact else 'prunes'}  {cls.role.ljust(roles)}  {cls.description}")
     return 0

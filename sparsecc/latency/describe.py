@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["speed_target_lines"]
+__all__ = ["speed_target_lines", "speed_target_summary"]
+
+
+def speed_target_summary(records: list) -> dict[str, Any]:
+    """The speed target's line (target, achieved, predicted, ideal) and result for the compile summary, when a
+    pass of ``records`` (:class:`~sparsecc.passmanager.PassRecord`) had one; empty otherwise."""
+    for record in records:
+        result = record.result.details.get("speed_target") if record.result else None
+        if result:
+            return {"speed_target": next((n for n in record.result.notes if n.startswith("speed target")), ""),
+                    "speed_target_result": result["result"]}
+    return {}
 
 
 def speed_target_lines(report: dict[str, Any]) -> list[str]:

@@ -125,11 +125,11 @@ class AnalyticTimer:
 
     def seconds(self, geometry: LayerGeometry, c_in: int, c_out: int) -> float:
         from sparsecc.lowering.cost import S_PER_COPY, S_PER_NODE
-        from sparsecc.lowering.registry import DEFAULT_PS_PER_MAC
+        from sparsecc.lowering.registry import DEFAULT_S_PER_MAC
 
         c_in, c_out = _points_in(geometry, (c_in, c_out))
         moved = _elements(geometry, c_in, c_out)
-        return geometry.macs(c_in, c_out) * DEFAULT_PS_PER_MAC + moved * S_PER_COPY + S_PER_NODE
+        return geometry.macs(c_in, c_out) * DEFAULT_S_PER_MAC + moved * S_PER_COPY + S_PER_NODE
 
     def time_points(self, geometry: LayerGeometry, reference: Point, points: list[Point]) -> TimedPoints:
         base = self.seconds(geometry, *reference)
@@ -295,7 +295,7 @@ class OrtTimer:
     def _measure(self, geometry: LayerGeometry, reference: Point, samples: list[tuple]) -> dict[str, Any]:
         """Evidence of each sample against the reference layer, from one paired, interleaved run."""
         from sparsecc.measure import MeasureSettings, measure, timing_backend
-        from sparsecc.onnx_files import SessionFiles
+        from sparsecc.session_files import SessionFiles
 
         backend = timing_backend(self.threads)
         labels = {"reference": ("layer", *reference), **{_label(s): s for s in samples}}

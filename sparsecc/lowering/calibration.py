@@ -1,6 +1,6 @@
 """The analytic cost model calibrated on this machine, kept in the timing cache.
 
-The analytic model (:func:`~sparsecc.lowering.cost.analytic_seconds`) prices a candidate from its
+The analytic model (:func:`~sparsecc.lowering.layer_model.analytic_seconds`) prices a candidate from its
 MACs, the elements it moves and its nodes, with constants measured once on one machine. What a
 decision reads from it is a ratio: the baseline's estimate over a candidate's. A calibration
 measures, on reference layers, each lowering against its family's baseline (paired, CPU time,
@@ -24,9 +24,10 @@ import numpy as np
 from onnx import helper, numpy_helper
 
 from sparsecc.lowering.registry import LayerToLower, get_lowering, propose_all
+from sparsecc.lowering.timing_cache import CALIBRATION_FORM
 from sparsecc.measure import LoadReading, MeasureSettings, read_load, usable_cores
 
-FORM = "analytic-calibration/1"
+FORM = CALIBRATION_FORM
 REFERENCE_PAIRS = 30
 
 
@@ -142,7 +143,7 @@ def _reference_layer(build) -> tuple[LayerToLower, tuple, tuple]:
 
 def build_calibration(threads: int = 1, pairs: int = REFERENCE_PAIRS) -> Calibration:
     """Measure every registered group-wise and DEPrune lowering against its baseline on the reference layers."""
-    from sparsecc.lowering.cost import analytic_seconds, layer_graph
+    from sparsecc.lowering.layer_model import analytic_seconds, layer_graph
     from sparsecc.lowering.gather import dense_candidate
     from sparsecc.measure import measure_models
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from sparsecc.lowering.calibration import Calibration, build_calibration, calibration_fields
-from sparsecc.lowering.emitter import Emitter
+from sparsecc.lowering.layer_model import analytic_seconds, layer_graph
 from sparsecc.lowering.registry import Candidate
 from sparsecc.lowering.timing_cache import TimingCache, graph_signature
 from sparsecc.measure import MeasureSettings, judge
@@ -25,22 +24,12 @@ from sparsecc.measure.cached import FROM_CACHE, compare_through_cache, load_now
 from sparsecc.measure.evidence import too_busy
 from sparsecc.policy import ANALYTIC, Decision, Option, choose, needs_estimates
 
-# ~0.8 ns per element moved by Gather/Transpose/NCHWc reorder, ~15 us per node on ONNX Runtime CPU
-# (tools/bench_groupwise.py profiles, 2 threads).
-S_PER_COPY = 0.8e-9
-S_PER_NODE = 15e-6
-
 # one layer: at least 20 pairs (a bootstrap interval of a median needs them), more while an interval
 # straddles the threshold, for 3 s at most; twice, with new sessions each time: a layer's speedup
 # moved by up to 9% between compiles here while one run's interval was 2-4% wide, so the interval
 # must take in the replications (sparsecc.measure.combine)
 LAYER_SETTINGS = MeasureSettings(min_pairs=20, max_pairs=200, batch=10, budget_s=3.0)
 LAYER_REPLICATIONS = 2
-
-
-def analytic_seconds(candidate: Candidate) -> float:
-    """Estimated run time of a candidate lowering (analytical model, calibrated as above)."""
-    return candidate.macs * candidate.ps_per_mac + candidate.copied * S_PER_COPY + candidate.nodes * S_PER_NODE
 
 
 def timing_environment(threads: int) -> dict[str, Any]:
@@ -185,30 +174,6 @@ def choose_lowering(candidates: list[Candidate], min_gain: float, cost, op: str,
         choices = [Option(c.name, verdicts[c.name], base.estimate_s / c.estimate_s) for c in options]
     decision = choose(base.name, choices, threshold, label)
     return next(c for c in candidates if c.name == decision.choice), decision
-
-
-def layer_graph(candidate: Candidate, in_shape, out_shape, dtype=np.float32) -> gs.Graph:
-    """A one-layer model of a candidate, as the measured cost model times it.
-
-    A Conv layer sits between two 1x1 depthwise Convs: in a network its neighbours are Convs, so
-    ONNX Runtime keeps a dense layer in its blocked (NCHWc) layout while a lowering leaves it; the
-    wrappers make each candidate pay the layout changes it would pay in the model.
-    """
-    graph = gs.Graph(opset=17)
-    em = Emitter(graph, "m", "cost-model", dtype)
-    x = gs.Variable("x", dtype=em.dtype, shape=list(in_shape))
-    y = gs.Variable("y", dtype=em.dtype, shape=list(out_shape))
-    graph.inputs, graph.outputs = [x], [y]
-    if len(in_shape) == 4 and len(out_shape) == 4:
-        inner_x, inner_y = em.var("in"), em.var("out")
-        em.node("Conv", [x, em.const("w_in", np.ones((in_shape[1], 1, 1, 1)))], [inner_x], "wrap_in",
-                group=in_shape[1])
-        em.node("Conv", [inner_y, em.const("w_out", np.ones((out_shape[1], 1, 1, 1)))], [y], "wrap_out",
-                group=out_shape[1])
-        candidate.emit(em, inner_x, inner_y)
-    else:
-        candidate.emit(em, x, y)
-    return graph
 
 
 def describe_candidates(candidates: list[Candidate], decision: Decision | None = None) -> dict[str, Any]:

@@ -25,26 +25,33 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from sparsecc.lowering.cache_file import merge_entries, read_entries
+from sparsecc.measure.cached import ENTRY_FORM, evidence_of
 
 ENV = "SPARSECC_TIMING_CACHE"
 FORMAT_KEY = "sparsecc_timing_cache"
 FORMAT = 1
-# what an entry holds: a layer's timing, or a whole model's against the model it came from
-_ENTRY_FIELDS = ({"seconds", "spread"}, {"dense_ms", "rewritten_ms", "spread", "runs"})
+# what an entry holds: the paired evidence of a candidate against its baseline (a layer's, or a whole
+# model's: sparsecc.measure.cached), or this machine's calibration of the analytic model
+CALIBRATION_FORM = "analytic-calibration/1"
+# entries of earlier versions (a timing without evidence): read, listed, never used as a decision
+_OLDER_FIELDS = ({"seconds", "spread"}, {"dense_ms", "rewritten_ms", "spread", "runs"})
 
 
 def valid_entry(entry: Any) -> bool:
-    """An entry this version reads: evidence of paired runs or a calibration (:mod:`sparsecc.measure.cached`,
-    :mod:`~sparsecc.lowering.calibration`), or an older timing with one of the field sets above, every number
-    finite and >= 0 (read, but never used as a decision: it is measured again)."""
-    if isinstance(entry, dict) and "form" in entry:
-        from sparsecc.lowering.calibration import Calibration
-        from sparsecc.measure.cached import evidence_of
-
-        return evidence_of(entry) is not None or Calibration.from_entry(entry) is not None
-    if not isinstance(entry, dict) or not any(fields <= set(entry) for fields in _ENTRY_FIELDS):
+    """An entry this version reads: evidence, a calibration, or an older timing; every number finite."""
+    if not isinstance(entry, dict):
         return False
-    numbers = [entry[k] for fields in _ENTRY_FIELDS for k in fields if k in entry]
+    if entry.get("form") == ENTRY_FORM:
+        evidence = evidence_of(entry)
+        return evidence is not None and all(np.isfinite(v) and v > 0 for v in (*evidence.cpu_ms, *evidence.wall_ms))
+    if entry.get("form") == CALIBRATION_FORM:
+        factors = entry.get("factors")
+        return isinstance(factors, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0
+            for v in factors.values())
+    if not any(fields <= set(entry) for fields in _OLDER_FIELDS):
+        return False
+    numbers = [entry[k] for fields in _OLDER_FIELDS for k in fields if k in entry]
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v >= 0
                for v in numbers)
 
@@ -122,8 +129,9 @@ class TimingCache:
 
     def clear(self) -> int:
         """Delete every entry, in memory and in the file (the file is removed); returns how many there were."""
-        on_disk = self.path is not None and self.path.exists()
-        count = len(read_entries(self.path, FORMAT_KEY, FORMAT, valid_entry)) if on_disk else len(self.entries)
+        count = len(self.entries)
+        if self.path is not None and self.path.exists():
+            count = len(read_entries(self.path, FORMAT_KEY, FORMAT, valid_entry))
         self.entries.clear()
         self._new.clear()
         if self.path is not None and self.path.exists():

@@ -42,8 +42,8 @@ Without a threshold (``threshold=None``) exactly ``settings.min_pairs`` pairs ar
 (``MeasureSettings.fixed(n)``), for a benchmark that reports rather than decides.
 """
 
-from sparsecc.measure.evidence import (MEASURE_NAMES, ONE_THREAD_LIMIT_PER_CORE, RatioEvidence, Verdict, deciding_measure,
-                                      judge, too_busy)
+from sparsecc.measure.evidence import (MEASURE_NAMES, ONE_THREAD_LIMIT_PER_CORE, RatioEvidence, Verdict,
+                                      deciding_measure, judge, too_busy)
 from sparsecc.measure.machine import HEAVY_PER_CORE, LOADED_PER_CORE, LoadReading, load_level, read_load, usable_cores
 from sparsecc.measure.runner import Clocks, MeasureSettings, Measurement, measure, measure_in_blocks
 from sparsecc.measure.sessions import ONE_AT_A_TIME_BYTES, measure_models, timing_backend

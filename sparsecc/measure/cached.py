@@ -116,9 +116,11 @@ def compare_through_cache(cache: EntryStore, keys: dict[str, str], what: dict[st
     if missing:
         measurement = measure_missing(list(missing))
         for label, why in missing.items():
-            evidence = measurement.evidence[label]
-            cache.put(keys[label], entry_for(evidence, what[label]))
-            found[label] = Sourced(evidence, MEASURED, why)
+            entry = entry_for(measurement.evidence[label], what[label])
+            cache.put(keys[label], entry)
+            # decide from the evidence as stored (rounded), so a compile from the cache decides and
+            # reports exactly as this one does
+            found[label] = Sourced(evidence_of(entry), MEASURED, why)
     return found
 
 

@@ -75,7 +75,7 @@ def measure_models(models: Mapping[str, Any], baseline: str, threshold: float | 
         each = replace(settings, budget_s=settings.budget_s / replications)
         return combine([measure_models(models, baseline, threshold, threads, each, feed, one_at_a_time)
                         for _ in range(replications)], settings)
-    from sparsecc.onnx_files import SessionFiles
+    from sparsecc.session_files import SessionFiles
 
     backend = timing_backend(threads)
     feed = feed if feed is not None else _default_feed(models[baseline])

@@ -47,7 +47,7 @@ def export(module: nn.Module, path, size: int = 16):
 def compile_passes(model, passes):
     ctx = PassContext(model, cost_model="analytic")
     records = PassManager([make_pass("constants-to-initializers"), make_pass("fold-batchnorm")] + passes,
-                          verify=EXACT).run(ctx)
+                          verify=EXACT).run(ctx).records
     return ctx, {r.name: r for r in records}
 
 
@@ -113,8 +113,8 @@ def test_target_description():
 
 
 def test_gradual_schedule_ramps_the_saving_not_the_ratio():
+    from sparsecc.finetuning import planning_passes
     from sparsecc.recipe import load_recipe
-    from sparsecc.torch import planning_passes
 
     recipe = load_recipe("filter-l2").with_options("plan-filters", {"target_speedup": 2.0}, "--target-speedup")
     (name, options), = planning_passes(recipe, fraction=0.25)
@@ -179,7 +179,7 @@ def test_cost_model_analytic_times_nothing_and_reads_no_cache(tmp_path):
     model = export(residual_net(), tmp_path / "net.onnx")
     ctx = PassContext(model, cost_model="analytic", timing_cache=RefusingCache())
     records = PassManager([make_pass("constants-to-initializers"), make_pass("fold-batchnorm"),
-                           make_pass("plan-filters", target_speedup=1.5)], verify=EXACT).run(ctx)
+                           make_pass("plan-filters", target_speedup=1.5)], verify=EXACT).run(ctx).records
     speed = records[-1].result.details["speed_target"]
     assert speed["timer"]["timer"] == "analytic" and "measured" not in speed["rounds"][0]
 
@@ -210,7 +210,7 @@ def test_gpu_roofline_tables_for_tensorrt(tmp_path):
     ctx = PassContext(model, timing_cache=RefusingCache())
     records = PassManager([make_pass("constants-to-initializers"), make_pass("fold-batchnorm"),
                            make_pass("plan-filters", target_speedup=1.05, timer="gpu-roofline", round_to=8)],
-                          verify=EXACT).run(ctx)
+                          verify=EXACT).run(ctx).records
     speed = records[-1].result.details["speed_target"]
     assert speed["timer"]["timer"] == "gpu-roofline" and "not measured" in speed["timer"]["what"]
     assert all(t["source"] == "gpu-roofline" for t in speed["tables"].values())

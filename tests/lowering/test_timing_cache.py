@@ -174,6 +174,7 @@ def test_an_older_entry_without_evidence_is_never_reused():
     store = Store(k1={"seconds": 1e-3, "spread": 0.5, "runs": 5})
     found = compare_through_cache(store, {"x": "k1"}, {"x": {}}, lambda labels: _measurement("x", FASTER))
     assert found["x"].source == "measured" and store["k1"] == entry_for(found["x"].evidence, {})
+    assert evidence_of(store["k1"]) == found["x"].evidence  # decided from the evidence exactly as stored
 
 
 def _forbid_timing(monkeypatch):

@@ -68,9 +68,9 @@ def test_forced_lowering_is_exact(lowering, case):
         w.CopyFrom(numpy_helper.from_array(values, "W"))
     model = model_from_proto(proto)
     ctx = PassContext(model.copy())
-    (record,) = PassManager([make_pass("deprune-rewrite", lowering=lowering)]).run(ctx)  # the manager verifies
+    (record,) = PassManager([make_pass("deprune-rewrite", lowering=lowering)]).run(ctx).records  # the manager verifies
     assert record.to_dict()["verification"]["passed"]
-    info = ctx.state["deprune-rewrite"]["layers"]["dw"]
+    info = ctx.details_of("deprune-rewrite")["layers"]["dw"]
     assert info["lowering"] == lowering, info
     ops = sorted(n.op for n in ctx.model.graph.nodes)
     assert ops == {"dr-grouped": ["Conv"], "dr-compact": ["Conv", "Conv", "Gather"], "kernel-crop": ["Conv"]}[lowering]
@@ -110,10 +110,10 @@ def test_forced_lowering_on_fp16_weights_is_verified_and_stays_fp16(lowering):
     values[:, :, 0, :] = 0  # a row no channel keeps, so kernel-crop applies
     w.CopyFrom(numpy_helper.from_array(values, "W"))
     ctx = PassContext(model_from_proto(float16.convert_float_to_float16(proto)))
-    (record,) = PassManager([make_pass("deprune-rewrite", lowering=lowering)]).run(ctx)
+    (record,) = PassManager([make_pass("deprune-rewrite", lowering=lowering)]).run(ctx).records
     result = record.to_dict()
     assert result["status"] == "ran" and result["verification"]["passed"]
-    assert ctx.state["deprune-rewrite"]["layers"]["dw"]["lowering"] == lowering
+    assert ctx.details_of("deprune-rewrite")["layers"]["dw"]["lowering"] == lowering
     floats = [t for t in ctx.model.graph.tensors().values()
               if hasattr(t, "values") and np.issubdtype(np.asarray(t.values).dtype, np.floating)]
     assert floats and all(np.asarray(t.values).dtype == np.float16 for t in floats)
@@ -123,8 +123,8 @@ def test_why_each_lowering_did_not_apply_is_recorded_for_trace():
     from sparsecc.passmanager import trace_lines
 
     ctx = PassContext(model_from_proto(_dw_model(channels=37, zeros=0.0, pads=[1, 1, 1, 1])))
-    (record,) = PassManager([make_pass("deprune-rewrite", cost_model="analytic")]).run(ctx)
-    info = ctx.state["deprune-rewrite"]["layers"]["dw"]
+    (record,) = PassManager([make_pass("deprune-rewrite", cost_model="analytic")]).run(ctx).records
+    info = ctx.details_of("deprune-rewrite")["layers"]["dw"]
     assert info["lowering"] == "depthwise" and info["reason"] == "no other lowering applies"
     assert set(info["not_applicable"]) == {"kernel-crop", "dr-grouped", "dr-compact"}
     lines = trace_lines(record)
@@ -136,7 +136,7 @@ def test_why_each_lowering_did_not_apply_is_recorded_for_trace():
 def test_cost_model_keeps_plain_depthwise_unless_faster():
     ctx = PassContext(model_from_proto(_dw_model()))
     PassManager([make_pass("deprune-rewrite", cost_model="analytic")]).run(ctx)
-    info = ctx.state["deprune-rewrite"]["layers"]["dw"]
+    info = ctx.details_of("deprune-rewrite")["layers"]["dw"]
     # DR does width x more MACs than the depthwise it replaces: never cheaper on the analytic CPU model
     assert info["lowering"] == "depthwise" and info["macs"]["dr-grouped"] == 32 * info["macs"]["depthwise"]
 
@@ -149,15 +149,15 @@ def test_choices_go_through_the_timing_cache_and_follow_the_compile_wide_cost_mo
     for _ in range(2):  # a second compile with the same cache measures nothing: the same decision
         ctx = PassContext(model.copy(), timing_cache=TimingCache(tmp_path / "timings.json"))
         PassManager([make_pass("deprune-rewrite", runs=2)]).run(ctx)
-        info = ctx.state["deprune-rewrite"]["layers"]["dw"]
+        info = ctx.details_of("deprune-rewrite")["layers"]["dw"]
         decisions.append((info["timing"], info["lowering"], info["candidates_ms"]))
-        assert ctx.state["deprune-rewrite"]["cost_model"] == "measured"
+        assert ctx.details_of("deprune-rewrite")["cost_model"] == "measured"
     assert "timing cache" not in decisions[0][0] and decisions[1][0] == "timing cache"
     assert decisions[1][1:] == decisions[0][1:]
     ctx = PassContext(model.copy(), cost_model="analytic")  # compile --cost-model analytic
     PassManager([make_pass("deprune-rewrite")]).run(ctx)
-    assert ctx.state["deprune-rewrite"]["cost_model"] == "analytic"
-    assert ctx.state["deprune-rewrite"]["layers"]["dw"]["timing"] == "analytic"
+    assert ctx.details_of("deprune-rewrite")["cost_model"] == "analytic"
+    assert ctx.details_of("deprune-rewrite")["layers"]["dw"]["timing"] == "analytic"
 
 
 def test_bad_options():
@@ -176,7 +176,7 @@ import dsc_nets  # noqa: E402
 def _run(proto, recipe_passes, disabled=("deprune-model-check",)):
     """Run passes; the final timing check is off unless a test is about it (tiny nets time as noise)."""
     ctx = PassContext(model_from_proto(proto))
-    records = PassManager(recipe_passes, disabled=disabled).run(ctx)
+    records = PassManager(recipe_passes, disabled=disabled).run(ctx).records
     return ctx, {r.name: r.to_dict() for r in records}
 
 
@@ -200,8 +200,8 @@ def test_recipes_on_a_mobilenetv2_like_net(recipe):
             assert all(abs(r * 288 - round(r * 288 / 32) * 32) < 0.05 for r in full[:1])  # tile-aligned
     dead = records["deprune-dead-channels"]
     assert dead["status"] == "ran" and dead["verification"]["passed"]
-    _same(ctx.state["masked"], ctx.model)
-    removed = ctx.state["deprune-dead-channels"]
+    _same(ctx.masked, ctx.model)
+    removed = ctx.details_of("deprune-dead-channels")
     assert sum(d["removed"] for d in removed.values()) > 0
     pw1 = [n for n in ctx.model.graph.nodes if n.name.endswith("pw1.0/Conv")]
     assert sum(n.inputs[1].values.shape[0] for n in pw1) < 64 + 96  # PW1 filters of dead channels are gone
@@ -214,11 +214,11 @@ def test_dead_channels_under_squeeze_excitation_go_through_a_side_branch(kind):
                                 make_pass("apply-plan"), make_pass("deprune-dead-channels")])
     record = records["deprune-dead-channels"]
     assert record["status"] == "ran" and record["verification"]["passed"]
-    details = ctx.state["deprune-dead-channels"]
+    details = ctx.details_of("deprune-dead-channels")
     assert sum(d["removed"] for d in details.values()) > 0 and all(d["se_branch"] for d in details.values())
     branch = [n for n in ctx.model.graph.nodes if "dead_se" in n.name]
     assert sorted({n.op for n in branch}) == ["Add", "Conv", "HardSigmoid" if kind == "v3" else "Sigmoid"]
-    _same(ctx.state["masked"], ctx.model)
+    _same(ctx.masked, ctx.model)
 
 
 def test_dw_feeding_concat_keeps_dead_channels_with_reason():
@@ -247,11 +247,11 @@ def test_fp16_model_dead_channels_are_folded_within_fp16_tolerances(kind):
     assert dead["status"] == "ran" and not dead["skipped"]
     assert dead["verification"]["passed"] and dead["verification"]["dtype"] == "float16"
     assert dead["verification"]["rtol"] == 1e-2
-    assert sum(d["removed"] for d in ctx.state["deprune-dead-channels"].values()) > 0
+    assert sum(d["removed"] for d in ctx.details_of("deprune-dead-channels").values()) > 0
     floats = [t for t in ctx.model.graph.tensors().values()
               if hasattr(t, "values") and np.issubdtype(np.asarray(t.values).dtype, np.floating)]
     assert all(np.asarray(t.values).dtype == np.float16 for t in floats)  # the SE side branch too
-    assert all(d["lowering"] == "depthwise" for d in ctx.state["deprune-rewrite"]["layers"].values())
+    assert all(d["lowering"] == "depthwise" for d in ctx.details_of("deprune-rewrite")["layers"].values())
 
 
 def test_depth_multiplier_is_left_out_with_reason():
@@ -272,7 +272,7 @@ def test_detect_mode_on_taps_pruned_elsewhere_dynamo_export():
     proto = dsc_nets.export(net, dynamo=True)
     ctx, records = _run(proto, load_recipe("deprune-zeros").build_passes())
     assert records["deprune-dead-channels"]["status"] == "ran"
-    _same(ctx.state["masked"], ctx.model)
+    _same(ctx.masked, ctx.model)
 
 
 def test_readme_deprune_recipe_parses():
@@ -297,10 +297,10 @@ def test_cpu_recipe_empties_whole_channels_and_removes_them_exactly():
     # half the budget of 0.8 * 9 taps on whole channels: floor(0.4 * M) channels per layer at least
     dead = [f["dead_channels"] for f in plan.values()]
     assert all(d >= floor for d, floor in zip(dead, [12, 25, 38]))
-    details = ctx.state["deprune-dead-channels"]
+    details = ctx.details_of("deprune-dead-channels")
     # kept counts rounded up to multiples of 8
     assert [d["removed"] for d in details.values()] == [m - -(-(m - d) // 8) * 8 for m, d in zip([32, 64, 96], dead)]
-    _same(ctx.state["masked"], ctx.model)
+    _same(ctx.masked, ctx.model)
     with pytest.raises(OptionError):
         make_pass("plan-deprune", method="bwt-hsr", channel_share=0.5)
 
@@ -320,13 +320,13 @@ def test_model_check_never_puts_removed_work_back(monkeypatch, timing):
         make_pass("plan-deprune"), make_pass("apply-plan"), make_pass("remove-filters"),
         make_pass("deprune-dead-channels"), make_pass("deprune-model-check")], disabled=())
     record = records["deprune-model-check"]
-    masked_convs = sum(n.inputs[1].values.size for n in ctx.state["masked"].graph.nodes if n.op == "Conv")
+    masked_convs = sum(n.inputs[1].values.size for n in ctx.masked.graph.nodes if n.op == "Conv")
     convs = sum(n.inputs[1].values.size for n in ctx.model.graph.nodes if n.op == "Conv")
     assert record["status"] == "unchanged" and convs < masked_convs  # kept, whatever the timing said
-    check = ctx.state["deprune-model-check"]
+    check = ctx.details_of("deprune-model-check")
     assert check["kept"] and check["removes_work"] and "no timing veto" in check["reason"]
     assert check["slowdown"] is (timing == SLOWER)
-    _same(ctx.state["masked"], ctx.model)
+    _same(ctx.masked, ctx.model)
 
 
 def test_model_check_with_the_analytic_cost_model_times_nothing(monkeypatch):
@@ -342,7 +342,7 @@ def test_model_check_with_the_analytic_cost_model_times_nothing(monkeypatch):
     ctx, records = _run(proto, [make_pass(n) for n in CANONICAL_PASSES] + [
         make_pass("plan-deprune"), make_pass("apply-plan"), make_pass("remove-filters"),
         make_pass("deprune-dead-channels"), make_pass("deprune-model-check", cost_model="analytic")], disabled=())
-    check = ctx.state["deprune-model-check"]
+    check = ctx.details_of("deprune-model-check")
     assert check["kept"] and check["removes_work"] and "evidence" not in check and "(not timed)" in check["reason"]
 
 
@@ -365,12 +365,12 @@ def test_a_conclusive_slowdown_is_fixed_by_zero_channels_on_preferred_multiples(
         make_pass("plan-deprune", pw_ratio=0.3, pw_round_to=1), make_pass("apply-plan"), make_pass("remove-filters"),
         make_pass("deprune-model-check")], disabled=())
     record = records["deprune-model-check"]
-    alignment = ctx.state["deprune-model-check"]["alignment"]
+    alignment = ctx.details_of("deprune-model-check")["alignment"]
     padded = [c for c in alignment["changes"] if "not_padded" not in c]
     assert alignment["applied"] and padded and record["status"] == "ran" and record["verification"]["passed"]
     assert all(c["padded"] % 8 == 0 or c["padded"] == c["before_pruning"] for c in padded)
     sizes = {g.id: g.size for g in build_channel_groups(ctx.model)}
     assert all(sizes[c["group"]] == c["padded"] for c in padded)
-    masked_convs = sum(n.inputs[1].values.size for n in ctx.state["masked"].graph.nodes if n.op == "Conv")
+    masked_convs = sum(n.inputs[1].values.size for n in ctx.masked.graph.nodes if n.op == "Conv")
     assert sum(n.inputs[1].values.size for n in ctx.model.graph.nodes if n.op == "Conv") <= masked_convs  # never more
-    _same(ctx.state["masked"], ctx.model)
+    _same(ctx.masked, ctx.model)

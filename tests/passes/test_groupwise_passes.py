@@ -24,12 +24,12 @@ def _compile(proto, plan_options, rewrite_options):
     ctx = PassContext(model)
     passes = [make_pass("plan-groupwise", **plan_options), make_pass("apply-plan"),
               make_pass("groupwise-rewrite", **rewrite_options)]
-    records = {r.name: r for r in PassManager(passes).run(ctx)}
+    records = {r.name: r for r in PassManager(passes).run(ctx).records}
     return ctx, records
 
 
 def _assert_same(ctx, seed=3):
-    masked, rewritten = ctx.state["masked"], ctx.model
+    masked, rewritten = ctx.masked, ctx.model
     backend = OrtBackend(threads=1)
     a, b = backend.load(masked.to_bytes()), backend.load(rewritten.to_bytes())
     rng = np.random.default_rng(seed)
@@ -88,7 +88,7 @@ def test_tap_gather_conv_variants(case):
         assert list(taps.attrs[attr]) == list(CONV_CASES[case].get(attr, [1, 1]))
     assert all(n.name.startswith("groupwise-rewrite/") for n in ctx.model.graph.nodes)
     assert "conv" not in {e.layer for e in ctx.plan.entries.values()}  # entry of the replaced weight dropped
-    assert ctx.state["applied_plans"][0].entries["W"].pattern == "group-wise"
+    assert ctx.applied_plans[0].entries["W"].pattern == "group-wise"
 
 
 def _tap_gather_convs(model):
@@ -260,7 +260,7 @@ def test_layer_that_cannot_be_rewritten_stays_dense_and_is_listed():
                        [init("Wd", randn(4, 1, 3, 3)), init("W", randn(6, 4, 3, 3))])
     model = model_from_proto(proto)
     ctx = PassContext(model)
-    records = {r.name: r for r in PassManager([make_pass("groupwise-rewrite", cost_model="analytic")]).run(ctx)}
+    records = {r.name: r for r in PassManager([make_pass("groupwise-rewrite", cost_model="analytic")]).run(ctx).records}
     result = records["groupwise-rewrite"].result
     assert records["groupwise-rewrite"].status == "unchanged" and result.rewrites == 0
     reasons = {s.layer: s.reason for s in result.skipped}
@@ -306,7 +306,7 @@ def test_plan_records_entries_and_skips_depthwise_and_edges():
              init("W2", randn(4, 8, 1, 1))]
     model = model_from_proto(make_model(nodes, [("x", [1, 3, 5, 5])], [("y", [1, 4, 5, 5])], inits))
     ctx = PassContext(model)
-    record = PassManager([make_pass("plan-groupwise", keep=0.25, alignment=4)]).run(ctx)[0]
+    record = PassManager([make_pass("plan-groupwise", keep=0.25, alignment=4)]).run(ctx).records[0]
     assert record.status == "unchanged"
     assert list(ctx.plan.entries) == ["W1"]
     entry = ctx.plan.entries["W1"]
@@ -367,7 +367,7 @@ passes:
     recipe = parse_recipe(text, "my-ratios.yaml")
     ctx = PassContext(model_from_proto(_conv_model(pads=[1, 1, 1, 1])))
     PassManager(recipe.build_passes()).run(ctx)
-    assert ctx.state["applied_plans"][0].entries["W"].details["kept_groups"] == 18
+    assert ctx.applied_plans[0].entries["W"].details["kept_groups"] == 18
     assert any(n.name.startswith("groupwise-rewrite/") for n in ctx.model.graph.nodes)
     _assert_same(ctx)
 
@@ -412,4 +412,41 @@ def test_whole_model_check_keeps_or_undoes_the_lowerings(monkeypatch, whole_mode
     else:
         assert result.rewrites == 0 and not result.modified and "Gather" not in _ops(ctx.model)
         assert [s.layer for s in result.skipped if "lowerings are undone" in s.reason] == ["(whole model)"]
+    _assert_same(ctx)
+
+
+def test_an_undo_of_the_lowerings_keeps_the_channels_folded_before_them(monkeypatch):
+    """The whole-model step times against the model after folding, and an undo puts back only the lowerings."""
+    import sparsecc.lowering.model_check as model_check
+    from sparsecc.lowering import AnalyticCost, MeasuredCost
+    from sparsecc.measure.cached import Sourced
+
+    w2 = randn(6, 8, 3, 3)
+    w2[:, [0, 3, 6]] = 0.0  # channels no one reads: folded into conv1
+    w2[:, 1, 0, :] = 0.0  # and a few taps: what tap-gather lowers
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "W2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    inits = [init("W1", randn(8, 3, 3, 3)), init("B1", randn(8)), init("W2", w2)]
+    proto = make_model(nodes, [("x", [1, 3, 10, 10])], [("y", [1, 6, 10, 10])], inits)
+    timed_against = []
+
+    def slower(before, after, *args, **kwargs):
+        timed_against.append({n.name: n.inputs[1].values.shape for n in before.graph.nodes if n.op == "Conv"})
+        return Sourced(evidence(SLOWER), "measured", "test")
+
+    def lowering_wins(self, candidates, *args, **kwargs):
+        for candidate in candidates[1:]:
+            candidate.evidence = evidence(FASTER, candidate=candidate.name)
+
+    monkeypatch.setattr(MeasuredCost, "time", lowering_wins)
+    monkeypatch.setattr(MeasuredCost, "fallback", lambda self: AnalyticCost())
+    monkeypatch.setattr(model_check, "model_evidence", slower)
+    ctx, records = _compile(proto, {"criterion": "zeros", "layers": {"names": ["conv2"]}}, {})
+    result = records["groupwise-rewrite"].result
+    assert timed_against == [{"conv1": (5, 3, 3, 3), "conv2": (6, 5, 3, 3)}]  # the folded model is the baseline
+    assert result.details["layers"]["conv2"]["lowering"] == "tap-gather"  # chosen, then undone with the model check
+    assert not result.details["model_check"]["kept"] and result.rewrites == 1  # the fold stays
+    convs = {n.name: n.inputs[1].values.shape for n in ctx.model.graph.nodes if n.op == "Conv"}
+    assert convs == {"conv1": (5, 3, 3, 3), "conv2": (6, 5, 3, 3)} and "Gather" not in _ops(ctx.model)
     _assert_same(ctx)
