@@ -411,7 +411,6 @@ class DepruneRewrite(Pass):
 
     name = "deprune-rewrite"
     exact = True
-    specializes_shapes = True
     description = "Depthwise layers -> plain depthwise / kernel crop / DR sub-GEMMs, chosen per layer by cost"
 
     def __init__(self, lowering: str = "auto", cost_model: str = "measured", width: int = 32,

@@ -17,7 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from sparsecc.errors import OptionError, OutputError, VerificationError
+from sparsecc.feeds import FeedOptions
 from sparsecc.inspect import inspect_model
 from sparsecc.log import progress
 from sparsecc.model import Model, load_model
@@ -26,8 +29,8 @@ from sparsecc.passes.canonicalize import CANONICAL_PASSES
 from sparsecc.passmanager import PassContext, PassManager, PassRecord
 from sparsecc.plan import SparsityPlan
 from sparsecc.recipe import Recipe, load_recipe
-from sparsecc.verify import (VerifyConfig, compare_models, input_specs, lowest_precision, model_float_dtype,
-                             verification_backend)
+from sparsecc.verify import (VerifyConfig, check_feeds_run, check_second_shape, compare_models, input_specs,
+                             lowest_precision, model_float_dtype, verification_backend)
 from sparsecc.verify_options import verify_config
 
 
@@ -94,7 +97,7 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
                   dump_dir: str | os.PathLike | None = None, plan: str | os.PathLike | None = None,
                   verify: VerifyConfig | Mapping[str, Any] | None = None, force: bool = False,
                   cost_model: str | None = None, timing_cache: str | os.PathLike | None = None,
-                  trace: bool = False) -> CompileResult:
+                  trace: bool = False, inputs: FeedOptions | None = None) -> CompileResult:
     """Compile a model with a recipe and write the outputs.
 
     Args:
@@ -115,6 +118,9 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
         timing_cache: The timing cache file, or "off". Defaults to ``$SPARSECC_TIMING_CACHE``, else
             ``~/.cache/sparsecc/timing-cache.json`` (see :mod:`sparsecc.lowering.timing_cache`).
         trace: Log, after each pass, why each rewrite rule did not fire on each layer. Defaults to False.
+        inputs: Data and value ranges for the inputs that verification and timing feed
+            (:class:`sparsecc.feeds.FeedOptions`); given data fixes the compile shape of its input.
+            Defaults to seeded random values (realistic ones for integer inputs by name).
 
     A failed compile leaves nothing behind: no outputs, and no folder it created.
     """
@@ -131,7 +137,7 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
     out, created = _prepare_output_dir(out_dir, model_path, force=force)
     try:
         return _compile(model_path, recipe, out, shapes, disable, dump_dir, plan, verify, passes, started,
-                        PassContextOptions(trace, cost_model, cache))
+                        PassContextOptions(trace, cost_model, cache, inputs))
     except BaseException:
         _remove_created(created)
         raise
@@ -144,12 +150,13 @@ class PassContextOptions:
     trace: bool
     cost_model: str | None
     timing_cache: Any
+    inputs: FeedOptions | None = None
 
 
 def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_dir, plan, verify: VerifyConfig,
              passes, started: float, options: PassContextOptions) -> CompileResult:
     progress(f"loading {model_path}")
-    original = load_model(model_path, shapes)
+    original = load_with_feeds(model_path, shapes, options.inputs)
     original.static_input_shapes()  # dynamic inputs without --shape fail here, before any work
     given = verify
     verify = verify.for_model(original)  # tolerances not given follow the model's float type
@@ -170,6 +177,7 @@ def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".sparsecc-staging-"))
     try:
         # tolerances not given are resolved per pass, from the graph being checked (to-fp16 changes it)
+        check_feeds_run(original, files, verify)  # a model that rejects the generated inputs says so first
         manager = PassManager(passes, disabled=tuple(disable), dump_dir=dump_dir, verify=given,
                               session_files=files)
         records = manager.run(ctx, stop=len(CANONICAL_PASSES))
@@ -183,14 +191,19 @@ def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_
         specialized = _specialize_input_shapes(original, ctx.model, records, passes)
         # streamed from the graph's arrays; the check below runs the same export, with the weights
         # in the shared temporary file (ONNX Runtime holds one copy of them, not two as from one file)
-        model_files = _write_compiled(staging, ctx)
+        model_files = _write_compiled(staging, ctx, original.fields)
         progress("verifying the compiled model")
         # a pass that lowers the precision (to-fp16) makes the compiled model's float type the one to follow
         final_config = given.for_dtype(lowest_precision([model_float_dtype(original), model_float_dtype(ctx.model)]))
         verification = _final_verification(original, ctx, files.write(ctx.model.graph), final_config, files, records)
+        verification["second_shape"] = (
+            check_second_shape(ctx.state.get("masked") or original, staging / "model.onnx", final_config, files)
+            if not specialized else {"shapes": None, "passed": None,
+                                     "note": f"input shapes fixed to the compile shapes: {specialized}"})
         report = _build_report(model_path, recipe, original, before, ctx, records, verification, started, verify,
                                inspected)
         report["specialized_input_shapes"] = specialized
+        report["model_fields"] = {name: value for name, value in original.fields.items() if name != "doc_string"}
         report["timing_cache"] = options.timing_cache.describe()
         progress(f"writing {out}")
         _write_outputs(out, staging, model_files, ctx, report)
@@ -198,6 +211,21 @@ def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_
         shutil.rmtree(staging, ignore_errors=True)
         files.close()
     return CompileResult(out, ctx.model, records, report)
+
+
+def load_with_feeds(model_path: Path, shapes, inputs: FeedOptions | None) -> Model:
+    """The input model with the feeds given for it; data given fixes the compile shape of a dynamic input."""
+    from sparsecc.feeds import check_feed_options
+    from sparsecc.model import resolve_input_shapes
+
+    model = load_model(model_path, shapes)
+    if inputs is not None:
+        declared = {t.name: (t.shape, np.dtype(t.dtype)) for t in model.graph.inputs}
+        check_feed_options(inputs, declared, model.source)
+        merged = {**{name: tuple(a.shape) for name, a in inputs.data.items()}, **(shapes or {})}
+        model.input_shapes = resolve_input_shapes(model.graph, merged, model.source)
+        model.feeds = inputs
+    return model
 
 
 def _release_references(original: Model, ctx: PassContext) -> None:
@@ -237,10 +265,11 @@ def _verify_config(recipe: Recipe, given: VerifyConfig | Mapping[str, Any] | Non
     return verify_config(options, where="verification options", base=base)
 
 
-def _write_compiled(staging: Path, ctx: PassContext) -> list[str]:
-    """model.onnx (+ model.onnx.data above protobuf's 2 GB) into the staging folder; their names."""
+def _write_compiled(staging: Path, ctx: PassContext, fields: dict) -> list[str]:
+    """model.onnx (+ model.onnx.data above protobuf's 2 GB) into the staging folder, with the input's
+    model-level fields; their names."""
     try:
-        path = write_model(ctx.model.graph, staging / "model.onnx")
+        path = write_model(ctx.model.graph, staging / "model.onnx", fields=fields)
     except OSError as exc:
         raise OutputError(f"cannot write the compiled model ({exc.strerror})", where=str(staging.parent),
                           fix="check free space and permissions") from None

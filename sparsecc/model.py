@@ -13,12 +13,16 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import onnx_graphsurgeon as gs
 
 from sparsecc.errors import ModelLoadError, OutputError, ShapeError
 from sparsecc.onnx_files import read_onnx, read_weights
+
+if TYPE_CHECKING:
+    from sparsecc.feeds import FeedOptions
 
 # onnx 1.23 writes IR 14 by default and ONNX Runtime 1.31 reads at most 13; IR 10 covers
 # opsets up to 21 and every ONNX Runtime since 1.16, so saved models are capped there.
@@ -41,19 +45,26 @@ class Model:
         source: Where the model came from (a path, or a description), for messages.
         input_shapes: Concrete shape of every graph input, used for analysis
             (MACs, shapes of weight layers) and for verification inputs.
+        fields: Model-level fields of the input file (:func:`model_fields`), written into
+            every model saved from this one.
+        feeds: The inputs verification and timing use (user data, value ranges); None for
+            the defaults of :mod:`sparsecc.feeds`.
     """
 
     graph: gs.Graph
     source: str = "<memory>"
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    fields: dict = field(default_factory=dict)
+    feeds: "FeedOptions | None" = None
 
     def copy(self) -> "Model":
-        return Model(self.graph.copy(), self.source, dict(self.input_shapes))
+        return Model(self.graph.copy(), self.source, dict(self.input_shapes), self.fields, self.feeds)
 
     def to_onnx(self) -> onnx.ModelProto:
-        """Export to an ONNX ModelProto that ONNX Runtime accepts."""
+        """Export to an ONNX ModelProto that ONNX Runtime accepts, with the input's model-level fields."""
         self.graph.cleanup().toposort()
         proto = gs.export_onnx(self.graph)
+        apply_model_fields(proto, self.fields)
         clamp_ir_version(proto)
         return proto
 
@@ -69,7 +80,7 @@ class Model:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return write_model(self.graph, path)
+        return write_model(self.graph, path, fields=self.fields)
 
     def static_input_shapes(self) -> dict[str, tuple[int, ...]]:
         """The concrete input shapes, or a ShapeError naming what is dynamic."""
@@ -85,6 +96,39 @@ class Model:
                     f"example takes {example_explanation()}",
             )
         return dict(self.input_shapes)
+
+
+# Model-level fields of the input file that its users read (class names in metadata_props, the
+# producer, the doc string); onnx-graphsurgeon keeps only the graph, so they are carried beside it.
+MODEL_SCALAR_FIELDS = ("producer_name", "producer_version", "domain", "model_version", "doc_string")
+
+
+def model_fields(proto: onnx.ModelProto) -> dict:
+    """The model-level fields of ``proto`` to carry into every model written from it."""
+    fields = {name: getattr(proto, name) for name in MODEL_SCALAR_FIELDS if getattr(proto, name)}
+    if proto.metadata_props:
+        fields["metadata_props"] = [(p.key, p.value) for p in proto.metadata_props]
+    other = [(o.domain, o.version) for o in proto.opset_import if o.domain not in DEFAULT_DOMAINS]
+    if other:
+        fields["opset_imports"] = other
+    return fields
+
+
+def apply_model_fields(proto: onnx.ModelProto, fields: dict | None) -> None:
+    """Write the fields :func:`model_fields` read back into ``proto`` (opset imports of other domains
+    are added where the graph no longer declares them)."""
+    for name in MODEL_SCALAR_FIELDS:
+        if name in (fields or {}):
+            setattr(proto, name, fields[name])
+    if (fields or {}).get("metadata_props"):
+        del proto.metadata_props[:]
+        for key, value in fields["metadata_props"]:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+    declared = {o.domain for o in proto.opset_import}
+    for domain, version in (fields or {}).get("opset_imports", []):
+        if domain not in declared:
+            proto.opset_import.append(onnx.helper.make_opsetid(domain, version))
 
 
 def format_shape(shape) -> str:
@@ -212,7 +256,7 @@ def load_model(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | Non
     model = model_from_proto(proto, source=where, shapes=shapes, file=path)
     del proto  # the graph's constants still refer to it until their arrays are read
     try:
-        read_weights(model.graph, path.parent)
+        read_weights(model.graph, path.resolve().parent)  # never relative to the current folder
     except (OSError, ValueError) as exc:
         fix = ("re-export the model: a weight's data does not match its shape" if isinstance(exc, ValueError)
                else "keep the .data file(s) the model names next to the .onnx file")
@@ -253,7 +297,7 @@ def model_from_proto(proto: onnx.ModelProto, source: str = "<memory>",
     except Exception as exc:
         raise ModelLoadError(f"the graph cannot be imported ({type(exc).__name__}: {exc})", where=source,
                              fix="re-export the model with a current exporter") from None
-    model = Model(graph, source)
+    model = Model(graph, source, fields=model_fields(proto))
     model.input_shapes = resolve_input_shapes(graph, shapes or {}, source)
     return model
 

@@ -69,15 +69,16 @@ def _as_numpy(dtype) -> np.dtype | None:
             return None
 
 
-def export_skeleton(graph: gs.Graph, threshold: int = INLINE_THRESHOLD
+def export_skeleton(graph: gs.Graph, threshold: int = INLINE_THRESHOLD, fields: dict | None = None
                     ) -> tuple[onnx.ModelProto, list[tuple[onnx.TensorProto, np.ndarray]]]:
     """Export the graph with its initializers above ``threshold`` bytes left empty.
 
     Returns the proto and, for each emptied initializer, its TensorProto (name, dims and
     dtype set, no data) with the array that holds its values. Nothing is copied: the arrays
-    are the graph's own.
+    are the graph's own. ``fields`` (:func:`sparsecc.model.model_fields`) are the model-level
+    fields to write. Defaults to none.
     """
-    from sparsecc.model import clamp_ir_version
+    from sparsecc.model import apply_model_fields, clamp_ir_version
 
     graph.cleanup().toposort()
     large = {name: t for name, t in graph.tensors().items()
@@ -92,6 +93,7 @@ def export_skeleton(graph: gs.Graph, threshold: int = INLINE_THRESHOLD
     finally:
         for name, tensor in large.items():
             tensor._values = arrays[name]
+    apply_model_fields(proto, fields)
     clamp_ir_version(proto)
     emptied = []
     for init in proto.graph.initializer:
@@ -105,7 +107,8 @@ def export_skeleton(graph: gs.Graph, threshold: int = INLINE_THRESHOLD
     return proto, emptied
 
 
-def write_model(graph: gs.Graph, path: str | os.PathLike, external: bool | None = None) -> Path:
+def write_model(graph: gs.Graph, path: str | os.PathLike, external: bool | None = None,
+                fields: dict | None = None) -> Path:
     """Write the graph to ``path``, streaming the weights (no serialised copy of them).
 
     Args:
@@ -113,8 +116,10 @@ def write_model(graph: gs.Graph, path: str | os.PathLike, external: bool | None 
         path: The .onnx file; with external data, ``<name>.data`` is written beside it.
         external: Weights in ``<name>.data``; None decides by size (external above ~2 GB,
             which protobuf cannot hold). Defaults to None.
+        fields: Model-level fields to write (metadata_props, producer, doc string ...; see
+            :func:`sparsecc.model.model_fields`). Defaults to none.
     """
-    proto, emptied = export_skeleton(graph)
+    proto, emptied = export_skeleton(graph, fields=fields)
     return write_skeleton(proto, emptied, path, external)
 
 
@@ -220,7 +225,7 @@ def read_weights(graph: gs.Graph, base_dir: str | os.PathLike | None) -> None:
     """
     from onnx.external_data_helper import uses_external_data
 
-    for tensor in graph.tensors().values():
+    for tensor in all_tensors(graph):
         if not isinstance(tensor, gs.Constant) or not isinstance(tensor._values, gs.ir.tensor.LazyValues):
             continue
         if isinstance(tensor._values, gs.ir.tensor.SparseValues):
@@ -231,6 +236,24 @@ def read_weights(graph: gs.Graph, base_dir: str | os.PathLike | None) -> None:
             tensor.data_location = None  # the values are in memory now; where they are written is decided then
         elif _as_numpy(proto.data_type) is not None:
             tensor._values = onnx.numpy_helper.to_array(proto)
+
+
+def subgraphs(graph: gs.Graph):
+    """The bodies of the graph's control-flow nodes (If branches, Loop and Scan bodies), nested ones too."""
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for body in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(body, gs.Graph):
+                    yield body
+                    yield from subgraphs(body)
+
+
+def all_tensors(graph: gs.Graph) -> list[gs.Tensor]:
+    """The tensors of the graph and of every subgraph in it (weights used only inside If/Loop/Scan)."""
+    tensors = list(graph.tensors().values())
+    for body in subgraphs(graph):
+        tensors.extend(body.tensors().values())
+    return tensors
 
 
 def _read_external(proto: onnx.TensorProto, base_dir: Path) -> np.ndarray:

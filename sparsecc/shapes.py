@@ -68,6 +68,27 @@ def infer_shapes(model: Model, wanted: set[str] | None = None) -> dict[str, tupl
     return shapes
 
 
+def symbolic_shapes(model: Model) -> dict[str, list]:
+    """Shape of every tensor ONNX shape inference can follow at the model's *declared* input shapes.
+
+    Dimensions the inputs leave symbolic stay symbolic (a name, or None where inference has none), so
+    the shapes can be written back into the graph without fixing the model to one input size.
+    """
+    proto, _ = export_skeleton(model.graph)
+    try:
+        inferred = shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:  # best effort: tensors it cannot follow keep no shape (ONNX Runtime infers them)
+        return {}
+    shapes = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
+        tensor_type = value.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            continue
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                              else (d.dim_param or None) for d in tensor_type.shape.dim]
+    return shapes
+
+
 def _shape_backend(proto: onnx.ModelProto):
     """ONNX Runtime; for a graph with sparsecc plugin nodes, a backend that runs them by their references."""
     from sparsecc.backends.ort import OrtBackend

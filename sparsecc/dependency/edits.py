@@ -7,7 +7,7 @@ import onnx_graphsurgeon as gs
 
 from sparsecc.dependency.walk import node_key
 from sparsecc.dependency.types import ChannelGroup
-from sparsecc.errors import PlanError, ShapeError
+from sparsecc.errors import PlanError
 from sparsecc.model import Model
 
 
@@ -169,18 +169,20 @@ def _decrease_count(graph: gs.Graph, node: gs.Node, kind: str, name: str, remove
 
 
 def _refresh_shapes(model: Model) -> None:
-    """Drop the now stale intermediate shapes and infer them again (ORT trips on stale value_info)."""
-    from sparsecc.shapes import infer_shapes
+    """Drop the now stale intermediate shapes and infer them again (ORT trips on stale value_info).
+
+    They are inferred at the model's declared input shapes, so symbolic dimensions (batch, image size)
+    stay symbolic: ONNX Runtime folds shapes it reads from value_info, and a fixed batch there would
+    break the model at any other batch.
+    """
+    from sparsecc.shapes import symbolic_shapes
 
     graph = model.graph
     keep = {id(t) for t in list(graph.inputs) + list(graph.outputs)}
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and id(tensor) not in keep:
             tensor.shape = None
-    try:
-        shapes = infer_shapes(model)
-    except ShapeError:
-        return
+    shapes = symbolic_shapes(model)
     for name, tensor in graph.tensors().items():
         # gs exports a value_info only with a dtype; shapes of dtype-less tensors stay for ORT to infer
         if isinstance(tensor, gs.Variable) and name in shapes and id(tensor) not in keep and tensor.dtype:
