@@ -3,7 +3,7 @@
 A weight layer is a Conv, a Gemm, or a MatMul one of whose inputs is a
 constant 2-D weight. Layers are classified the way the pruning passes need:
 
-- ``conv``: standard convolution (group 1, kernel larger than 1x1)
+- ``conv``: standard convolution (group 1, kernel larger than 1x1), of 1, 2 or 3 spatial dims
 - ``pointwise``: 1x1 convolution, group 1
 - ``depthwise``: group == C_in == C_out
 - ``grouped``: any other group > 1
@@ -51,6 +51,11 @@ class WeightLayer:
     input_shape: tuple[int, ...] | None = None
     output_shape: tuple[int, ...] | None = None
     shared_with: list[str] = field(default_factory=list)
+
+    @property
+    def spatial_rank(self) -> int:
+        """Spatial dimensions of a Conv's kernel (1 for Conv1d, 2 for Conv2d, 3 for Conv3d); 0 for a GEMM."""
+        return len(self.weight_shape) - 2 if self.op == "Conv" else 0
 
     @property
     def params(self) -> int:
@@ -160,9 +165,9 @@ def _classify(node: gs.Node, label: str, unsupported: list[Unsupported]) -> Weig
                                                            f"it comes from {_weight_source(weight)}"))
             return None
         values = weight.values
-        if values.ndim != 4:
-            unsupported.append(Unsupported(label, node.op, f"{values.ndim - 2}-D convolution; only 2-D "
-                                                           "convolutions are weight layers for now"))
+        if values.ndim not in (3, 4, 5):
+            unsupported.append(Unsupported(label, node.op, f"{values.ndim - 2}-D convolution; 1-D, 2-D and 3-D "
+                                                           "convolutions are weight layers"))
             return None
         bias = node.inputs[2].name if len(node.inputs) > 2 and not node.inputs[2].is_empty() else None
         return WeightLayer(label, "Conv", classify_conv(node, values), weight.name, tuple(values.shape),

@@ -297,8 +297,9 @@ def verification_session(source: bytes | str, initializers: list | None = None):
     """
     import onnxruntime as ort
 
-    from sparsecc.backends.ort import add_initializers
+    from sparsecc.backends.ort import add_initializers, quiet_onnxruntime
 
+    quiet_onnxruntime()
     options = ort.SessionOptions()
     values = add_initializers(options, initializers)
     options.log_severity_level = 3
@@ -378,6 +379,9 @@ def optimized_outputs(path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarra
     (they fold shapes the model declares in value_info: a fixed size there breaks other sizes)."""
     import onnxruntime as ort
 
+    from sparsecc.backends.ort import quiet_onnxruntime
+
+    quiet_onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

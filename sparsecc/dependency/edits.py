@@ -101,6 +101,12 @@ def reindex_groups(model: Model, edits: list[tuple[ChannelGroup, np.ndarray]]) -
                 renumber.setdefault(use.tensor, []).append(block)
                 continue
             maps.setdefault((use.tensor, use.axis), []).append(block)
+    stale = sorted({name for name, _ in maps} - set(constants)) + sorted(set(renumber) - set(constants))
+    if stale:
+        # an edit between the analysis and this call replaced these tensors: editing the rest would
+        # leave the model inconsistent
+        raise RuntimeError(f"the channel groups name tensors no longer in the graph ({stale[:3]}): build the "
+                           "groups again after the last edit of the graph")
     for (name, axis), blocks in maps.items():
         tensor = constants[name]
         order = _new_order(blocks, tensor.values.shape[axis])
