@@ -127,6 +127,9 @@ class FoldConstants(Pass):
                    "become initializers; Q/DQ nodes are kept")
 
     def run(self, ctx: PassContext) -> PassResult:
+        from sparsecc.backends.ort import quiet_onnxruntime
+
+        quiet_onnxruntime()  # onnx-graphsurgeon folds with ONNX Runtime sessions of its own
         graph = ctx.model.graph
         before = len(graph.nodes)
         outputs = {id(t) for t in graph.outputs}

@@ -25,6 +25,18 @@ import onnx_graphsurgeon as gs
 from sparsecc.model import Model
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+# Layers with weights whose units are coupled over time or heads: listed, never pruned.
+SEQUENCE_WEIGHT_OPS = {
+    "LSTM": "recurrent layer: every hidden unit feeds every gate at the next time step, so removing or "
+            "skipping weights needs the recurrence rewritten; left as it is",
+    "GRU": "recurrent layer: every hidden unit feeds every gate at the next time step, so removing or "
+           "skipping weights needs the recurrence rewritten; left as it is",
+    "RNN": "recurrent layer: every hidden unit feeds itself at the next time step; left as it is",
+    "Attention": "fused attention: its heads and projections are one op; left as it is",
+    "MultiHeadAttention": "fused attention: its heads and projections are one op; left as it is",
+}
+# Control-flow ops whose bodies (subgraphs) may hold weight layers.
+CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
 # Layers of quantized graphs (QOperator and integer formats): listed, never pruned.
 QUANTIZED_WEIGHT_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm",
                         "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
@@ -128,6 +140,12 @@ def find_weight_layers(model: Model, shapes: dict[str, tuple[int, ...]] | None =
     layers: list[WeightLayer] = []
     unsupported: list[Unsupported] = []
     for node in model.graph.nodes:
+        if node.op in SEQUENCE_WEIGHT_OPS and any(isinstance(t, gs.Constant) for t in node.inputs[1:3]):
+            unsupported.append(Unsupported(_node_label(node), node.op, SEQUENCE_WEIGHT_OPS[node.op]))
+            continue
+        if node.op in CONTROL_FLOW_OPS:
+            unsupported.extend(_layers_in_bodies(node))
+            continue
         if node.op in QUANTIZED_WEIGHT_OPS:
             unsupported.append(Unsupported(_node_label(node), node.op, "quantized layer (integer weights): "
                                            "sparsecc prunes float weights only; left as it is"))
@@ -143,6 +161,26 @@ def find_weight_layers(model: Model, shapes: dict[str, tuple[int, ...]] | None =
         layers.append(layer)
     _mark_shared(layers)
     return layers, unsupported
+
+
+def _layers_in_bodies(node: gs.Node, where: str = "") -> list[Unsupported]:
+    """Weight layers inside the bodies of a control-flow node, each listed with why it is left alone."""
+    found = []
+    for attr, value in node.attrs.items():
+        for body in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(body, gs.Graph):
+                continue
+            place = f"{where}{attr} of {node.op} '{_node_label(node)}'"
+            for inner in body.nodes:
+                if inner.op in CONTROL_FLOW_OPS:
+                    found.extend(_layers_in_bodies(inner, f"{place} > "))
+                elif inner.op in WEIGHT_OPS + tuple(SEQUENCE_WEIGHT_OPS) and \
+                        any(isinstance(t, gs.Constant) and t.values.ndim >= 2 for t in inner.inputs):
+                    found.append(Unsupported(_node_label(inner), inner.op,
+                                             f"inside the {place}: which branch or how many iterations run is "
+                                             "decided at run time, so layers in control-flow bodies are left "
+                                             "as they are"))
+    return found
 
 
 def _static(shape):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparsecc.commands._common import add_shape_option, print_json
+from sparsecc.commands._common import add_input_options, add_shape_option, feed_options, print_json
 
 
 def register(subparsers) -> None:
@@ -15,6 +15,7 @@ def register(subparsers) -> None:
     parser.add_argument("--runs", type=int, default=20, help="timed rounds. Default: 20")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first. Default: 5")
     add_shape_option(parser)
+    add_input_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=run)
 
@@ -32,7 +33,7 @@ def run(args) -> int:
     if args.runs < 1 or args.warmup < 0 or args.threads < 1:
         raise OptionError("--runs and --threads must be at least 1 and --warmup at least 0")
     result = bench_models(args.models, args.backend, args.threads, parse_shape_overrides(args.shape),
-                          args.runs, args.warmup, progress=progress)
+                          args.runs, args.warmup, progress=progress, inputs=feed_options(args))
     if args.json:
         print_json(result)
     else:
