@@ -137,13 +137,29 @@ class FoldConstants(Pass):
         def keep(node: gs.Node) -> bool:
             return node.op in _NEVER_FOLDED or any(id(t) in outputs for t in node.outputs)
 
-        graph.fold_constants(fold_shapes=True, error_ok=True, size_threshold=_FOLD_SIZE_LIMIT,
-                             should_exclude_node=keep).cleanup()
+        def fold(target: gs.Graph, flatten: bool) -> gs.Graph:
+            return target.fold_constants(fold_shapes=True, error_ok=True, size_threshold=_FOLD_SIZE_LIMIT,
+                                         should_exclude_node=keep, flatten_subgraphs=flatten).cleanup()
+
+        if any(n.op == "If" for n in graph.nodes):
+            # onnx-graphsurgeon inlines an If whose condition is constant, but loses the outputs of a
+            # branch with several (silero-vad's decoder): inlined only when every input is still produced
+            flattened = fold(graph.copy(), True)
+            graph = ctx.model.graph = flattened if not _dangling_inputs(flattened) else fold(graph, False)
+        else:
+            fold(graph, True)
         folded = before - len(graph.nodes)
         kept = [Skipped(n.name or n.outputs[0].name, "quantization node: kept so the weights stay quantized")
                 for n in graph.nodes if n.op in _NEVER_FOLDED
                 and all(isinstance(t, gs.Constant) or t.is_empty() for t in n.inputs)]
         return PassResult(folded > 0, folded, kept, [f"{folded} node(s) of constant subgraphs folded"])
+
+
+def _dangling_inputs(graph: gs.Graph) -> list[str]:
+    """Names of node inputs that nothing produces (no node, graph input or constant)."""
+    produced = {id(t) for n in graph.nodes for t in n.outputs} | {id(t) for t in graph.inputs}
+    return [t.name for n in graph.nodes for t in n.inputs
+            if isinstance(t, gs.Variable) and not t.is_empty() and id(t) not in produced]
 
 
 # A constant with at most this many elements along its one long axis is a per-channel parameter
