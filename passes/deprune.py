@@ -195,11 +195,15 @@ def _step_constants(model: Model, nodes: dict[str, gs.Node], step, values: np.nd
     graph = gs.Graph(opset=model.opset())
     x = gs.Variable("x", dtype=dtype, shape=[1, values.size, 1, 1])
     y = gs.Variable("y", dtype=dtype)
-    if step.kind == "swish":
-        gate = nodes[step.nodes[0]]
-        g_out = gs.Variable("g", dtype=dtype)
-        graph.nodes = [gs.Node(gate.op, attrs=dict(gate.attrs), inputs=[x], outputs=[g_out]),
-                       gs.Node("Mul", inputs=[x, g_out], outputs=[y])]
+    if step.kind == "swish":  # x * f(x), f a chain of per-element ops (Sigmoid; Add 3 -> Clip -> Div 6 ...)
+        current, chain = x, []
+        for index, name in enumerate(step.nodes[:-1]):
+            node = nodes[name]
+            out = gs.Variable(f"g{index}", dtype=dtype)
+            chain.append(gs.Node(node.op, attrs=dict(node.attrs), outputs=[out], inputs=[
+                current if not isinstance(t, gs.Constant) and not t.is_empty() else t for t in node.inputs]))
+            current = out
+        graph.nodes = chain + [gs.Node("Mul", inputs=[x, current], outputs=[y])]
     else:
         node = nodes[step.nodes[0]]
         inputs = [x if (t.name == source or (not isinstance(t, gs.Constant) and not t.is_empty())) else t

@@ -251,3 +251,42 @@ def test_bench_counts_constant_node_weights(cli, tmp_path):
     done = cli("bench", tmp_path / "constants.onnx", "--runs", "2", "--warmup", "1", "--json")
     assert done.returncode == 0, done.stderr
     assert '"macs": ' + str(8 * 14 * 14 * 27 + 4 * 14 * 14 * 8) in done.stdout.replace("\n", "")
+
+
+class WrittenOutHardSwish(nn.Module):
+    def forward(self, x):
+        return x * torch.clamp(x + 3, 0, 6) / 6
+
+
+class MobileBlocks(nn.Module):
+    """PW1 -> DW -> activation -> PW2 blocks whose activations are written out as Mul/Add/Clip (PaddlePaddle
+    and older exporters) or as x * Sigmoid(x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, 2, 1)
+        self.blocks = nn.Sequential(*[nn.Sequential(
+            nn.Conv2d(16, 64, 1), WrittenOutHardSwish(), nn.Conv2d(64, 64, 3, 1, 1, groups=64),
+            WrittenOutHardSwish() if i % 2 == 0 else nn.SiLU(), nn.Conv2d(64, 16, 1)) for i in range(2)])
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_deprune_blocks_are_found_through_written_out_activations(tmp_path, exporter):
+    from sparsecc.dsc import find_dsc_blocks
+    from sparsecc.passes.canonicalize import canonicalize
+
+    torch.manual_seed(0)
+    path = export(MobileBlocks().eval(), tmp_path / "m.onnx", (torch.randn(1, 3, 32, 32),), exporter == "dynamo")
+    model = load_model(path)
+    canonicalize(model)
+    blocks, _ = find_dsc_blocks(model)
+    assert len(blocks) == 2 and all(b.pw2 is not None and b.stop is None for b in blocks), \
+        [b.describe() for b in blocks]
+    assert all(b.path[0].kind == "swish" for b in blocks)
+    report = compile_model(path, "deprune-bh", tmp_path / "out", cost_model="analytic", timing_cache="off").report
+    assert report["verification"]["exact"]["passed"]
+    assert not [s for s in report["skipped"] if "consumers" in s["reason"] and "not a block" in s["reason"]]
