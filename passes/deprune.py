@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from sparsecc.dependency import build_channel_groups, reindex_groups
+from sparsecc.dependency import build_channel_groups, regroup, reindex_groups
 from sparsecc.dsc import DscBlock, find_dsc_blocks
 from sparsecc.errors import OptionError, ShapeError, UnsupportedModelError
 from sparsecc.layers import WeightLayer, analyse_layers, find_weight_layers
@@ -108,7 +108,8 @@ class PlanDeprune(Pass):
     def run(self, ctx: PassContext) -> PassResult:
         model = ctx.model
         layers, _ = analyse_layers(model)
-        if not any(layer.kind == "depthwise" for layer in layers):
+        if not any(layer.kind == "depthwise" or (layer.kind == "grouped" and layer.weight_shape[1] == 1)
+                   for layer in layers):  # depth multipliers above 1 are listed with their reason below
             kinds = sorted({layer.kind for layer in layers})
             raise UnsupportedModelError(
                 f"the model has no depthwise convolution (its weight layers are {', '.join(kinds) or 'none'}): "
@@ -307,7 +308,7 @@ class DeadChannels(Pass):
             apply()
         # the folds replaced and added biases: the groups found before them name tensors that are gone
         # (or miss a new bias), so the channels are edited through groups found again, after the last edit
-        edits = _regroup(model, edits)
+        edits = regroup(model, edits)
         edited = {u.tensor for g, _ in edits for u in g.producers + g.consumers}
         reindex_groups(model, edits)
         model.graph.cleanup().toposort()
@@ -380,16 +381,6 @@ class DeadChannels(Pass):
             pw2.outputs[0] = main
             em.node("Add", [main, extra], [out], "add")
         return None, group, fold
-
-
-def _regroup(model: Model, edits: list) -> list:
-    """The same edits on channel groups found again now: each group is found by the node whose weight
-    makes its channels (folding does not change which channels a layer has, only their biases)."""
-    def producer(group) -> str:
-        return next(u.node for u in group.producers if u.kind == "weight")
-
-    fresh = {producer(g): g for g in build_channel_groups(model) if any(u.kind == "weight" for u in g.producers)}
-    return [(fresh[producer(group)], indices) for group, indices in edits]
 
 
 def _add_bias(graph: gs.Graph, conv: gs.Node, shift: np.ndarray, name: str) -> None:

@@ -37,3 +37,20 @@ def mark_provenance(node: gs.Node, pass_name: str) -> gs.Node:
 def is_graph_output(graph: gs.Graph, tensor) -> bool:
     return any(t is tensor for t in graph.outputs)
 
+
+def subgraphs(graph: gs.Graph):
+    """The bodies of the graph's control-flow nodes (If branches, Loop and Scan bodies), nested ones too."""
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for body in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(body, gs.Graph):
+                    yield body
+                    yield from subgraphs(body)
+
+
+def all_tensors(graph: gs.Graph) -> list[gs.Tensor]:
+    """The tensors of the graph and of every subgraph in it (weights used only inside If/Loop/Scan)."""
+    tensors = list(graph.tensors().values())
+    for body in subgraphs(graph):
+        tensors.extend(body.tensors().values())
+    return tensors

@@ -225,6 +225,8 @@ def read_weights(graph: gs.Graph, base_dir: str | os.PathLike | None) -> None:
     """
     from onnx.external_data_helper import uses_external_data
 
+    from sparsecc.graphutil import all_tensors
+
     for tensor in all_tensors(graph):
         if not isinstance(tensor, gs.Constant) or not isinstance(tensor._values, gs.ir.tensor.LazyValues):
             continue
@@ -236,24 +238,6 @@ def read_weights(graph: gs.Graph, base_dir: str | os.PathLike | None) -> None:
             tensor.data_location = None  # the values are in memory now; where they are written is decided then
         elif _as_numpy(proto.data_type) is not None:
             tensor._values = onnx.numpy_helper.to_array(proto)
-
-
-def subgraphs(graph: gs.Graph):
-    """The bodies of the graph's control-flow nodes (If branches, Loop and Scan bodies), nested ones too."""
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            for body in value if isinstance(value, (list, tuple)) else [value]:
-                if isinstance(body, gs.Graph):
-                    yield body
-                    yield from subgraphs(body)
-
-
-def all_tensors(graph: gs.Graph) -> list[gs.Tensor]:
-    """The tensors of the graph and of every subgraph in it (weights used only inside If/Loop/Scan)."""
-    tensors = list(graph.tensors().values())
-    for body in subgraphs(graph):
-        tensors.extend(body.tensors().values())
-    return tensors
 
 
 def _read_external(proto: onnx.TensorProto, base_dir: Path) -> np.ndarray:

@@ -413,8 +413,9 @@ def check_second_shape(reference: Model, compiled, config: VerifyConfig, files: 
     try:
         expected = optimized_outputs(files.write(reference.graph), feeds)
     except Exception as exc:  # the input model rejects these sizes: nothing for the compiled one to keep
-        return {"shapes": shown, "passed": None,
-                "note": f"not checked: the input model does not run at these shapes ({' '.join(str(exc).split())[:200]})"}
+        reason = " ".join(str(exc).split())[:200]
+        return {"shapes": shown, "passed": None, "note": f"not checked: the input model does not run at these "
+                                                         f"shapes ({reason})"}
     try:
         got = optimized_outputs(compiled, feeds)
     except Exception as exc:

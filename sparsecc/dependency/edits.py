@@ -125,6 +125,19 @@ def reindex_groups(model: Model, edits: list[tuple[ChannelGroup, np.ndarray]]) -
     _refresh_shapes(model)
 
 
+def regroup(model: Model, edits: list[tuple[ChannelGroup, np.ndarray]]) -> list[tuple[ChannelGroup, np.ndarray]]:
+    """The same edits on channel groups found again now, after edits of the graph that replaced or added
+    constants the groups name (a bias folded into a layer): each group is found again by the node whose
+    weight makes its channels. Only for edits that keep every layer's channel count."""
+    from sparsecc.dependency.analysis import build_channel_groups
+
+    def producer(group: ChannelGroup) -> str | None:
+        return next((u.node for u in group.producers if u.kind == "weight"), None)
+
+    fresh = {producer(g): g for g in build_channel_groups(model) if producer(g) is not None}
+    return [(fresh[producer(group)], indices) for group, indices in edits]
+
+
 def _new_order(blocks: list[tuple[int, int, np.ndarray]], size: int) -> np.ndarray:
     """Old positions along an axis in their new order: each block [offset, offset + length) becomes
     its ``positions``; everything outside the blocks stays."""
