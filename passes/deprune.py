@@ -188,8 +188,7 @@ class PlanDeprune(Pass):
 # deprune-dead-channels
 # ----------------------------------------------------------------------------------------------
 
-def _step_constants(model: Model, nodes: dict[str, gs.Node], step, values: np.ndarray, source: str,
-                    dtype) -> np.ndarray:
+def _step_constants(model: Model, nodes: dict[str, gs.Node], step, values: np.ndarray, dtype) -> np.ndarray:
     """A per-element step evaluated by ONNX Runtime on a [1, M, 1, 1] tensor (the graph's own ops)."""
     from sparsecc.backends.ort import OrtBackend
 
@@ -207,8 +206,8 @@ def _step_constants(model: Model, nodes: dict[str, gs.Node], step, values: np.nd
         graph.nodes = chain + [gs.Node("Mul", inputs=[x, current], outputs=[y])]
     else:
         node = nodes[step.nodes[0]]
-        inputs = [x if (t.name == source or (not isinstance(t, gs.Constant) and not t.is_empty())) else t
-                  for t in node.inputs]
+        # the one variable input is the activation, wherever it stands (PaddlePaddle writes scale * x)
+        inputs = [x if not isinstance(t, gs.Constant) and not t.is_empty() else t for t in node.inputs]
         graph.nodes = [gs.Node(node.op, attrs=dict(node.attrs), inputs=inputs, outputs=[y])]
     graph.inputs, graph.outputs = [x], [y]
     session = OrtBackend(threads=1).load(Model(graph, "dead-channel constant").to_bytes())
@@ -231,14 +230,13 @@ def _path_constants(model: Model, block: DscBlock, values: np.ndarray, dtype) ->
     constant times an input-dependent gate (see :class:`DeadChannels`).
     """
     nodes = {n.name: n for n in model.graph.nodes}
-    current, source = values, None
+    current = values
     for index, step in enumerate(block.path):
         if step.kind == "se":
             if index != len(block.path) - 1:
                 return "ops between the squeeze-excitation and PW2"
             return _Reach(current, step)
-        current = _step_constants(model, nodes, step, current, source or nodes[step.nodes[0]].inputs[0].name, dtype)
-        source = step.output
+        current = _step_constants(model, nodes, step, current, dtype)
     return _Reach(current)
 
 

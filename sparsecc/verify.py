@@ -355,9 +355,11 @@ def check_feeds_run(model: Model, files: SessionFiles, config: VerifyConfig) -> 
     """
     from sparsecc.errors import InputError
     from sparsecc.feeds import describe_feeds
+    from sparsecc.log import quiet_polygraphy
 
     if verification_backend(model) != "onnxruntime":
         return
+    quiet_polygraphy()
     specs = input_specs(model)
     feeds = random_feeds(specs, config.seed, config.iterations)
     try:

@@ -290,3 +290,31 @@ def test_deprune_blocks_are_found_through_written_out_activations(tmp_path, expo
     report = compile_model(path, "deprune-bh", tmp_path / "out", cost_model="analytic", timing_cache="off").report
     assert report["verification"]["exact"]["passed"]
     assert not [s for s in report["skipped"] if "consumers" in s["reason"] and "not a block" in s["reason"]]
+
+
+class ScaleFirst(nn.Module):
+    """A scale written before the activation (``s * x``, as PaddlePaddle exports its BatchNorm/scale ops)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale, self.shift = nn.Parameter(torch.tensor([0.7])), nn.Parameter(torch.tensor([0.3]))
+
+    def forward(self, x):
+        return torch.relu(self.scale * x + self.shift)
+
+
+def test_dead_depthwise_channels_fold_through_a_scale_written_first(tmp_path):
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 64, 1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1, groups=64), ScaleFirst(),
+                           nn.Conv2d(64, 32, 1), nn.ReLU(), nn.Conv2d(32, 64, 1), nn.ReLU(),
+                           nn.Conv2d(64, 64, 3, padding=1, groups=64), ScaleFirst(), nn.Conv2d(64, 16, 1)).eval()
+    with torch.no_grad():
+        for index in (2, 8):
+            module[index].weight[::3] = 0  # depthwise channels with no tap left: constant = their bias
+            module[index].bias.uniform_(0.5, 1.0)
+    path = export(module, tmp_path / "m.onnx", (torch.randn(1, 3, 16, 16),), False)
+    report = compile_model(path, "deprune-zeros", tmp_path / "out", cost_model="analytic",
+                           timing_cache="off").report
+    dead = next(p for p in report["passes"] if p["name"] == "deprune-dead-channels")
+    assert dead["status"] == "ran", dead
+    assert report["verification"]["exact"]["passed"]

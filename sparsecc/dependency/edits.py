@@ -131,11 +131,17 @@ def regroup(model: Model, edits: list[tuple[ChannelGroup, np.ndarray]]) -> list[
     weight makes its channels. Only for edits that keep every layer's channel count."""
     from sparsecc.dependency.analysis import build_channel_groups
 
-    def producer(group: ChannelGroup) -> str | None:
-        return next((u.node for u in group.producers if u.kind == "weight"), None)
+    def makers(group: ChannelGroup) -> set[str]:
+        return {u.node for u in group.producers if u.kind == "weight"}
 
-    fresh = {producer(g): g for g in build_channel_groups(model) if producer(g) is not None}
-    return [(fresh[producer(group)], indices) for group, indices in edits]
+    fresh = build_channel_groups(model)
+    found = []
+    for group, indices in edits:
+        again = next((g for g in fresh if makers(g) & makers(group) and g.size == group.size), None)
+        if again is None:
+            raise RuntimeError(f"channel group '{group.id}' is not found again after the edits of the graph")
+        found.append((again, indices))
+    return found
 
 
 def _new_order(blocks: list[tuple[int, int, np.ndarray]], size: int) -> np.ndarray:
