@@ -318,3 +318,16 @@ def test_dead_depthwise_channels_fold_through_a_scale_written_first(tmp_path):
     dead = next(p for p in report["passes"] if p["name"] == "deprune-dead-channels")
     assert dead["status"] == "ran", dead
     assert report["verification"]["exact"]["passed"]
+
+
+def test_conv3d_layers_are_counted_and_filter_pruned(tmp_path):
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 16, 3, padding=1), nn.ReLU(),
+                           nn.Conv3d(16, 4, 1)).eval()
+    path = export(module, tmp_path / "video.onnx", (torch.randn(1, 1, 4, 8, 8),), False)
+    report = inspect_model(load_model(path))
+    assert [len(row["weight_shape"]) for row in report["layers"]] == [5, 5, 5]
+    assert report["layers"][1]["macs"] == 16 * 4 * 8 * 8 * 8 * 27
+    compiled = compile_model(path, "filter-l2", tmp_path / "out", timing_cache="off").report
+    assert compiled["summary"]["macs_after"] < compiled["summary"]["macs_before"]
+    assert compiled["verification"]["exact"]["passed"]
