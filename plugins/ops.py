@@ -29,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from sparsecc.errors import UnsupportedModelError
+from sparsecc.errors import BackendUnavailableError, UnsupportedModelError
 from sparsecc.plugins.references import DOMAIN, OpSignature
 
 __all__ = ["NAMESPACE", "DW_GROUP", "GROUPWISE_CONV", "GROUPWISE_LINEAR", "DEPTHWISE_SUBGEMM", "PLUGIN_OPS",
-           "SIGNATURES", "PARSER_ATTRS", "op_attributes", "PluginAttributeError", "ConvGeometry", "as_int", "as_ints", "conv_geometry",
-           "plugin_node_attributes", "check_plugin_node", "find_plugin_nodes"]
+           "SIGNATURES", "PARSER_ATTRS", "op_attributes", "PluginAttributeError", "PluginRegistrationError",
+           "ConvGeometry", "as_int", "as_ints", "conv_geometry", "plugin_node_attributes", "check_plugin_node",
+           "find_plugin_nodes"]
 
 NAMESPACE = DOMAIN          # the QDP namespace and the ONNX domain: "sparsecc"
 DW_GROUP = 32               # DEPrune's sub-GEMM height (one GPU tile)
@@ -67,6 +68,10 @@ INDEX_INPUTS = {GROUPWISE_CONV: 2, GROUPWISE_LINEAR: 1, DEPTHWISE_SUBGEMM: 2}
 
 class PluginAttributeError(UnsupportedModelError):
     """A plugin node's attribute or input shape is outside what its kernel supports."""
+
+
+class PluginRegistrationError(BackendUnavailableError):
+    """The sparsecc plugins could not be registered with this TensorRT (too old, or its plugin layer refused them)."""
 
 
 def as_int(value: Any, name: str, where: str = "plugin node") -> int:

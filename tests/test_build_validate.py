@@ -160,3 +160,50 @@ def test_a_missing_model_or_engine_is_said_first_by_build_and_validate(cli, tmp_
     assert build.returncode == 2 and "the file does not exist" in build.stderr
     validate = cli("validate", tmp_path / "nosuch.engine", "--against", model)
     assert validate.returncode == 2 and "the file does not exist" in validate.stderr
+
+
+def test_engine_loading_survives_any_plugin_registration_failure(monkeypatch):
+    import sys
+    import types
+
+    from sparsecc.backends.tensorrt import register_for_engine
+
+    settings, problem = register_for_engine()  # here: no TensorRT, so the plugins cannot register
+    assert settings is None and problem.startswith(("ModuleNotFoundError", "ImportError"))
+    broken = types.ModuleType("sparsecc.plugins.qdp")
+
+    def register_plugins(tf32=False):
+        raise TypeError("issubclass() arg 1 must be a class")
+
+    broken.register_plugins = register_plugins
+    monkeypatch.setitem(sys.modules, "sparsecc.plugins.qdp", broken)
+    assert register_for_engine() == (None, "TypeError: issubclass() arg 1 must be a class")
+    # an engine that then fails to deserialize says that the plugins could not be registered
+    err = engine_load_failure("m.engine", ["IPluginRegistry::getCreator: Error Code 4: Cannot find plugin"],
+                              plugin_problem="TypeError: issubclass() arg 1 must be a class")
+    assert "could not be registered first (TypeError: issubclass() arg 1 must be a class)" in err.format()
+    assert "aot=1" in err.format()
+    plain = engine_load_failure("m.engine", ["some other error"])
+    assert "registered" not in plain.format()
+
+
+def test_validate_takes_its_default_tolerances_from_the_precision(cli, tmp_path):
+    from sparsecc.backends.tensorrt import precision_name
+    from sparsecc.validate import ENGINE_TOLERANCES, Tolerances, validate
+
+    assert [precision_name(d, t) for d, t in (("float32", False), ("float32", True), ("float16", True),
+                                              ("bfloat16", False))] == ["fp32", "tf32", "fp16", "bf16"]
+    original = _export(tmp_path / "a.onnx")
+    half = _export(tmp_path / "h.onnx", half=True)
+    same = validate(_export(tmp_path / "b.onnx"), original)
+    assert same["precision"]["name"] == "fp32" and same["outputs"][0]["atol"] == ENGINE_TOLERANCES["fp32"][0]
+    # an FP16 model checked against its FP32 original: FP16's tolerances, said so; FP32's would fail it
+    result = validate(half, original)
+    assert result["precision"]["name"] == "fp16" and "float16" in result["precision"]["why"]
+    assert (result["outputs"][0]["atol"], result["outputs"][0]["rtol"]) == ENGINE_TOLERANCES["fp16"]
+    assert result["passed"]
+    assert not validate(half, original, tolerances=Tolerances(*ENGINE_TOLERANCES["fp32"]))["passed"]
+    shown = cli("validate", half, "--against", original)
+    assert shown.returncode == 0 and "precision FP16" in shown.stdout and "atol 0.001, rtol 0.02" in shown.stdout
+    given = validate(half, original, tolerances=Tolerances(rtol=0.5))
+    assert given["outputs"][0]["rtol"] == 0.5 and given["outputs"][0]["atol"] == ENGINE_TOLERANCES["fp16"][0]

@@ -41,7 +41,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 
 GROUPWISE_MODELS = ("vgg16", "resnet18")
 DEPTHWISE_MODELS = ("mobilenetv2", "efficientnet-b0")
@@ -93,11 +92,15 @@ class ConvShape:
 @functools.lru_cache(maxsize=None)
 def model_layers(model: str, image: int = 224) -> tuple[list[ConvShape], list[tuple[str, int, int]]]:
     """(convolutions, linear layers as (name, in, out)) of a zoo model, read by forward hooks on the CPU."""
+    import importlib
+
     import torch
 
-    from sparsecc.zoo import build_model
+    from sparsecc.models import ZOO
 
-    net = build_model(model).eval()
+    entry = ZOO[model]  # built from its PyTorch definition directly: sparsecc.zoo would import onnx
+    module, function = entry.builder.split(":")
+    net = getattr(importlib.import_module(module), function)(**entry.kwargs).eval()
     convs, linears, hooks = [], [], []
     for name, module in net.named_modules():
         if isinstance(module, torch.nn.Conv2d):
@@ -423,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="warm-up calls per variant. Default: 5")
     parser.add_argument("--budget-s", type=float, default=270.0, help="stop starting cases after this. Default: 270")
     args = parser.parse_args(argv)
+    from tree_imports import use_working_tree
+
+    use_working_tree()
     reason = gpu_missing_reason()
     if reason:
         print(f"gpu_bench: cannot run here: {reason}. Run it on a machine with an NVIDIA GPU, PyTorch with CUDA "

@@ -13,6 +13,9 @@ def register(subparsers) -> None:
     parser.add_argument("--workspace-mb", type=int, help="workspace memory pool limit in MiB. Default: TensorRT's")
     parser.add_argument("--opt-level", type=int, help="builder optimization level 0-5. Default: 3")
     parser.add_argument("--timing-cache", metavar="FILE", help="tactic timing cache, read if present and updated")
+    parser.add_argument("--tf32", action="store_true",
+                        help="let FP32 layers and the sparsecc plugin kernels use TF32 tensor cores. "
+                             "Default: IEEE FP32")
     add_shape_option(parser)
     parser.add_argument("--json", action="store_true", help="print the build report as JSON")
     parser.set_defaults(func=run)
@@ -33,11 +36,11 @@ def run(args) -> int:
     reason = TensorRTBackend.unavailable_reason()
     if reason:
         raise BackendUnavailableError(f"cannot build a TensorRT engine here: {reason}",
-                                      fix="build on a machine with TensorRT and an NVIDIA GPU; here, `sparsecc validate "
-                                          "MODEL --against ORIGINAL` and `sparsecc bench` run on ONNX Runtime")
+                                      fix="build on a machine with TensorRT and an NVIDIA GPU; here, `sparsecc "
+                                          "validate MODEL --against ORIGINAL` and `sparsecc bench` run on ONNX Runtime")
     backend = get_backend("tensorrt", sparse_weights=not args.no_sparse_weights, workspace_mb=args.workspace_mb,
                           builder_optimization_level=args.opt_level, shapes=parse_shape_overrides(args.shape) or None,
-                          engine_path=args.output, timing_cache=args.timing_cache)
+                          engine_path=args.output, timing_cache=args.timing_cache, tf32=args.tf32)
     session = backend.load(Path(args.model))
     report = session.describe()
     session.close()
@@ -49,6 +52,7 @@ def run(args) -> int:
           f"built in {report.get('build_time_s')} s)")
     print(f"  2:4 sparsity: eligible {sparsity.get('eligible', [])}; picked sparse {sparsity.get('picked_sparse', [])}"
           + ("" if sparsity.get("reported") else " (the builder reported no sparsity lines)"))
+    print(f"  precision: {str(report.get('precision', '?')).upper()} (validate's default tolerances follow it)")
     print(f"  plugin layers: {report.get('plugin_layers') or 'none'}")
     print("  known limits: grouped/depthwise convs never take sparse kernels; sparse tactics rarely win below "
           "~256 channels; Q/DQ graphs may get no sparse tactic")

@@ -13,9 +13,11 @@ def register(subparsers) -> None:
     parser.add_argument("--backend", choices=["ort", "tensorrt"],
                         help="runtime of an ONNX candidate. Default: tensorrt for an engine, ort for ONNX")
     parser.add_argument("--atol", action="append", metavar="[OUTPUT:]VALUE",
-                        help="absolute tolerance, for all outputs or one (repeatable). Default: 1e-5")
+                        help="absolute tolerance, for all outputs or one (repeatable). Default: by the candidate's "
+                             "precision (FP32 1e-5, TF32 1e-4, FP16 1e-3, BF16 1e-2)")
     parser.add_argument("--rtol", action="append", metavar="[OUTPUT:]VALUE",
-                        help="tolerance relative to max |original output| (repeatable). Default: 1e-4")
+                        help="tolerance relative to max |original output| (repeatable). Default: by the candidate's "
+                             "precision (FP32 1e-4, TF32 5e-3, FP16 2e-2, BF16 8e-2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs. Default: 0")
     parser.add_argument("--iterations", type=int, default=1, help="random input sets. Default: 1")
     add_shape_option(parser)
@@ -37,6 +39,9 @@ def run(args) -> int:
     else:
         print(f"{result['candidate']} vs {result['against']} ({result['runtime']['candidate']} vs "
               f"{result['runtime']['original']}):")
+        p = result["precision"]
+        print(f"  precision {p['name'].upper()} ({p['why']}): default tolerances atol {p['atol']:g}, "
+              f"rtol {p['rtol']:g}")
         for o in result["outputs"]:
             print(f"  {'ok  ' if o['passed'] else 'FAIL'} {o['name']}: max abs error {o['max_abs_error']:.3g} "
                   f"(allowed {o['atol']:g} + {o['rtol']:g} x {o['max_abs_reference']:.3g})")
