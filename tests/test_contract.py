@@ -201,6 +201,36 @@ def test_weights_used_only_in_if_branches_load_from_any_folder(tmp_path, monkeyp
     assert inspect_model(load_model(path))["unsupported"] == report["unsupported"]
 
 
+class ScriptedBranches(nn.Module):
+    """TorchScript's If: a scripted branch whose MatMul reads a weight only that branch uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.branch_weight = nn.Parameter(torch.randn(8, 300) * 0.1)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x)).mean((2, 3))
+        if bool(y.sum() > 0):
+            return y @ self.branch_weight
+        return y.repeat(1, 38)[:, :300]
+
+
+def test_torchscript_if_branch_weights_compile(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    path = tmp_path / "scripted.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.jit.script(ScriptedBranches().eval()), (torch.randn(1, 3, 8, 8),), str(path),
+                          dynamo=False, opset_version=17, input_names=["x"])
+    assert any(n.op_type == "If" for n in onnx.load(str(path)).graph.node)
+    monkeypatch.chdir(tmp_path)
+    result = compile_model(path.name, "none", tmp_path / "out", timing_cache="off")
+    assert any("inside the then_branch of If" in u["reason"] for u in result.report["before"]["unsupported"])
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(result.model_path, x), _run(path, x), rtol=1e-5, atol=1e-6)
+
+
 class RateModel(nn.Module):
     """An audio model with a sample-rate input that shapes its frames, as voice-activity detectors have:
     any rate below 160 makes the frame length 0, and ONNX Runtime then refuses the Reshape."""
