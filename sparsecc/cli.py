@@ -5,7 +5,9 @@ exposes ``register(subparsers)``; the parser is assembled from every such
 module, so adding a command never edits this file.
 
 Exit codes: 0 success, 2 user error (bad input or option), 3 verification
-failed, 70 internal error (a bug: please report it with the traceback).
+failed, 70 internal error (a bug: please report it with the traceback), 130
+interrupted by SIGINT (Ctrl-C), 143 by SIGTERM: outputs are then as they were
+before the command, or complete.
 """
 
 from __future__ import annotations
@@ -38,6 +40,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit code. Run as a program (``argv`` None), a signal that arrives once the
+    command is over is ignored: what the command did is complete, and the exit code says so."""
+    from sparsecc import interrupts, outputs
+
+    outputs.COMMITTED.clear()
+    with interrupts.handling():
+        try:
+            code = _run(argv)
+            interrupts.check()  # an interrupt something swallowed still ends as an interrupt
+        except KeyboardInterrupt as exc:  # SIGINT or SIGTERM (interrupts.Interrupted)
+            with interrupts.deferred(raise_after=False):  # a second Ctrl-C does not cut this short
+                written = ", ".join(str(p) for p in outputs.COMMITTED)
+                print("sparsecc: interrupted; " + (f"the outputs were complete before it stopped: {written}"
+                                                   if written else "nothing was written (outputs from before are "
+                                                                   "as they were)"), file=sys.stderr)
+                code = interrupts.exit_code(exc)
+        finally:
+            if argv is None:
+                interrupts.ignore_from_now()
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -56,9 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `sparsecc zoo list --json | head`: the reader left, not an error
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print(f"sparsecc {args.command}: interrupted; nothing was written", file=sys.stderr)
-        return 130
     except Exception:  # noqa: BLE001 - the last line of defence reports the bug
         traceback.print_exc()
         print(f"sparsecc {args.command}: internal error (a bug in sparsecc); "

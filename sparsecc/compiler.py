@@ -1,17 +1,16 @@
 """``sparsecc compile``: canonicalise -> plan -> rewrite -> verify -> write.
 
 Outputs (``model.onnx``, ``plan.json`` + ``plan.npz``, ``report.json``,
-``report.md``) are written into a staging folder inside the output folder and
-moved into place only when everything succeeded, so a failed compile leaves
-nothing half-written. The input file is only ever read.
+``report.md``) are written as every command writes (:mod:`sparsecc.outputs`): into a
+staging folder inside the output folder, moved into place only when everything
+succeeded, so a failed or interrupted compile leaves the folder as it was. The
+input file and its data are only ever read.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,17 +18,19 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sparsecc.errors import OptionError, OutputError, VerificationError
+from sparsecc import interrupts
+from sparsecc.errors import InputError, ModelLoadError, OptionError, OutputError, VerificationError
 from sparsecc.feeds import FeedOptions
 from sparsecc.inspect import inspect_model
 from sparsecc.log import progress
 from sparsecc.model import Model, load_model
 from sparsecc.onnx_files import SessionFiles, external_data_path, release_to_files, write_model
+from sparsecc.outputs import OutputFolder, final_path, resolve
 from sparsecc.passes.canonicalize import CANONICAL_PASSES
 from sparsecc.passmanager import PassContext, PassManager, PassRecord
 from sparsecc.plan import SparsityPlan
 from sparsecc.recipe import Recipe, load_recipe
-from sparsecc.verify import (VerifyConfig, check_feeds_run, check_second_shape, compare_models, input_specs,
+from sparsecc.verify import (VerifyConfig, check_second_shape, compare_models, input_specs,
                              lowest_precision, model_float_dtype, verification_backend)
 from sparsecc.verify_options import verify_config
 
@@ -44,52 +45,6 @@ class CompileResult:
     @property
     def model_path(self) -> Path:
         return self.out_dir / "model.onnx"
-
-
-def prepare_output_dir(out_dir: str | os.PathLike, model_path: Path) -> Path:
-    """Create the output folder (or fail early, before any work) and refuse to overwrite the input."""
-    return _prepare_output_dir(out_dir, model_path)[0]
-
-
-def _prepare_output_dir(out_dir: str | os.PathLike, model_path: Path, force: bool = True
-                        ) -> tuple[Path, Path | None]:
-    """The output folder, and the top-most folder this call created (None if it existed).
-
-    Without ``force`` a folder that holds anything is refused: a compile must not silently
-    replace what is there.
-    """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputError("the output path exists and is not a folder", where=str(out),
-                          fix="give -o a folder (it is created if missing)")
-    if (out / "model.onnx").resolve() == model_path.resolve():
-        raise OutputError("the output would overwrite the input model", where=str(out),
-                          fix="choose another output folder")
-    if not force and out.is_dir() and any(out.iterdir()):
-        shown = sorted(p.name for p in out.iterdir())
-        listing = ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
-        raise OutputError(f"the output folder is not empty ({listing})", where=str(out),
-                          fix="choose a new or empty folder with -o, or pass --force (force=True) to replace "
-                              "the outputs in it")
-    created = None
-    for folder in [out, *out.absolute().parents]:
-        if folder.exists():
-            break
-        created = folder
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".sparsecc-probe-", delete=True)
-        probe.close()
-    except OSError as exc:
-        _remove_created(created)
-        raise OutputError(f"cannot write to the output folder ({exc.strerror})", where=str(out),
-                          fix="choose a writable folder with -o") from None
-    return out, created
-
-
-def _remove_created(folder: Path | None) -> None:
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", out_dir: str | os.PathLike = "out",
@@ -122,7 +77,7 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
             (:class:`sparsecc.feeds.FeedOptions`); given data fixes the compile shape of its input.
             Defaults to seeded random values (realistic ones for integer inputs by name).
 
-    A failed compile leaves nothing behind: no outputs, and no folder it created.
+    A failed or interrupted compile leaves the output folder as it was, and removes the folders it created.
     """
     from sparsecc.lowering import open_timing_cache
 
@@ -130,17 +85,25 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
     model_path = Path(model_path)
     if cost_model not in (None, "measured", "analytic"):
         raise OptionError(f"unknown cost model '{cost_model}'", fix="use --cost-model measured or analytic")
-    cache = open_timing_cache(timing_cache)
+    check_dump_dir(dump_dir)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     verify = _verify_config(recipe, verify)
     passes = recipe.build_passes()
-    out, created = _prepare_output_dir(out_dir, model_path, force=force)
-    try:
-        return _compile(model_path, recipe, out, shapes, disable, dump_dir, plan, verify, passes, started,
+    cache = open_timing_cache(timing_cache)
+    if resolve(Path(out_dir) / "model.onnx") == resolve(model_path):
+        raise OutputError("the output would overwrite the input model", where=str(out_dir),
+                          fix="choose another output folder")
+    input_files = [model_path, *plan_files(plan), *([recipe.source] if Path(recipe.source).is_file() else [])]
+    with OutputFolder(out_dir, "compile", inputs=input_files, force=force) as folder:
+        return _compile(model_path, recipe, folder, shapes, disable, dump_dir, plan, verify, passes, started,
                         PassContextOptions(trace, cost_model, cache, inputs))
-    except BaseException:
-        _remove_created(created)
-        raise
+
+
+def check_dump_dir(dump_dir: str | os.PathLike | None) -> None:
+    """``--dump-dir`` must be a folder (or a path where one can be made), refused before any work."""
+    if dump_dir is not None and Path(dump_dir).exists() and not Path(dump_dir).is_dir():
+        raise OptionError("--dump-dir names something that is not a folder", where=str(dump_dir),
+                          fix="give --dump-dir a folder (it is created if missing)")
 
 
 @dataclass
@@ -153,11 +116,13 @@ class PassContextOptions:
     inputs: FeedOptions | None = None
 
 
-def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_dir, plan, verify: VerifyConfig,
-             passes, started: float, options: PassContextOptions) -> CompileResult:
+def _compile(model_path: Path, recipe: Recipe, folder: OutputFolder, shapes, disable, dump_dir, plan,
+             verify: VerifyConfig, passes, started: float, options: PassContextOptions) -> CompileResult:
     progress(f"loading {model_path}")
     original = load_with_feeds(model_path, shapes, options.inputs)
+    folder.protect(*original.files)  # its external data is never replaced or removed
     original.static_input_shapes()  # dynamic inputs without --shape fail here, before any work
+    interrupts.point("loaded")
     given = verify
     verify = verify.for_model(original)  # tolerances not given follow the model's float type
     model = original.copy()  # shares the weight arrays with the original until a pass replaces them
@@ -171,13 +136,13 @@ def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_
                                                    "remove-filters]")
         ctx.plan = SparsityPlan.load(plan)
 
-    progress(f"running recipe '{recipe.name}' ({len(passes)} passes)")
     # the graphs checked share one temporary weight file: each array is written to it once
     files = SessionFiles()
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".sparsecc-staging-"))
+    staging, out = folder.staging, folder.given
     try:
+        check_runs_on_onnxruntime(original, verify, files)
+        progress(f"running recipe '{recipe.name}' ({len(passes)} passes)")
         # tolerances not given are resolved per pass, from the graph being checked (to-fp16 changes it)
-        check_feeds_run(original, files, verify)  # a model that rejects the generated inputs says so first
         manager = PassManager(passes, disabled=tuple(disable), dump_dir=dump_dir, verify=given,
                               session_files=files)
         records = manager.run(ctx, stop=len(CANONICAL_PASSES))
@@ -186,6 +151,8 @@ def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_
         for index in range(len(CANONICAL_PASSES), len(passes)):
             records += manager.run(ctx, start=index, stop=index + 1)
             _release_references(original, ctx)
+            interrupts.point("pass")
+            interrupts.check()  # a signal something swallowed stops the compile here, not at the end
         manager.close()
 
         specialized = _specialize_input_shapes(original, ctx.model, records, passes)
@@ -205,10 +172,13 @@ def _compile(model_path: Path, recipe: Recipe, out: Path, shapes, disable, dump_
         report["specialized_input_shapes"] = specialized
         report["model_fields"] = {name: value for name, value in original.fields.items() if name != "doc_string"}
         report["timing_cache"] = options.timing_cache.describe()
+        warnings = non_finite_warnings(original)
+        report["summary"]["warnings"] = warnings + report["summary"]["warnings"]
         progress(f"writing {out}")
-        _write_outputs(out, staging, model_files, ctx, report)
+        _write_outputs(folder, model_files, ctx, report)
+        interrupts.point("written")
+        folder.commit()
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         files.close()
     return CompileResult(out, ctx.model, records, report)
 
@@ -226,6 +196,65 @@ def load_with_feeds(model_path: Path, shapes, inputs: FeedOptions | None) -> Mod
         model.input_shapes = resolve_input_shapes(model.graph, merged, model.source)
         model.feeds = inputs
     return model
+
+
+def check_runs_on_onnxruntime(original: Model, config: VerifyConfig, files: SessionFiles) -> None:
+    """The input model runs on ONNX Runtime at the compile shapes, or a user error names the node.
+
+    Every check runs the graphs on ONNX Runtime, so a model it cannot load or run (a custom-domain op,
+    a kernel larger than its input, mixed float types) is refused here, as the user's, before any pass;
+    a failure after this is sparsecc's. Its outputs are kept for the first check that needs them.
+    """
+    from sparsecc.backends.ort import OnnxRuntimeFailure
+    from sparsecc.verify import run_model
+
+    specs = input_specs(original)
+    for name, _, dtype in specs:
+        if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+            kind = "strings" if dtype.kind in "OSU" else str(dtype)
+            raise ModelLoadError(f"input '{name}' holds {kind}; sparsecc checks every rewrite on random numbers "
+                                 "and booleans, so it compiles models with numeric inputs only",
+                                 where=original.source, fix="compile the numeric part of the model")
+    try:
+        run_model(original, specs, config, files)
+    except OnnxRuntimeFailure as failure:
+        raise _feeds_error(original, specs, failure) or failure.user_error(original.source, original.graph) from None
+
+
+def _feeds_error(original: Model, specs, failure) -> InputError | None:
+    """When the input model fails to *run* and has integer or bool inputs (or was given feeds), the inputs
+    are the likely cause: an error that says what each input was fed and how to give real values."""
+    from sparsecc.feeds import describe_feeds
+
+    integers = [name for name, _, dtype in specs if not np.issubdtype(dtype, np.floating)]
+    if failure.stage != "run" or not (integers or specs.options is not None):
+        return None
+    names = integers or [name for name, _, _ in specs]
+    at = f" at node '{failure.node}'" if failure.node else ""
+    return InputError(
+        f"the input model itself fails in ONNX Runtime{at} on the inputs sparsecc generated "
+        f"({describe_feeds(specs, specs.options)}): {failure.detail}", where=original.source,
+        fix=f"give real values for {', '.join(repr(n) for n in names)}: --input NAME:FILE.npy (or .npz), or "
+            f"--input-range NAME:LOW:HIGH (e.g. --input-range {names[0]}:16000:16000 for a sample rate)")
+
+
+def non_finite_warnings(model: Model) -> list[str]:
+    """A warning naming the weights that hold NaN or infinite values (checks compare them as they are)."""
+    import onnx_graphsurgeon as gs
+
+    found = []
+    for tensor in model.graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and not isinstance(tensor._values, gs.ir.tensor.LazyValues):
+            values = tensor.values
+            # a float64 sum is finite exactly when every float16/32 value is (and needs no copy of the array)
+            if np.issubdtype(values.dtype, np.floating) and values.size and \
+                    not np.isfinite(np.sum(values, dtype=np.float64)):
+                found.append(tensor.name)
+    if not found:
+        return []
+    return [f"the input model's weights hold NaN or infinite values ({', '.join(found[:5])}"
+            f"{f' and {len(found) - 5} more' if len(found) > 5 else ''}): outputs may be NaN or infinite; the "
+            "checks count the same NaN or infinity in both graphs as agreement, any other as a mismatch"]
 
 
 def _release_references(original: Model, ctx: PassContext) -> None:
@@ -271,7 +300,7 @@ def _write_compiled(staging: Path, ctx: PassContext, fields: dict) -> list[str]:
     try:
         path = write_model(ctx.model.graph, staging / "model.onnx", fields=fields)
     except OSError as exc:
-        raise OutputError(f"cannot write the compiled model ({exc.strerror})", where=str(staging.parent),
+        raise OutputError(f"cannot write the compiled model ({exc.strerror})", where=str(final_path(staging.parent)),
                           fix="check free space and permissions") from None
     data = external_data_path(path)
     return ["model.onnx", data.name] if data.exists() else ["model.onnx"]
@@ -382,25 +411,29 @@ def _no_gain_warnings(recipe: Recipe, records: list[PassRecord], ctx: PassContex
             + (f" ({'; '.join(why)})" if why else "")]
 
 
-def _write_outputs(out: Path, staging: Path, model_files: list[str], ctx: PassContext,
-                   report: dict[str, Any]) -> None:
+def _write_outputs(folder: OutputFolder, model_files: list[str], ctx: PassContext, report: dict[str, Any]) -> None:
+    """Plans and reports into the staging folder, beside the model (outputs of an earlier compile that are
+    not written again are removed at the commit)."""
     from sparsecc.report import render_compile_markdown
 
+    staging = folder.staging
     try:
         plan_files = _write_plans(staging, ctx)
         names = [*model_files, *plan_files, "report.json", "report.md"]
-        report["outputs"] = {name: str(out / name) for name in names}
+        report["outputs"] = {name: str(final_path(folder.path / name)) for name in names}
         (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
         (staging / "report.md").write_text(render_compile_markdown(report))
-        # from an earlier compile into the same folder (--force)
-        stale = [*out.glob("plan.stage*.*"), *([out / "model.onnx.data"] if "model.onnx.data" not in names else [])]
-        for path in stale:
-            path.unlink(missing_ok=True)
-        for name in names:
-            os.replace(staging / name, out / name)
     except OSError as exc:
-        raise OutputError(f"cannot write the outputs ({exc.strerror})", where=str(out),
+        raise OutputError(f"cannot write the outputs ({exc.strerror})", where=str(folder.given),
                           fix="check free space and permissions") from None
+
+
+def plan_files(plan: str | os.PathLike | None) -> list[Path]:
+    """A plan.json and the mask file beside it (inputs of a compile: never replaced)."""
+    if plan is None:
+        return []
+    plan = Path(plan)
+    return [plan, plan.with_suffix(".npz")]
 
 
 def _write_plans(folder: Path, ctx: PassContext) -> list[str]:

@@ -71,7 +71,7 @@ def _variants(model_name: str, recipes: list[str], checkpoint: Path) -> list[dic
 
 def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = None,
              recipes: list[str] | None = None, runs: int = 20, warmup: int = 5, threads: int = 2,
-             finetuned: bool = True) -> dict[str, Any]:
+             finetuned: bool = True, force: bool = False) -> dict[str, Any]:
     """Compile, verify, score and time a bundled trained model, fine-tuned and one-shot.
 
     Args:
@@ -84,14 +84,14 @@ def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = Non
         warmup: Untimed rounds first. Defaults to 5.
         threads: ONNX Runtime intra-op threads. Defaults to 2.
         finetuned: Include the bundled fine-tuned checkpoints of the model. Defaults to True.
+        force: Write into a folder that is not empty (the outputs of an earlier demo there are replaced,
+            its variant folders not made again removed). Defaults to False.
+
+    The folder is written as every command writes (:mod:`sparsecc.outputs`): all of it, or nothing.
     """
     from sparsecc import zoo
-    from sparsecc.backends.ort import OrtBackend
-    from sparsecc.bench import time_interleaved
-    from sparsecc.compiler import prepare_output_dir
-    from sparsecc.environment import environment
+    from sparsecc.outputs import OutputFolder
     from sparsecc.recipe import builtin_recipes
-    from sparsecc.verify import input_specs, random_feeds
 
     trained = [e.name for e in zoo.list_models() if e.checkpoint]
     model_name = model_name or (DEFAULT_MODEL if DEFAULT_MODEL in trained else trained[0])
@@ -99,9 +99,6 @@ def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = Non
     entry = zoo.get_entry(model_name)
     # checkpoints take any batch; compile and verify at the entry's own (batch 1) shape
     shapes = {spec.name: tuple(spec.shape) for spec in entry.inputs}
-    inputs, labels = zoo.load_eval_data(model_name)
-    classes = int(entry.output_shape[-1])
-    chance = 1.0 / classes
     not_run: list[dict[str, str]] = []
     if recipes:
         recipe_names = list(recipes)
@@ -112,9 +109,27 @@ def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = Non
     variants = _variants(model_name, recipe_names, checkpoint)
     if not finetuned:
         variants = [v for v in variants if v["kind"] != "fine-tuned"]
-    out = Path(out_dir)
-    prepare_output_dir(out, checkpoint)
+    with OutputFolder(out_dir, "demo", inputs=[checkpoint], force=force) as folder:
+        summary = _run_variants(folder.staging, model_name, checkpoint, shapes, variants, not_run, runs, warmup,
+                                threads)
+        folder.commit()
+    return summary
 
+
+def _run_variants(out: Path, model_name: str, checkpoint: Path, shapes: dict, variants: list[dict[str, Any]],
+                  not_run: list[dict[str, str]], runs: int, warmup: int, threads: int) -> dict[str, Any]:
+    """Compile, score and time every variant into ``out`` (the demo's staging folder); the reports."""
+    from sparsecc import zoo
+    from sparsecc.backends.ort import OrtBackend
+    from sparsecc.bench import time_interleaved
+    from sparsecc.environment import environment
+    from sparsecc.outputs import final_path
+    from sparsecc.verify import input_specs, random_feeds
+
+    entry = zoo.get_entry(model_name)
+    inputs, labels = zoo.load_eval_data(model_name)
+    classes = int(entry.output_shape[-1])
+    chance = 1.0 / classes
     rows: list[dict[str, Any]] = []
     backend = OrtBackend(threads=threads, allow_spinning=False)  # many sessions interleaved: no spinning
     sessions, feeds = {}, {}
@@ -136,7 +151,7 @@ def run_demo(out_dir: str | Path = "sparsecc-demo", model_name: str | None = Non
         report = result.report
         session = backend.load(result.model_path)
         top1 = accuracy(session, inputs, labels)
-        row.update(status="ok", model=str(result.model_path), report=f"{variant['folder']}/report.md",
+        row.update(status="ok", model=str(final_path(result.model_path)), report=f"{variant['folder']}/report.md",
                    macs=report["summary"]["macs_after"], params=report["summary"]["params_after"],
                    verified_against=report["verification"]["against"],
                    worst_relative_error=report["verification"]["exact"]["worst_relative_error"],

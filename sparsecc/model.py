@@ -10,7 +10,6 @@ writes an IR version the installed ONNX Runtime accepts.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +17,8 @@ from typing import TYPE_CHECKING
 import onnx
 import onnx_graphsurgeon as gs
 
-from sparsecc.errors import ModelLoadError, OutputError, ShapeError
+from sparsecc.errors import ModelLoadError, ShapeError
+from sparsecc.model_files import external_data_files, inline_nested_external_data
 from sparsecc.onnx_files import read_onnx, read_weights
 
 if TYPE_CHECKING:
@@ -54,11 +54,12 @@ class Model:
     graph: gs.Graph
     source: str = "<memory>"
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()  # the files it was read from (the .onnx and its external data)
     fields: dict = field(default_factory=dict)
     feeds: "FeedOptions | None" = None
 
     def copy(self) -> "Model":
-        return Model(self.graph.copy(), self.source, dict(self.input_shapes), self.fields, self.feeds)
+        return Model(self.graph.copy(), self.source, dict(self.input_shapes), self.files, self.fields, self.feeds)
 
     def to_onnx(self) -> onnx.ModelProto:
         """Export to an ONNX ModelProto that ONNX Runtime accepts, with the input's model-level fields."""
@@ -75,12 +76,19 @@ class Model:
         return default_opset(self.graph.import_domains or [], self.graph.opset)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the model, streaming the weights (external data ``<name>.data`` above 2 GB)."""
+        """Write the model, streaming the weights (external data ``<name>.data`` above 2 GB).
+
+        The files are written beside their targets and renamed over them: a file there is replaced
+        whole, and a symbolic link there is replaced, never written through.
+        """
         from sparsecc.onnx_files import write_model
+        from sparsecc.outputs import OutputFiles
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return write_model(self.graph, path, fields=self.fields)
+        with OutputFiles() as files:
+            write_model(self.graph, files.stage_folder(path.parent) / path.name, fields=self.fields)
+            files.commit()
+        return path
 
     def static_input_shapes(self) -> dict[str, tuple[int, ...]]:
         """The concrete input shapes, or a ShapeError naming what is dynamic."""
@@ -206,18 +214,52 @@ def parse_shape_overrides(specs: list[str] | None) -> dict[str, tuple[int, ...]]
     """Parse ``NAME:1x3x224x224`` strings (the ``--shape`` option)."""
     from sparsecc.errors import OptionError
 
+    from sparsecc.limits import MAX_DIMENSION
+
     shapes: dict[str, tuple[int, ...]] = {}
     for spec in specs or []:
         name, sep, dims = spec.rpartition(":")
         try:
-            shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
+            shape = tuple(int(d) for d in dims.lower().split("x")) if dims and len(dims) < 1000 else ()
         except ValueError:
             shape = ()
         if not sep or not name or not shape or min(shape) <= 0:
-            raise OptionError(f"cannot read the shape '{spec}'",
+            raise OptionError(f"cannot read the shape '{spec[:200]}'",
                               fix="write --shape INPUT_NAME:1x3x224x224 (positive dimensions separated by x)")
+        if max(shape) > MAX_DIMENSION:
+            raise OptionError(f"the shape '{spec[:200]}' has a dimension above the limit of {MAX_DIMENSION} (2^31 - 1)",
+                              fix="give the sizes the model runs at")
         shapes[name] = shape
     return shapes
+
+
+def check_input_sizes(graph: gs.Graph, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Refuse input shapes whose tensors this machine could not hold, before anything is allocated."""
+    import numpy as np
+
+    from sparsecc.limits import MAX_INPUT_SHARE_OF_MEMORY, human_bytes, physical_memory
+
+    memory = physical_memory()
+    if not memory:
+        return
+    sizes = {}
+    for tensor in graph.inputs:
+        if tensor.name in shapes:
+            try:
+                itemsize = np.dtype(tensor.dtype).itemsize if tensor.dtype is not None else 4
+            except TypeError:
+                itemsize = 4
+            sizes[tensor.name] = int(np.prod(shapes[tensor.name], dtype=object)) * itemsize
+    total = sum(sizes.values())
+    limit = int(memory * MAX_INPUT_SHARE_OF_MEMORY)
+    if total > limit:
+        largest = max(sizes, key=sizes.get)
+        raise ShapeError(f"the inputs take {human_bytes(total)} at these shapes ('{largest}' "
+                         f"{format_shape(shapes[largest])}: {human_bytes(sizes[largest])}); the limit is "
+                         f"{MAX_INPUT_SHARE_OF_MEMORY:.0%} of this machine's {human_bytes(memory)} of memory "
+                         f"({human_bytes(limit)}), since the checks hold each input and what is computed from it",
+                         where=source, fix="give smaller shapes with --shape (a batch of 1, the image size used "
+                                           "in deployment)")
 
 
 def check_model_file(path: str | os.PathLike) -> Path:
@@ -253,16 +295,39 @@ def load_model(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | Non
             where=where,
             fix="check that the file is a complete ONNX model (re-export or re-download it if it was truncated)",
         ) from None
+    files = (path.resolve(), *external_data_files(proto, path.parent))
+    try:
+        inline_nested_external_data(proto, path.parent)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"the model's external data cannot be read ({type(exc).__name__}: {exc})", where=where,
+                             fix="keep the data file(s) the model names next to the .onnx file") from None
     model = model_from_proto(proto, source=where, shapes=shapes, file=path)
+    model.files = files
     del proto  # the graph's constants still refer to it until their arrays are read
+    _check_weight_bytes(model.graph, where)
     try:
         read_weights(model.graph, path.resolve().parent)  # never relative to the current folder
-    except (OSError, ValueError) as exc:
-        fix = ("re-export the model: a weight's data does not match its shape" if isinstance(exc, ValueError)
-               else "keep the .data file(s) the model names next to the .onnx file")
+    except (OSError, ValueError, EOFError) as exc:
+        fix = ("keep the .data file(s) the model names next to the .onnx file" if isinstance(exc, OSError)
+               else "re-export the model: a weight's data does not match its shape (a truncated or foreign .data "
+                    "file?)")
         raise ModelLoadError(f"the model's external data cannot be read ({type(exc).__name__}: {exc})", where=where,
                              fix=fix) from None
     return model
+
+
+def _check_weight_bytes(graph: gs.Graph, where: str) -> None:
+    """Refuse a model whose weights declare more bytes than the machine has, before reading any."""
+    from sparsecc.limits import human_bytes, physical_memory
+    from sparsecc.model_files import declared_weight_bytes
+
+    memory = physical_memory()
+    declared = declared_weight_bytes(graph)
+    if memory and declared > memory:
+        raise ModelLoadError(f"the model's weights declare {human_bytes(declared)}, more than this machine's "
+                             f"{human_bytes(memory)} of memory (the limit)", where=where,
+                             fix="check the model's tensor shapes (a corrupted file?), or compile on a machine with "
+                                 "more memory")
 
 
 def model_from_proto(proto: onnx.ModelProto, source: str = "<memory>",
@@ -299,6 +364,7 @@ def model_from_proto(proto: onnx.ModelProto, source: str = "<memory>",
                              fix="re-export the model with a current exporter") from None
     model = Model(graph, source, fields=model_fields(proto))
     model.input_shapes = resolve_input_shapes(graph, shapes or {}, source)
+    check_input_sizes(graph, model.input_shapes, source)
     return model
 
 
@@ -311,11 +377,12 @@ def _check_as_read(proto: onnx.ModelProto, file: Path) -> bool:
     they are read (read_weights). Returns False where that does not apply (external data in other
     files): the caller then checks the file itself.
     """
-    from onnx.external_data_helper import uses_external_data
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     external = [t for t in proto.graph.initializer if uses_external_data(t)]
-    locations = {e.value for t in external for e in t.external_data if e.key == "location"}
-    if locations != {file.name}:
+    locations = {e.value for t in _get_all_tensors(proto) if uses_external_data(t) for e in t.external_data
+                 if e.key == "location"}
+    if locations != {file.name}:  # data in other files, or in Constant nodes and subgraphs: the checker reads them
         return False
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)  # small: the weights are not in it
@@ -369,32 +436,7 @@ def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write a file atomically: a temporary file in the same folder, then a rename.
+    """Write a file atomically (see :func:`sparsecc.outputs.write_bytes_atomic`)."""
+    from sparsecc.outputs import write_bytes_atomic as write
 
-    Raises:
-        OutputError: the folder cannot be created or written (permissions, a full disk).
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OutputError(f"cannot write here ({exc.strerror})", where=str(path.parent),
-                          fix="choose a writable output location") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual permissions
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write the file ({exc.strerror})", where=str(path),
-                              fix="check free space and permissions, or choose another output location") from None
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write(path, data)

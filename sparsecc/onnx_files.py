@@ -24,9 +24,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
-import shutil
 import sys
-import tempfile
 import weakref
 from pathlib import Path
 from typing import Any
@@ -247,12 +245,20 @@ def _read_external(proto: onnx.TensorProto, base_dir: Path) -> np.ndarray:
     if dtype is None:  # a type numpy lacks: let onnx decode it
         onnx.external_data_helper.load_external_data_for_tensor(proto, str(base_dir))
         return onnx.numpy_helper.to_array(proto)
-    location = base_dir / info["location"]
-    count = int(np.prod(shape, dtype=np.int64))
+    from sparsecc.model_files import inside_folder
+
+    location = inside_folder(base_dir, info.get("location", ""), proto.name)
+    count = int(np.prod(shape, dtype=object))  # Python ints: a declared size never overflows
     offset = int(info.get("offset", 0))
     if "length" in info and int(info["length"]) != count * dtype.itemsize:
         raise ValueError(f"'{proto.name}' holds {info['length']} bytes, but its shape {list(shape)} of "
                          f"{dtype.name} needs {count * dtype.itemsize}")
+    size = location.stat().st_size
+    if offset < 0 or offset + count * dtype.itemsize > size:  # checked before anything is allocated
+        from sparsecc.limits import human_bytes
+
+        raise ValueError(f"'{proto.name}' declares {human_bytes(count * dtype.itemsize)} ({list(shape)} "
+                         f"{dtype.name}) at offset {offset} of {location.name}, which holds {human_bytes(size)}")
     with open(location, "rb") as handle:
         handle.seek(offset)
         array = np.fromfile(handle, dtype=dtype.newbyteorder("<"), count=count)
@@ -266,6 +272,7 @@ def _read_external(proto: onnx.TensorProto, base_dir: Path) -> np.ndarray:
 # Arrays read from a file, and where their bytes lie in it: SessionFiles links that file instead of
 # writing the bytes again (id(array) -> (weak reference, resolved path, offset)).
 _ORIGINS: dict[int, tuple[weakref.ref, Path, int]] = {}
+_PRUNE_AT = 1024
 
 
 def _weak(array: np.ndarray):
@@ -278,12 +285,18 @@ def _weak(array: np.ndarray):
 def _remember_origin(array: np.ndarray, path: Path, offset: int) -> None:
     if sys.byteorder != "little" or not array.flags.c_contiguous:
         return
-    key = id(array)
     try:
-        ref = weakref.ref(array, lambda _, key=key: _ORIGINS.pop(key, None))
+        # no callback: Python code run by the garbage collector turns an interrupt into a printed traceback;
+        # entries of dead arrays are pruned here instead (and never match: _origin checks identity)
+        ref = weakref.ref(array)
     except TypeError:
         return
-    _ORIGINS[key] = (ref, Path(path).resolve(), offset)
+    global _PRUNE_AT
+    if len(_ORIGINS) >= _PRUNE_AT:
+        for key in [k for k, (r, _, _) in _ORIGINS.items() if r() is None]:
+            del _ORIGINS[key]
+        _PRUNE_AT = max(1024, 2 * len(_ORIGINS))
+    _ORIGINS[id(array)] = (ref, Path(path).resolve(), offset)
 
 
 def _origin(array: np.ndarray) -> tuple[Path, int] | None:
@@ -352,8 +365,13 @@ class SessionFiles:
     :meth:`release` deletes one, :meth:`close` (or leaving the ``with`` block) all of them.
     """
 
-    def __init__(self, prefix: str = "sparsecc-"):
-        self._dir = Path(tempfile.mkdtemp(prefix=prefix))
+    def __init__(self, prefix: str = "session"):
+        from sparsecc.locks import finalize_private_tempdir, private_tempdir
+
+        # marked as this process's while it lives: a killed run's folder (hard links to the input
+        # included) is recognised and removed by the next run
+        self._dir = private_tempdir(prefix)
+        self._finalizer = finalize_private_tempdir(self, self._dir)
         self._count = 0
         self._data = self._dir / "weights.data"
         self._size = 0
@@ -473,15 +491,12 @@ class SessionFiles:
         self._written.clear()
         self._outputs.clear()
         self._arrays.clear()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._finalizer()  # removes the folder (once; also when the object is collected or at exit)
 
     def __enter__(self) -> "SessionFiles":
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
         self.close()
 
 

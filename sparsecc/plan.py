@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -156,20 +157,30 @@ class SparsityPlan:
 
     @classmethod
     def load(cls, json_path: str | Path) -> "SparsityPlan":
+        """Read ``plan.json`` and its masks, every field checked for type and size before use.
+
+        Raises:
+            PlanError: the file is missing, too large, not a sparsecc plan, or its masks do not fit it.
+        """
         json_path = Path(json_path)
+        data = _read_plan_json(json_path)
+        npz_path = json_path.parent / data["masks"]
+        plan = cls(source=str(data.get("source") or "")[:1000])
         try:
-            data = json.loads(json_path.read_text())
-            plan = cls(source=data.get("source", ""))
-            with np.load(json_path.parent / data["masks"]) as npz:
+            expected = {meta["mask_key"]: -(-int(np.prod(meta["shape"], dtype=object)) // 8)
+                        for meta in data["weights"]}
+            _check_npz_members(npz_path, expected)
+            with np.load(npz_path, allow_pickle=False) as npz:
                 for meta in data["weights"]:
                     shape = tuple(meta["shape"])
                     bits = np.unpackbits(npz[meta["mask_key"]])[: int(np.prod(shape))]
                     plan.add(WeightPlan(meta["weight"], meta["layer"], meta["pattern"],
                                         bits.astype(bool).reshape(shape), meta.get("criterion"), meta.get("ratio"),
                                         meta.get("alignment"), meta.get("details") or {}))
-        except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
-            raise PlanError(f"cannot read the plan ({type(exc).__name__}: {exc})", where=str(json_path),
-                            fix="give a plan.json written by sparsecc, with its .npz beside it") from None
+        except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile, EOFError) as exc:
+            raise PlanError(f"cannot read the plan's masks ({type(exc).__name__}: {str(exc)[:300]})",
+                            where=str(npz_path), fix="give a plan.json written by sparsecc, with its .npz beside it") \
+                from None
         return plan
 
     def validate(self, model: Model) -> None:
@@ -186,6 +197,65 @@ class SparsityPlan:
                                 where=f"{model.source}: layer '{entry.layer}'",
                                 fix="masks are shaped like the ONNX initializer (Conv [C_out, C_in/g, kh, kw], "
                                     "Gemm B as stored, transB included)")
+
+
+_PLAN_FIX = "give a plan.json written by sparsecc, with its .npz beside it"
+# (key, accepted types, required) of each weight entry of plan.json
+_ENTRY_KEYS = (("weight", (str,), True), ("layer", (str,), True), ("pattern", (str,), True), ("shape", (list,), True),
+               ("mask_key", (str,), True), ("criterion", (str, type(None)), False),
+               ("ratio", (int, float, type(None)), False), ("alignment", (int, type(None)), False),
+               ("details", (dict, type(None)), False))
+
+
+def _read_plan_json(path: Path) -> dict[str, Any]:
+    """plan.json, checked: a JSON object of bounded size, its masks file beside it, every entry typed."""
+    from sparsecc.limits import MAX_PLAN_JSON_BYTES, human_bytes, physical_memory
+
+    try:
+        size = path.stat().st_size
+        if size > MAX_PLAN_JSON_BYTES:
+            raise PlanError(f"the plan is {human_bytes(size)}, above the limit of {human_bytes(MAX_PLAN_JSON_BYTES)}",
+                            where=str(path), fix=_PLAN_FIX)
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise PlanError(f"cannot read the plan ({type(exc).__name__}: {str(exc)[:300]})", where=str(path),
+                        fix=_PLAN_FIX) from None
+    if not isinstance(data, dict) or not isinstance(data.get("weights"), list):
+        raise PlanError(f"a plan is a JSON object with 'weights' (a list) and 'masks', got {type(data).__name__}",
+                        where=str(path), fix=_PLAN_FIX)
+    masks = data.get("masks")
+    if not (isinstance(masks, str) and masks not in ("", ".", "..") and "/" not in masks and "\\" not in masks):
+        raise PlanError(f"'masks' must name a file beside plan.json, got {masks!r:.100}", where=str(path),
+                        fix="plans are read with their masks from their own folder: write masks: plan.npz")
+    total = 0
+    for index, meta in enumerate(data["weights"]):
+        if not isinstance(meta, dict):
+            raise PlanError(f"weights[{index}] must be an object, got {type(meta).__name__}", where=str(path),
+                            fix=_PLAN_FIX)
+        for key, types, required in _ENTRY_KEYS:
+            if (required and key not in meta) or (key in meta and not isinstance(meta[key], types)):
+                raise PlanError(f"weights[{index}].{key} is {'missing' if key not in meta else repr(meta[key])[:80]}",
+                                where=str(path), fix=_PLAN_FIX)
+        shape = meta["shape"]
+        if not (len(shape) <= 8 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise PlanError(f"weights[{index}].shape must be at most 8 sizes >= 0, got {shape!r:.80}",
+                            where=str(path), fix=_PLAN_FIX)
+        total += int(np.prod(shape, dtype=object))
+    memory = physical_memory()
+    if memory and total > memory // 4:
+        raise PlanError(f"the plan's masks declare {total} weights, more than a quarter of this machine's memory "
+                        f"({human_bytes(memory)}) can hold as masks (the limit)", where=str(path), fix=_PLAN_FIX)
+    return data
+
+
+def _check_npz_members(npz_path: Path, expected: dict[str, int]) -> None:
+    """Each mask in the .npz is no larger than its declared shape needs (a compressed file can expand to
+    any size: checked before it is decompressed)."""
+    with zipfile.ZipFile(npz_path) as archive:
+        for info in archive.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if key in expected and info.file_size > expected[key] + 4096:  # + the .npy header
+                raise ValueError(f"mask '{key}' expands to {info.file_size} bytes; its shape needs {expected[key]}")
 
 
 def apply_plan(model: Model, plan: SparsityPlan) -> int:
@@ -250,6 +320,9 @@ class LayerSelector:
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | None) -> "LayerSelector":
+        if options is not None and not isinstance(options, dict):
+            raise OptionError(f"the layer selector ('layers') must be a mapping, got {options!r:.80}",
+                              fix="e.g. layers: {kinds: [conv], exclude: [conv0]}")
         options = dict(options or {})
         known = {"names", "regex", "kinds", "exclude", "exclude_first_last"}
         unknown = sorted(set(options) - known)
@@ -258,6 +331,14 @@ class LayerSelector:
         for key in ("names", "kinds", "exclude"):
             if isinstance(options.get(key), str):
                 options[key] = [options[key]]
+            if key in options and not (isinstance(options[key], list) and all(isinstance(v, str)
+                                                                               for v in options[key])):
+                raise OptionError(f"layer selector key '{key}' must be a name or a list of names, got "
+                                  f"{options[key]!r:.80}", fix=f"e.g. {key}: [conv, pointwise]")
+        if options.get("regex") is not None and not isinstance(options["regex"], str):
+            raise OptionError(f"layer selector key 'regex' must be text, got {options['regex']!r:.80}")
+        if not isinstance(options.get("exclude_first_last", True), bool):
+            raise OptionError("layer selector key 'exclude_first_last' must be true or false")
         return cls(**options)
 
     def select(self, layers: list[WeightLayer], source: str = "") -> tuple[list[WeightLayer], list[tuple[str, str]]]:

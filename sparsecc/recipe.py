@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from sparsecc.errors import OptionError
+from sparsecc.limits import MAX_RECIPE_BYTES, MAX_RECIPE_TEXT, MAX_RECIPE_VALUES, count_values, human_bytes
 from sparsecc.passmanager import Pass, make_pass
 
 _KEYS = {"name", "description", "passes", "verify"}
@@ -70,33 +71,89 @@ def load_recipe(name_or_path: str) -> Recipe:
         raise OptionError(f"'{name_or_path}' is neither a built-in recipe nor a file",
                           fix=f"built-in recipes: {', '.join(builtins)} (sparsecc recipes), or a path to a YAML/JSON file")
     try:
+        if not path.is_file():
+            raise OptionError("the recipe is not a file", where=str(path), fix="give a YAML or JSON recipe file")
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise OptionError(f"the recipe file is {human_bytes(path.stat().st_size)}, above the limit of "
+                              f"{human_bytes(MAX_RECIPE_BYTES)}", where=str(path),
+                              fix="a recipe lists passes and their options: a few hundred bytes")
         text = path.read_text()
-    except OSError as exc:
-        raise OptionError(f"cannot read the recipe ({exc.strerror})", where=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OptionError(f"cannot read the recipe ({getattr(exc, 'strerror', None) or exc})", where=str(path),
+                          fix="give a YAML or JSON recipe file (UTF-8 text)") from None
     return parse_recipe(text, str(path))
 
 
 def parse_recipe(text: str, source: str) -> Recipe:
+    """A recipe from its text; every key checked for type and size (YAML aliases included) before use."""
     try:
         data = json.loads(text) if source.endswith(".json") else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise OptionError(f"the recipe is not valid YAML/JSON: {exc}", where=source) from None
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        raise OptionError(f"the recipe is not valid YAML/JSON: {str(exc)[:300]}", where=source) from None
+    if count_values(data, MAX_RECIPE_VALUES) is None:
+        raise OptionError(f"the recipe holds more than {MAX_RECIPE_VALUES} values once its YAML aliases are "
+                          "expanded (the limit)", where=source, fix="write the recipe without repeated aliases")
     if not isinstance(data, dict):
         raise OptionError("a recipe is a mapping with keys name, description, passes", where=source)
-    unknown = sorted(set(data) - _KEYS)
+    unknown = sorted(map(str, set(data) - _KEYS))
     if unknown:
         raise OptionError(f"unknown recipe key(s) {unknown}", where=source, fix=f"use {sorted(_KEYS)}")
+    name, description = data.get("name") or Path(source).stem, data.get("description") or ""
+    for key, value in (("name", name), ("description", description)):
+        if not isinstance(value, str) or len(value) > MAX_RECIPE_TEXT:
+            raise OptionError(f"'{key}' must be text of at most {MAX_RECIPE_TEXT} characters, got "
+                              f"{_kind(value)}", where=source, fix=f"write {key}: as one line of text")
+    steps = data.get("passes") or []
+    if not isinstance(steps, list):
+        raise OptionError(f"'passes' must be a list of passes, got {_kind(steps)}", where=source,
+                          fix="passes:\n  - plan-groupwise: {keep: 0.5}\n  - apply-plan")
+    verify = data.get("verify") or {}
+    if not isinstance(verify, dict):
+        raise OptionError(f"'verify' must be a mapping, got {_kind(verify)}", where=source,
+                          fix="verify: {atol: 1.0e-5, rtol: 1.0e-4}")
     passes = []
-    for index, item in enumerate(data.get("passes") or []):
+    for index, item in enumerate(steps):
         if isinstance(item, str):
             passes.append((item, {}))
-        elif isinstance(item, dict) and len(item) == 1:
-            name, options = next(iter(item.items()))
+        elif isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item)), str):
+            pass_name, options = next(iter(item.items()))
             if options is not None and not isinstance(options, dict):
-                raise OptionError(f"options of pass '{name}' must be a mapping", where=f"{source}: passes[{index}]")
-            passes.append((name, dict(options or {})))
+                raise OptionError(f"options of pass '{pass_name}' must be a mapping, got {_kind(options)}",
+                                  where=f"{source}: passes[{index}]")
+            check_option_types(pass_name, options or {}, f"{source}: passes[{index}]")
+            passes.append((pass_name, dict(options or {})))
         else:
             raise OptionError("each pass is a name or a one-key mapping {name: {options}}",
                               where=f"{source}: passes[{index}]")
-    name = data.get("name") or Path(source).stem
-    return Recipe(str(name), str(data.get("description", "")), passes, dict(data.get("verify") or {}), source)
+    return Recipe(name, description, passes, dict(verify), source)
+
+
+def _kind(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def check_option_types(name: str, options: dict[str, Any], where: str) -> None:
+    """Each option of a pass against its default's type (a number where a number is expected, ...);
+    options whose default is None are the pass's to check."""
+    import inspect
+
+    from sparsecc.passmanager import available_passes
+
+    cls = available_passes().get(name)
+    if cls is None:
+        return  # an unknown pass is refused, with the list of passes, when the recipe is built
+    parameters = inspect.signature(cls.__init__).parameters
+    for key, value in options.items():
+        default = parameters[key].default if key in parameters else None
+        expected = _EXPECTED.get(type(default))
+        if expected is not None and not (isinstance(value, expected[0]) and not
+                                         (isinstance(value, bool) and bool not in expected[0])):
+            raise OptionError(f"option '{key}' of pass '{name}' must be {expected[1]} (its default is "
+                              f"{default!r}), got {_kind(value)}", where=where,
+                              fix="see sparsecc compile --list-passes and the recipes in sparsecc recipes")
+
+
+# default's type -> (accepted types, how to say it)
+_EXPECTED = {bool: ((bool,), "true or false"), int: ((int,), "a whole number"),
+             float: ((int, float), "a number"), str: ((str,), "text")}

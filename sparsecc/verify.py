@@ -22,8 +22,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from sparsecc import interrupts
 from sparsecc.model import Model
 from sparsecc.onnx_files import SessionFiles
+from sparsecc.polygraphy_guard import guard_polygraphy
 
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
@@ -162,12 +164,6 @@ def input_specs(model: Model, shapes: dict[str, tuple[int, ...]] | None = None) 
     return InputSpecs([(t.name, shapes[t.name], np.dtype(t.dtype)) for t in model.graph.inputs], model.feeds)
 
 
-def _inputs_key(specs, config) -> tuple:
-    options = getattr(specs, "options", None)
-    return (config.seed, config.iterations, tuple((n, tuple(s), str(d)) for n, s, d in specs),
-            options.key() if options is not None else None)
-
-
 def verification_backend(*models: Model) -> str:
     """The backend that can run these graphs: "onnxruntime" for standard ONNX; for a graph holding
     sparsecc-domain nodes, "ort-references" (ONNX Runtime + the nodes' numpy references as Python
@@ -200,6 +196,8 @@ def compare_models(reference: Model | bytes | str | os.PathLike, candidate: Mode
         files: Where Models are written; a graph it wrote before with the same weights is not
             run again on the same inputs (its outputs are kept). Defaults to a private one.
     """
+    interrupts.point("verify")
+    interrupts.check()  # a signal whose exception something swallowed stops the work here
     config = config or VerifyConfig()
     if isinstance(reference, Model) and (config.atol is None or config.rtol is None):
         config = config.for_model(reference)
@@ -213,11 +211,12 @@ def compare_models(reference: Model | bytes | str | os.PathLike, candidate: Mode
     from sparsecc.log import quiet_polygraphy
 
     quiet_polygraphy()
+    guard_polygraphy()
     owned = files is None
     files = files or SessionFiles()
     try:
         feeds = random_feeds(specs, config.seed, config.iterations)
-        inputs_key = _inputs_key(specs, config)
+        inputs_key = _inputs_key(config, specs)
         results = RunResults()
         for label, model in (("reference", reference), ("candidate", candidate)):
             source = files.write(model.graph) if isinstance(model, Model) else model
@@ -236,10 +235,41 @@ def compare_models(reference: Model | bytes | str | os.PathLike, candidate: Mode
     # failure is reported by sparsecc's own message, so its log is silenced here.
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL), np.errstate(all="ignore"):  # its relative errors divide by 0
         accuracy = Comparator.compare_accuracy(
-            results, compare_func=SimpleCompareFunc(atol=scale or config.atol, rtol=0.0, check_error_stat="max",
-                                                    check_shapes=True))
+            _without_agreeing_non_finite(results),
+            compare_func=SimpleCompareFunc(atol=scale or config.atol, rtol=0.0, check_error_stat="max",
+                                           check_shapes=True))
     passed = bool(accuracy) and all(a.passed for a in agreements.values())
     return VerifyResult(passed, config.atol, config.rtol, list(agreements.values()), dtype=config.dtype)
+
+
+def _inputs_key(config: VerifyConfig, specs) -> tuple:
+    options = getattr(specs, "options", None)  # user data and ranges (InputSpecs)
+    return (config.seed, config.iterations, tuple((n, tuple(s), str(d)) for n, s, d in specs),
+            options.key() if options is not None else None)
+
+
+def run_model(model: Model, specs, config: VerifyConfig, files: SessionFiles) -> None:
+    """Run one graph on the inputs the checks use, as they run it (its outputs are kept in ``files``, so
+    the next check of the same graph does not run it again).
+
+    Raises:
+        OnnxRuntimeFailure: ONNX Runtime cannot load or run the graph.
+    """
+    config = config if config.atol is not None and config.rtol is not None else config.for_model(model)
+    backend = verification_backend(model)
+    feeds = random_feeds(specs, config.seed, config.iterations)
+    if backend == "onnxruntime":
+        from sparsecc.log import quiet_polygraphy
+
+        quiet_polygraphy()
+        _run("reference", files.write(model.graph), feeds, files, _inputs_key(config, specs))
+        return
+    from sparsecc.backends.reference_ops import OnnxReferenceBackend, OrtReferencesBackend
+
+    runner = OrtReferencesBackend() if backend == "ort-references" else OnnxReferenceBackend()
+    session = runner.load(files.write(model.graph))
+    for feed in feeds:
+        session.run(feed)
 
 
 def _compare_with_references(reference, candidate, specs, config: VerifyConfig, backend: str,
@@ -297,16 +327,15 @@ def verification_session(source: bytes | str, initializers: list | None = None):
     """
     import onnxruntime as ort
 
-    from sparsecc.backends.ort import add_initializers, quiet_onnxruntime
+    from sparsecc.backends.ort import add_initializers, create_session
 
-    quiet_onnxruntime()
     options = ort.SessionOptions()
     values = add_initializers(options, initializers)
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.enable_cpu_mem_arena = False
     options.add_session_config_entry("session.disable_prepacking", "1")
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    session = create_session(source, options, ["CPUExecutionProvider"])
     session._sparsecc_initializers = values  # the buffers ONNX Runtime runs from, for the session's life
     return session
 
@@ -317,12 +346,20 @@ def _run(label: str, source, feeds, files: SessionFiles, inputs_key) -> list:
     from polygraphy.comparator import Comparator
     from polygraphy.comparator.struct import IterationResult
 
+    from sparsecc.backends.ort import OnnxRuntimeFailure
+
     cached = files.outputs(source, inputs_key)
     if cached is None:
+        guard_polygraphy()
         source_arg = str(source) if isinstance(source, (str, os.PathLike)) else source
         arrays = files.initializers(source) if isinstance(source, (str, os.PathLike)) else None
         runner = OnnxrtRunner(lambda: verification_session(source_arg, arrays), name=label)
-        cached = Comparator.run([runner], data_loader=feeds)[0][1]  # the session is released after the run
+        try:
+            cached = Comparator.run([runner], data_loader=feeds)[0][1]  # the session is released after the run
+        except OnnxRuntimeFailure:
+            raise
+        except Exception as err:  # noqa: BLE001 - ONNX Runtime's run errors come through Polygraphy unchanged
+            raise OnnxRuntimeFailure("run", str(err)) from err
         files.keep_outputs(source, inputs_key, cached)
     return [IterationResult(outputs={name: it[name] for name in it.keys()}, runtime=it.runtime, runner_name=label)
             for it in cached]
@@ -333,9 +370,14 @@ def _agreement(name: str, ref: np.ndarray, cand: np.ndarray, config: VerifyConfi
         return OutputAgreement(name, float("inf"), float(np.max(np.abs(ref), initial=0.0)), float("inf"),
                                (), float("nan"), float("nan"), False)
     ref64, cand64 = ref.astype(np.float64), cand.astype(np.float64)
-    diff = np.abs(cand64 - ref64)
-    diff = np.where(np.isnan(diff), np.inf, diff) if diff.size else diff
-    max_ref = float(np.max(np.abs(ref64), initial=0.0))
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(cand64 - ref64)
+    # a NaN or infinity the reference gives (NaN weights, say) is matched by the same one; any other
+    # non-finite difference is the largest error there is
+    same = _same_non_finite(ref64, cand64)
+    diff = np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff)) if diff.size else diff
+    finite = np.abs(ref64[np.isfinite(ref64)])
+    max_ref = float(np.max(finite, initial=0.0))
     if diff.size == 0:
         return OutputAgreement(name, 0.0, max_ref, 0.0, (), 0.0, 0.0, True, ref.dtype.name)
     index = np.unravel_index(int(np.argmax(diff)), diff.shape)
@@ -346,49 +388,16 @@ def _agreement(name: str, ref: np.ndarray, cand: np.ndarray, config: VerifyConfi
                            float(ref64[index]), float(cand64[index]), passed, ref.dtype.name)
 
 
-def check_feeds_run(model: Model, files: SessionFiles, config: VerifyConfig) -> None:
-    """Run the input model once on the inputs verification will feed it; a failure is the user's to fix
-    (an integer input that needs real values), said with what each input was fed.
-
-    Raises:
-        InputError: ONNX Runtime cannot run the model on these inputs.
-    """
-    from sparsecc.errors import InputError
-    from sparsecc.feeds import describe_feeds
-    from sparsecc.log import quiet_polygraphy
-
-    if verification_backend(model) != "onnxruntime":
-        return
-    quiet_polygraphy()
-    specs = input_specs(model)
-    feeds = random_feeds(specs, config.seed, config.iterations)
-    try:
-        _run("reference", files.write(model.graph), feeds, files, _inputs_key(specs, config))
-    except Exception as exc:  # ONNX Runtime raises its own types; each means the model rejects these inputs
-        message = " ".join(str(exc).split())[:400]
-        integers = [name for name, _, dtype in specs if not np.issubdtype(dtype, np.floating)]
-        names = integers or [name for name, _, _ in specs]
-        raise InputError(
-            f"the input model itself fails in ONNX Runtime on the inputs sparsecc generated "
-            f"({describe_feeds(specs, specs.options)}): {message}", where=model.source,
-            fix=f"give real values for {', '.join(repr(n) for n in names)}: --input NAME:FILE.npy (or .npz), or "
-                f"--input-range NAME:LOW:HIGH (e.g. --input-range {names[0]}:16000:16000 for a sample rate)"
-        ) from None
-
-
 def optimized_outputs(path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The outputs of a model file on ONNX Runtime with its default graph optimisations, as users run it
     (they fold shapes the model declares in value_info: a fixed size there breaks other sizes)."""
     import onnxruntime as ort
 
-    from sparsecc.backends.ort import quiet_onnxruntime
+    from sparsecc.backends.ort import create_session, run_session
 
-    quiet_onnxruntime()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = create_session(str(path), ort.SessionOptions(), ["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds)))
+    return dict(zip(names, run_session(session, names, feeds)))
 
 
 def check_second_shape(reference: Model, compiled, config: VerifyConfig, files: SessionFiles) -> dict:
@@ -434,3 +443,33 @@ def check_second_shape(reference: Model, compiled, config: VerifyConfig, files: 
                                 fix="run with --dump-dir to find the pass; --disable-pass NAME skips it")
     return {"shapes": shown, "passed": True, "note": "outputs match",
             "worst_relative_error": result.to_dict()["worst_relative_error"]}
+
+
+def _same_non_finite(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Where both are NaN, or both the same infinity."""
+    return (np.isnan(ref) & np.isnan(cand)) | (np.isinf(ref) & (ref == cand))
+
+
+def _without_agreeing_non_finite(results):
+    """Copies of both runs' outputs with the NaNs and infinities they agree on set to 0, for Polygraphy's
+    comparator (which counts NaN against NaN as a mismatch); everything else as it was."""
+    from polygraphy.comparator.struct import IterationResult, RunResults
+
+    (ref_name, ref_iters), (cand_name, cand_iters) = results[0], results[1]
+    new_ref, new_cand = [], []
+    for ref_it, cand_it in zip(ref_iters, cand_iters):
+        ref_out, cand_out = dict(ref_it.items()), dict(cand_it.items())
+        for name, ref in list(ref_out.items()):
+            cand = cand_out.get(name)
+            ref, cand = np.asarray(ref), np.asarray(cand) if cand is not None else None
+            if cand is None or ref.shape != cand.shape or not np.issubdtype(ref.dtype, np.floating) \
+                    or np.isfinite(ref).all():
+                continue
+            same = _same_non_finite(ref, cand.astype(ref.dtype, copy=False))
+            ref_out[name], cand_out[name] = np.where(same, 0, ref), np.where(same, 0, cand)
+        new_ref.append(IterationResult(outputs=ref_out, runtime=ref_it.runtime, runner_name=ref_name))
+        new_cand.append(IterationResult(outputs=cand_out, runtime=cand_it.runtime, runner_name=cand_name))
+    out = RunResults()
+    out.append((ref_name, new_ref))
+    out.append((cand_name, new_cand))
+    return out

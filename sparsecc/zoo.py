@@ -105,7 +105,7 @@ def _example_inputs(entry: ZooEntry, batch: int, torch) -> tuple:
     return tuple(tensors)
 
 
-def export_onnx(name: str, path: str | os.PathLike, *, opset: int = 17, pretrained: bool = False,
+def export_onnx(name: str, path: str | os.PathLike, *, opset: int = 17, pretrained: bool | None = None,
                 dynamic_batch: bool = False) -> Path:
     """Exports a zoo model to an ONNX file, checked against PyTorch in ONNX Runtime.
 
@@ -113,7 +113,8 @@ def export_onnx(name: str, path: str | os.PathLike, *, opset: int = 17, pretrain
         name: Zoo name.
         path: Output file; written atomically (a temporary file beside it, then renamed).
         opset: ONNX opset of the default domain, 9 to 20. Defaults to 17.
-        pretrained: Use the trained weights of the bundled checkpoint. Defaults to False.
+        pretrained: Use the trained weights of the bundled checkpoint (True), or PyTorch's random
+            initialisation (False). Defaults to None: the trained weights when the entry has a checkpoint.
         dynamic_batch: Make dimension 0 of every input and the output a
             symbolic ``batch`` instead of 1. Defaults to False.
 
@@ -127,6 +128,8 @@ def export_onnx(name: str, path: str | os.PathLike, *, opset: int = 17, pretrain
         VerificationError: ONNX Runtime's output differs from PyTorch's.
     """
     _check_opset(opset)
+    if pretrained is None:
+        pretrained = get_entry(name).checkpoint is not None
     return export_module(build_model(name, pretrained=pretrained), get_entry(name), path,
                          opset=opset, dynamic_batch=dynamic_batch)
 

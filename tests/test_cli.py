@@ -34,8 +34,8 @@ def test_compile_none_end_to_end(cli, model_path, tmp_path):
     out = tmp_path / "out"
     result = cli("compile", model_path, "--recipe", "none", "-o", out, "--shape", "x:1x4x6x6", check=True)
     assert "verified against the original" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "plan.json", "plan.npz", "report.json",
-                                                     "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".sparsecc-outputs.json", "model.onnx", "plan.json",
+                                                     "plan.npz", "report.json", "report.md"]
     report = json.loads((out / "report.json").read_text())
     assert report["verification"]["exact"]["passed"]
     assert [(p["name"], p["status"]) for p in report["passes"]] == [

@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 import pytest
 from graphs import conv_bn_relu_fc, init, make_model, randn, save
+from probe import run_inprocess
 from onnx import helper
 
 import sparsecc
-from sparsecc.cli import main
 from sparsecc.errors import OptionError, PlanError
 from sparsecc.verify import OutputAgreement, VerifyResult
 from sparsecc.verify_options import precision_explanation, verify_config
@@ -27,21 +27,9 @@ def model_path(tmp_path):
 
 
 def _run(capsys, *args):
-    from sparsecc.log import logger
-
-    saved = list(logger.handlers)  # main() logs to the stderr of its first call: give each call its own
-    for handler in saved:
-        logger.removeHandler(handler)
-    try:
-        code = main([str(a) for a in args])
-    finally:
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-        for handler in saved:
-            logger.addHandler(handler)
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err, captured.err
-    return code, captured.out, captured.err
+    code, out, err = run_inprocess(capsys, *args)
+    assert "Traceback" not in err, err
+    return code, out, err
 
 
 def conv_chain(tmp_path, channels: int = 16, name: str = "chain.onnx", output_middle: bool = False):
@@ -245,8 +233,9 @@ def test_a_model_with_external_data_loads_compiles_and_is_written_with_external_
     monkeypatch.setattr(onnx_files, "EXTERNAL_ABOVE", 1000)  # as if the model were over 2 GB
     result = sparsecc.compile_model(source, "none", tmp_path / "out")
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx.data", "plan.json", "plan.npz",
-                                                     "report.json", "report.md"]
+    written = ["model.onnx", "model.onnx.data", "plan.json", "plan.npz", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".sparsecc-outputs.json", *written]
+    assert json.loads((out / ".sparsecc-outputs.json").read_text())["outputs"] == written  # what --force may remove
     assert "model.onnx.data" in result.report["outputs"]
     assert (out / "model.onnx").stat().st_size < 2000  # the weights are in model.onnx.data
     x = np.random.default_rng(0).standard_normal((1, 4, 6, 6)).astype(np.float32)

@@ -12,6 +12,7 @@ from onnx import helper
 from sparsecc.errors import UnsupportedModelError, VerificationError
 from sparsecc.model import model_from_proto
 from sparsecc.passmanager import Pass, PassContext, PassManager, PassResult
+from sparsecc.plugins.ops import PluginAttributeError
 from sparsecc.plugins.references import DOMAIN, OpSignature, register_reference, unregister_reference
 from sparsecc.verify import VerifyConfig, compare_models, input_specs, verification_backend
 
@@ -79,12 +80,24 @@ def test_both_reference_backends_agree_with_the_plain_graph(reference):
 
 
 def test_a_wrong_plugin_lowering_fails_verification(reference):
-    register_reference("TestWrongRelu", OpSignature(("x",), ("y",)))(lambda x, **_: np.abs(x))
+    signature = OpSignature(("x",), ("y",), {"scale": float, "mode": str})
+    register_reference("TestWrongRelu", signature)(lambda x, **_: np.abs(x))
     try:
         with pytest.raises(VerificationError, match="claims to be exact"):
             PassManager([LowerReluToPlugin("TestWrongRelu")]).run(PassContext(_model()))
     finally:
         unregister_reference("TestWrongRelu")
+
+
+def test_a_node_that_does_not_fit_its_ops_signature_never_reaches_the_reference():
+    calls = []
+    register_reference("TestNoAttributes", OpSignature(("x",), ("y",)))(lambda x: calls.append(x) or x)
+    try:
+        with pytest.raises(PluginAttributeError, match="node 'relu'.*unexpected attribute 'scale'"):
+            PassManager([LowerReluToPlugin("TestNoAttributes")]).run(PassContext(_model()))
+    finally:
+        unregister_reference("TestNoAttributes")
+    assert calls == []
 
 
 def test_a_plugin_node_without_reference_is_a_clear_error():

@@ -8,8 +8,8 @@ cores with spinning worker threads.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,95 @@ def is_broadcast_scale(array) -> bool:
     return len(shape) >= 2 and shape[0] > 1 and all(d == 1 for d in shape[1:])
 
 
+class OnnxRuntimeFailure(RuntimeError):
+    """ONNX Runtime refused to load or to run a graph (an internal error unless the graph is the user's:
+    :meth:`user_error` turns it into one that names the node).
+
+    Attributes:
+        stage: "load" or "run".
+        detail: ONNX Runtime's message, without its status prefix and temporary file names.
+        node: The node the message names, if it names one.
+        op: The op the message names ("domain:Op" for an unregistered one), if it names one.
+    """
+
+    def __init__(self, stage: str, message: str):
+        self.stage = stage
+        self.detail = _clean_message(message)
+        self.node, self.op = _node_named(message)
+        super().__init__(f"ONNX Runtime could not {stage} the graph: {self.detail}")
+
+    def user_error(self, where: str, graph=None):
+        """A :class:`~sparsecc.errors.ModelLoadError` naming the node (and its op, looked up in ``graph``)."""
+        from sparsecc.errors import ModelLoadError
+
+        op = self.op
+        if graph is not None and self.node and op is None:
+            op = next((n.op if not n.domain else f"{n.domain}:{n.op}" for n in graph.nodes if n.name == self.node),
+                      None)
+        node = (f"node '{self.node}'" + (f" ({op})" if op else "")) if self.node else (f"op {op}" if op else "")
+        return ModelLoadError(
+            f"ONNX Runtime cannot {self.stage} the model" + (f" at {node}" if node else "") + f": {self.detail}",
+            where=where, fix="sparsecc runs every model it works on with ONNX Runtime (each rewrite is checked there): "
+                             "fix the model (re-export it; onnxruntime.InferenceSession shows the same error), or "
+                             "give the input shapes it runs at with --shape")
+
+
+_NODE_PATTERNS = (r"Name:'([^']+)'", r"in node \(([^)]+)\)", r"node name \(([^)]+)\)", r"Node \(([^)]+)\)",
+                  r"node ([^ :]+): ")
+
+
+def _node_named(message: str) -> tuple[str | None, str | None]:
+    import re
+
+    unregistered = re.search(r"([\w.]*):(\w+)\(-?\d+\) is not a registered function/op", message)
+    op = f"{unregistered.group(1)}:{unregistered.group(2)}" if unregistered else None
+    for pattern in _NODE_PATTERNS:
+        found = re.search(pattern, message)
+        if found:
+            return found.group(1), op
+    return None, op
+
+
+def _clean_message(message: str) -> str:
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(message))
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text.strip())
+    text = re.sub(r"Load model from \S+ failed:\s*", "", text)
+    text = re.sub(r"Non-zero status code returned while running \w+ node\. Name:'[^']*' Status Message: ", "", text)
+    return text.splitlines()[0][:400] if text else "(no message)"
+
+
+def create_session(source, options, providers: list[str]):
+    """The one place sparsecc makes ONNX Runtime sessions: a load failure is an :class:`OnnxRuntimeFailure`."""
+    import onnxruntime as ort
+
+    quiet_onnxruntime()
+    if options is not None:
+        options.log_severity_level = max(options.log_severity_level, 4)  # its errors reach the user as ours
+    try:
+        return ort.InferenceSession(source, options, providers=providers)
+    except Exception as err:  # noqa: BLE001 - pybind raises one type per status code; all mean "cannot load"
+        raise OnnxRuntimeFailure("load", str(err)) from err
+
+
+def run_session(session, names, feeds):
+    """``session.run``, with a failure as an :class:`OnnxRuntimeFailure`."""
+    try:
+        return session.run(names, feeds)
+    except Exception as err:  # noqa: BLE001 - as in create_session
+        raise OnnxRuntimeFailure("run", str(err)) from err
+
+
+@contextmanager
+def user_model(where: str, graph=None):
+    """ONNX Runtime failures inside the block are the user's model's (bench, eval, validate): user errors."""
+    try:
+        yield
+    except OnnxRuntimeFailure as failure:
+        raise failure.user_error(where, graph) from None
+
+
 def add_initializers(options, initializers: list[tuple[str, Any]] | None) -> list:
     """Give ONNX Runtime these (name, array) weights from memory (``SessionOptions.add_initializer``,
     no copy); the OrtValues returned must outlive the session. Arrays that are not aligned and
@@ -102,7 +191,7 @@ class OrtSession(Session):
         return [TensorSpec(i.name, tuple(i.shape), numpy_dtype_of_input(i)) for i in self._session.get_inputs()]
 
     def run(self, feeds):
-        values = self._session.run(self._output_names, feeds)
+        values = run_session(self._session, self._output_names, feeds)
         return dict(zip(self._output_names, values))
 
     def describe(self) -> dict:
@@ -155,8 +244,8 @@ class OrtBackend(Backend):
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         source = str(model) if isinstance(model, (str, Path)) else model
         try:
-            session = ort.InferenceSession(source, options, providers=self.providers)
-        except Exception as err:  # noqa: BLE001 - re-raised unless it is the plugin case
+            session = create_session(source, options, self.providers)
+        except OnnxRuntimeFailure as err:
             if "sparsecc" in str(err):
                 refuse_plugin_nodes(model, err)
             raise

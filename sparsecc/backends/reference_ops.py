@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from sparsecc import interrupts
 from sparsecc.backends.base import Backend, Session, TensorSpec
-from sparsecc.errors import BackendUnavailableError, UnsupportedModelError
+from sparsecc.errors import BackendUnavailableError, SparseccError, UnsupportedModelError
 from sparsecc.plugins.references import DOMAIN, get_reference
 
 EXTENSIONS_DOMAIN = "ai.onnx.contrib"
@@ -72,6 +73,82 @@ def _reference_for(node: onnx.NodeProto, source: str):
             "so the graph cannot be verified", where=source,
             fix="register one with sparsecc.plugins.references.register_reference")
     return reference
+
+
+def check_custom_nodes(proto: onnx.ModelProto, source: str) -> None:
+    """Every sparsecc-domain node against its op's registered signature, before any reference runs.
+
+    A node that does not fit (an unknown or huge attribute, a wrong input count or type) would reach
+    the reference as keyword arguments, and an exception raised inside ONNX Runtime's Python custom
+    op aborts the process. Raises a :class:`~sparsecc.plugins.ops.PluginAttributeError` naming the node.
+    """
+    from sparsecc.plugins.ops import SIGNATURES, PluginAttributeError, check_plugin_node
+
+    nodes = custom_nodes(proto)
+    if not nodes:
+        return
+    types, shapes = _tensor_info(proto)
+    elem_types = {name: onnx.helper.np_dtype_to_tensor_dtype(dtype) for name, dtype in types.items()}
+    for node in nodes:
+        reference = _reference_for(node, source)
+        if node.op_type in SIGNATURES:
+            problems = check_plugin_node(node, elem_types) or _geometry_problems(node, shapes)
+        else:
+            problems = _signature_problems(node, reference.signature)
+        if problems:
+            raise PluginAttributeError(
+                f"node '{node.name}' ({node.domain}::{node.op_type}) does not fit the op's signature: "
+                + "; ".join(problems), where=source,
+                fix="sparsecc plugin nodes are made by the lower-tensorrt pass; re-make the model from its ONNX "
+                    "original, or fix the node to the signature in sparsecc.plugins.ops")
+
+
+def _signature_problems(node: onnx.NodeProto, signature) -> list[str]:
+    """Input/output counts and attribute names and types against a reference's :class:`OpSignature`."""
+    problems = []
+    required = [i for i in signature.inputs if not i.endswith("?")]
+    if not len(required) <= len(node.input) <= len(signature.inputs) or len(node.output) != len(signature.outputs):
+        problems.append(f"{len(node.input)} inputs / {len(node.output)} outputs, expected {list(signature.inputs)} / "
+                        f"{list(signature.outputs)}")
+    kinds = {int: (onnx.AttributeProto.INT,), float: (onnx.AttributeProto.FLOAT,), str: (onnx.AttributeProto.STRING,),
+             list: (onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS, onnx.AttributeProto.STRINGS)}
+    for attribute in node.attribute:
+        expected = signature.attributes.get(attribute.name)
+        if expected is None:
+            problems.append(f"unexpected attribute '{attribute.name}'")
+        elif attribute.type not in kinds.get(expected, (attribute.type,)):
+            problems.append(f"attribute '{attribute.name}' must be {expected.__name__}")
+    return problems
+
+
+# the references compute im2col in float64: more than this is refused before running
+MAX_REFERENCE_BYTES = 2**31
+
+
+def _geometry_problems(node: onnx.NodeProto, shapes: dict[str, tuple]) -> list[str]:
+    """A plugin convolution's attributes against its input's shape (ranges, an empty output, the size of
+    the reference's im2col)."""
+    from sparsecc.plugins.ops import GROUPWISE_LINEAR, PluginAttributeError, as_ints, conv_geometry
+
+    if node.op_type == GROUPWISE_LINEAR:
+        return []
+    attrs = {a.name: list(a.ints) for a in node.attribute if a.type == onnx.AttributeProto.INTS}
+    shape = shapes.get(node.input[0]) if node.input else None
+    try:
+        if not (shape and len(shape) == 4):  # the input's shape is not known: the attributes' sizes and ranges
+            for name, length, low in (("kernel_shape", 2, 1), ("strides", 2, 1), ("pads", 4, 0), ("dilations", 2, 1)):
+                values = as_ints(attrs[name], name, length)
+                if any(v < low or v > 65535 for v in values):
+                    return [f"attribute '{name}' = {list(values)} is out of range ({low}..65535)"]
+            return []
+        geometry = conv_geometry(shape, attrs["kernel_shape"], attrs["strides"], attrs["pads"], attrs["dilations"])
+    except PluginAttributeError as err:
+        return [err.what]
+    cells = geometry.n * max(geometry.c, 32) * geometry.kh * geometry.kw * geometry.oh * geometry.ow
+    if cells * 8 > MAX_REFERENCE_BYTES:
+        return [f"its numpy reference would take {cells * 8 / 2**30:.1f} GiB (limit "
+                f"{MAX_REFERENCE_BYTES / 2**30:.0f} GiB) at input shape {list(shape)}"]
+    return []
 
 
 def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
@@ -125,21 +202,40 @@ _ORT_TYPES = {np.dtype(np.float32): "dt_float", np.dtype(np.float16): "dt_float1
               np.dtype(np.int64): "dt_int64", np.dtype(np.int32): "dt_int32", np.dtype(np.bool_): "dt_bool",
               np.dtype(np.uint8): "dt_uint8", np.dtype(np.int8): "dt_int8"}
 _REGISTERED: dict[str, tuple] = {}  # extensions op name -> the (reference, types) it was registered with
+_FAILURES: list[tuple[str, BaseException]] = []  # (node, exception) raised by a reference during one run
 
 
 def _tensor_dtypes(model: onnx.ModelProto) -> dict[str, np.dtype]:
     """Element types of every tensor whose type ONNX can infer (inputs of custom nodes included)."""
+    return _tensor_info(model)[0]
+
+
+def _tensor_info(model: onnx.ModelProto) -> tuple[dict[str, np.dtype], dict[str, tuple]]:
+    """Element types, and the shapes known in full, of every tensor ONNX shape inference can follow."""
     from onnx import helper, shape_inference
 
-    inferred = shape_inference.infer_shapes(model, strict_mode=False)
-    graph = inferred.graph
-    types = {}
+    try:
+        graph = shape_inference.infer_shapes(model, strict_mode=False).graph
+    except Exception:  # noqa: BLE001 - inference is best effort: what it cannot follow stays unknown
+        graph = model.graph
+    types, shapes = {}, {}
     for info in list(graph.value_info) + list(graph.input) + list(graph.output):
-        if info.type.tensor_type.elem_type:
-            types[info.name] = np.dtype(helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type))
+        tensor_type = info.type.tensor_type
+        if tensor_type.elem_type:
+            try:
+                types[info.name] = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+            except (KeyError, TypeError):
+                pass
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        if tensor_type.HasField("shape") and all(d is not None and d > 0 for d in dims):
+            shapes[info.name] = tuple(dims)
     for tensor in graph.initializer:
-        types[tensor.name] = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
-    return types
+        try:
+            types[tensor.name] = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        except (KeyError, TypeError):
+            pass
+        shapes[tensor.name] = tuple(tensor.dims)
+    return types, shapes
 
 
 def _register_extension_op(node: onnx.NodeProto, reference, types: dict[str, np.dtype]) -> str:
@@ -159,9 +255,19 @@ def _register_extension_op(node: onnx.NodeProto, reference, types: dict[str, np.
         if known == signature and known_reference is reference:
             return name
     name = f"sparsecc_{node.op_type}_{len(_REGISTERED)}"
+    placeholders = [np.zeros(1, types.get(out, first)) for out in node.output]
 
     def compute(*inputs):
-        result = reference(*inputs, **attributes)
+        # an exception escaping into ONNX Runtime aborts the process: it is kept for after the run
+        # (signals wait for the run to return: see _OrtSession.run)
+        if _FAILURES:
+            return placeholders[0] if len(placeholders) == 1 else tuple(placeholders)
+        try:
+            interrupts.point("reference-op")
+            result = reference(*inputs, **attributes)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by run() once ONNX Runtime has returned
+            _FAILURES.append((node.name, exc))
+            return placeholders[0] if len(placeholders) == 1 else tuple(placeholders)
         return result[0] if len(result) == 1 else result
 
     onnx_op(op_type=name, inputs=ins, outputs=outs)(compute)
@@ -193,11 +299,14 @@ class OrtReferencesBackend(Backend):
         import onnxruntime as ort
         from onnxruntime_extensions import get_library_path
 
+        from sparsecc.backends.ort import create_session
+
         reason = self.unavailable_reason()
         if reason:
             raise BackendUnavailableError(f"graphs with {DOMAIN}-domain nodes cannot be run: {reason}",
                                           fix="pip install onnxruntime-extensions")
         proto = _load(model)
+        check_custom_nodes(proto, "the graph under verification")
         nodes = custom_nodes(proto)
         if nodes:
             types = _tensor_dtypes(proto)
@@ -216,7 +325,7 @@ class OrtReferencesBackend(Backend):
         options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
         options.register_custom_ops_library(get_library_path())
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = create_session(proto.SerializeToString(), options, ["CPUExecutionProvider"])
         return _OrtSession(session)
 
 
@@ -233,7 +342,30 @@ class _OrtSession(Session):
         return self._inputs
 
     def run(self, feeds):
-        return _output_dict(self._names, self._session.run(self._names, feeds))
+        from sparsecc.backends.ort import OnnxRuntimeFailure, run_session
+
+        _FAILURES.clear()
+        try:
+            # Python runs in ONNX Runtime's callbacks, where an exception (a Ctrl-C's included) aborts the
+            # process: a signal is recorded and raised once the run has returned
+            with interrupts.deferred():
+                values = run_session(self._session, self._names, feeds)
+        except OnnxRuntimeFailure:
+            if not _FAILURES:
+                raise
+            values = None
+        finally:
+            failures, _FAILURES[:] = list(_FAILURES), []
+        if failures:
+            node, exc = failures[0]
+            if not isinstance(exc, Exception):  # an interrupt
+                raise exc
+            detail = exc.what if isinstance(exc, SparseccError) else f"{type(exc).__name__}: {exc}"
+            raise UnsupportedModelError(f"the numpy reference of node '{node}' failed: {detail}",
+                                        where="the graph under verification",
+                                        fix="check the node's inputs and attributes against its op's signature "
+                                            "(sparsecc.plugins.ops)") from exc
+        return _output_dict(self._names, values)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,6 +391,7 @@ class OnnxReferenceBackend(Backend):
         from onnx.reference import ReferenceEvaluator
 
         proto = _load(model)
+        check_custom_nodes(proto, "the graph under verification")
         classes = {}
         for node in custom_nodes(proto):
             reference = _reference_for(node, "the graph under verification")

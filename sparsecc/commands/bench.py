@@ -21,6 +21,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from sparsecc.backends.ort import user_model
     from sparsecc.bench import bench_models
     from sparsecc.errors import OptionError
     from sparsecc.log import progress
@@ -32,8 +33,9 @@ def run(args) -> int:
                           fix="sparsecc bench BASELINE.onnx CANDIDATE.onnx")
     if args.runs < 1 or args.warmup < 0 or args.threads < 1:
         raise OptionError("--runs and --threads must be at least 1 and --warmup at least 0")
-    result = bench_models(args.models, args.backend, args.threads, parse_shape_overrides(args.shape),
-                          args.runs, args.warmup, progress=progress, inputs=feed_options(args))
+    with user_model(" or ".join(args.models)):  # ONNX Runtime refusing a model given here is the user's to fix
+        result = bench_models(args.models, args.backend, args.threads, parse_shape_overrides(args.shape),
+                              args.runs, args.warmup, progress=progress, inputs=feed_options(args))
     if args.json:
         print_json(result)
     else:

@@ -28,6 +28,7 @@ def run(args) -> int:
     from sparsecc.backends.tensorrt import TensorRTBackend
     from sparsecc.errors import BackendUnavailableError, OptionError
     from sparsecc.model import check_model_file, parse_shape_overrides
+    from sparsecc.outputs import OutputFiles
 
     check_model_file(args.model)  # a missing model is said first, whatever the machine has
     if Path(args.output).resolve() == Path(args.model).resolve():
@@ -38,12 +39,17 @@ def run(args) -> int:
         raise BackendUnavailableError(f"cannot build a TensorRT engine here: {reason}",
                                       fix="build on a machine with TensorRT and an NVIDIA GPU; here, `sparsecc "
                                           "validate MODEL --against ORIGINAL` and `sparsecc bench` run on ONNX Runtime")
-    backend = get_backend("tensorrt", sparse_weights=not args.no_sparse_weights, workspace_mb=args.workspace_mb,
-                          builder_optimization_level=args.opt_level, shapes=parse_shape_overrides(args.shape) or None,
-                          engine_path=args.output, timing_cache=args.timing_cache, tf32=args.tf32)
-    session = backend.load(Path(args.model))
-    report = session.describe()
-    session.close()
+    with OutputFiles(inputs=[args.model]) as files:  # the engine replaces -o whole, or not at all
+        backend = get_backend("tensorrt", sparse_weights=not args.no_sparse_weights, workspace_mb=args.workspace_mb,
+                              builder_optimization_level=args.opt_level,
+                              shapes=parse_shape_overrides(args.shape) or None,
+                              engine_path=str(files.stage(args.output)), timing_cache=args.timing_cache,
+                              tf32=args.tf32)
+        session = backend.load(Path(args.model))
+        report = session.describe()
+        session.close()
+        files.commit()
+    report["engine_path"] = args.output
     if args.json:
         print_json(report)
         return 0

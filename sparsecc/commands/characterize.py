@@ -53,7 +53,7 @@ def run(args) -> int:
     from sparsecc.characterize import StudyConfig, format_table, plot_study, render_markdown, run_study
     from sparsecc.errors import OptionError
     from sparsecc.log import progress
-    from sparsecc.model import write_bytes_atomic
+    from sparsecc.outputs import OutputFiles
 
     try:
         block = tuple(int(v) for v in args.block.lower().split("x"))
@@ -77,15 +77,17 @@ def run(args) -> int:
         sys.stdout.write("\n")
     else:
         print(format_table(result))
-    if args.json_out:
-        write_bytes_atomic(Path(args.json_out), (json.dumps(data, indent=2) + "\n").encode())
-        progress(f"wrote {args.json_out}")
-    if args.plot:
-        plot_study(result, args.plot)
-        progress(f"wrote {args.plot}")
-    if args.markdown:
-        # The report links the plot relative to where the report lies.
-        plot = os.path.relpath(args.plot, Path(args.markdown).resolve().parent) if args.plot else None
-        write_bytes_atomic(Path(args.markdown), render_markdown(result, plot).encode())
-        progress(f"wrote {args.markdown}")
+    with OutputFiles() as files:  # the files are replaced together, when all are written
+        if args.json_out:
+            files.stage(args.json_out).write_text(json.dumps(data, indent=2) + "\n")
+        if args.plot:
+            plot_study(result, files.stage(args.plot))
+        if args.markdown:
+            # The report links the plot relative to where the report lies.
+            plot = os.path.relpath(args.plot, Path(args.markdown).resolve().parent) if args.plot else None
+            files.stage(args.markdown).write_text(render_markdown(result, plot))
+        files.commit()
+    for written in (args.json_out, args.plot, args.markdown):
+        if written:
+            progress(f"wrote {written}")
     return 0

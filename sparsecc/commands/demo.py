@@ -16,6 +16,9 @@ def register(subparsers) -> None:
                         help="leave out the bundled fine-tuned checkpoints (one-shot recipes only)")
     parser.add_argument("--runs", type=int, default=20, help="timed rounds. Default: 20")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads. Default: 2")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an output folder that is not empty (an earlier demo's outputs there are "
+                             "replaced)")
     parser.set_defaults(func=run)
 
 
@@ -23,7 +26,7 @@ def run(args) -> int:
     from sparsecc.demo import render_demo_markdown, run_demo
 
     summary = run_demo(args.output, args.model, args.recipes, runs=args.runs, threads=args.threads,
-                       finetuned=not args.no_finetuned)
+                       finetuned=not args.no_finetuned, force=args.force)
     print(render_demo_markdown(summary))
     print(f"wrote {args.output}/report.md and report.json, and one folder per recipe")
     return 1 if any(r["status"] != "ok" for r in summary["rows"]) else 0

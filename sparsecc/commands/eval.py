@@ -19,6 +19,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from sparsecc.backends.ort import user_model
     from sparsecc.errors import OptionError
     from sparsecc.evaluate import evaluate_onnx
     from sparsecc.log import progress
@@ -26,7 +27,8 @@ def run(args) -> int:
     if args.threads < 1:
         raise OptionError("--threads must be at least 1")
     progress(f"scoring {args.model} on the '{args.data}' test split")
-    result = evaluate_onnx(args.model, args.data, args.threads, report=progress)
+    with user_model(args.model):  # ONNX Runtime refusing the model is the user's to fix
+        result = evaluate_onnx(args.model, args.data, args.threads, report=progress)
     if args.json:
         print_json(result)
     else:

@@ -37,6 +37,8 @@ def register(subparsers) -> None:
                         help="torch CPU threads per process (1 keeps runs repeatable). Default: 1")
     parser.add_argument("--dynamo", action="store_true", help="export with the torch.export-based exporter")
     parser.add_argument("-o", "--output", required=True, help="output folder (model.onnx, plan.json, finetune.json)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an output folder that is not empty (the outputs replace theirs)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
 
@@ -87,18 +89,18 @@ def detect_recipe(folder: Path) -> str:
 
 
 def finetune_model(args) -> dict | None:
-    import json
+    import os
+    from contextlib import nullcontext
 
     import torch
 
     import sparsecc.torch as st
     from sparsecc import zoo
-    from sparsecc.compiler import prepare_output_dir
+    from sparsecc.compiler import plan_files
     from sparsecc.data import load_dataset
     from sparsecc.errors import OptionError
-    from sparsecc.evaluate import evaluate_onnx
     from sparsecc.log import progress
-    from sparsecc.model import write_bytes_atomic
+    from sparsecc.outputs import OutputFolder
     from sparsecc.plan import SparsityPlan
     from sparsecc.recipe import load_recipe
 
@@ -122,12 +124,31 @@ def finetune_model(args) -> dict | None:
     # a bad recipe or plan is refused before the output folder is made
     recipe = load_recipe(args.recipe) if args.recipe else None
     plan = SparsityPlan.load(args.plan) if args.plan else None
-    out = prepare_output_dir(args.output, Path(source))
-    dense = st.evaluate(module, split.x_test, split.y_test)
-    result = st.finetune(module, split, recipe, plan=plan, epochs=args.epochs, schedule=args.schedule,
-                         lr=args.lr, batch_size=args.batch_size, seed=args.seed, train_limit=args.train_limit)
-    if result.rank != 0:
-        return None
+    # rank 0 writes (torchrun sets RANK); a folder that cannot be written is refused before training
+    writer = int(os.environ.get("RANK", "0")) == 0
+    inputs = [source, *plan_files(args.plan)]
+    with OutputFolder(args.output, "finetune", inputs=inputs, force=args.force) if writer else nullcontext() as folder:
+        dense = st.evaluate(module, split.x_test, split.y_test)
+        result = st.finetune(module, split, recipe, plan=plan, epochs=args.epochs, schedule=args.schedule,
+                             lr=args.lr, batch_size=args.batch_size, seed=args.seed, train_limit=args.train_limit)
+        if result.rank != 0 or folder is None:
+            return None
+        summary = _write_outputs(args, folder.staging, result, split, dense, name, source)
+        folder.commit()
+    progress(f"wrote {args.output}")
+    return summary
+
+
+def _write_outputs(args, out: Path, result, split, dense: float, name: str, source) -> dict:
+    """model.onnx, plan.json (+ .npz) and finetune.json into ``out`` (the output's staging folder)."""
+    import json
+
+    import torch
+
+    import sparsecc.torch as st
+    from sparsecc.evaluate import evaluate_onnx
+    from sparsecc.outputs import write_bytes_atomic
+
     example = torch.from_numpy(split.x_test[:1].copy())
     st.export_onnx(result.module, out / "model.onnx", example, masks=result.masks, dynamo=args.dynamo)
     result.plan.source = f"sparsecc finetune {name} ({args.recipe or args.plan})"
@@ -144,5 +165,4 @@ def finetune_model(args) -> dict | None:
                "history": result.history, "exporter": "dynamo" if args.dynamo else "torchscript",
                "torch_version": torch.__version__}
     write_bytes_atomic(out / "finetune.json", (json.dumps(summary, indent=2) + "\n").encode())
-    progress(f"wrote {out}")
     return summary

@@ -26,14 +26,16 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from sparsecc.backends.ort import user_model
     from sparsecc.errors import OptionError
     from sparsecc.model import parse_shape_overrides
     from sparsecc.validate import parse_tolerances, validate
 
     if args.iterations < 1:
         raise OptionError("--iterations must be at least 1")
-    result = validate(args.candidate, args.against, args.backend, parse_tolerances(args.atol, args.rtol),
-                      parse_shape_overrides(args.shape), args.seed, args.iterations)
+    with user_model(f"{args.candidate} or {args.against}"):  # both are the user's models
+        result = validate(args.candidate, args.against, args.backend, parse_tolerances(args.atol, args.rtol),
+                          parse_shape_overrides(args.shape), args.seed, args.iterations)
     if args.json:
         print_json(result)
     else:

@@ -20,8 +20,12 @@ def register(subparsers) -> None:
     export.add_argument("name", help="zoo model name (see `sparsecc zoo list`)")
     export.add_argument("-o", "--output", required=True, help="ONNX file to write")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset. Defaults to 17.")
-    export.add_argument("--pretrained", action="store_true",
-                        help="use the trained weights of the bundled checkpoint (only *-digits models)")
+    weights = export.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", action="store_true",
+                         help="require the trained weights of the bundled checkpoint (models listed TRAINED yes; "
+                              "they export them by default)")
+    weights.add_argument("--untrained", action="store_true",
+                         help="PyTorch's random initial weights, even for a model with a trained checkpoint")
     export.set_defaults(func=_export)
 
 
@@ -52,8 +56,13 @@ def _list(args) -> int:
 
 
 def _export(args) -> int:
-    from sparsecc.zoo import export_onnx
+    from sparsecc.zoo import export_onnx, get_entry
 
-    path = export_onnx(args.name, args.output, opset=args.opset, pretrained=args.pretrained)
-    print(f"wrote {path} ({args.name}, opset {args.opset}, checked against PyTorch in ONNX Runtime)")
+    entry = get_entry(args.name)
+    pretrained = False if args.untrained else True if args.pretrained else entry.checkpoint is not None
+    path = export_onnx(args.name, args.output, opset=args.opset, pretrained=pretrained)
+    weights = (f"trained weights from the bundled checkpoint {entry.checkpoint}" if pretrained else
+               "random initial weights (untrained" + ("; --untrained" if entry.checkpoint else
+                                                      ": this model has no trained checkpoint") + ")")
+    print(f"wrote {path} ({args.name}, {weights}, opset {args.opset}, checked against PyTorch in ONNX Runtime)")
     return 0

@@ -6,8 +6,9 @@ backend and its thread count, and the CPU model. A compile that finds every timi
 the cache makes the same decisions, so the same model compiled again on the same machine gives a
 byte-identical ``model.onnx``.
 
-The file is JSON (``{"sparsecc_timing_cache": 1, "entries": {key: entry}}``), written atomically
-and merged with what is on disk, so two compiles can share it. Its location is, in order:
+The file is JSON (``{"sparsecc_timing_cache": 1, "entries": {key: entry}}``), merged with what is on
+disk and replaced atomically under a lock, so compiles can share it; a corrupt or foreign file is set
+aside with a warning, an unwritable one is a warning (:mod:`~sparsecc.lowering.cache_file`). Its location is, in order:
 ``--timing-cache FILE``, the environment variable ``SPARSECC_TIMING_CACHE``, then
 ``~/.cache/sparsecc/timing-cache.json`` (``$XDG_CACHE_HOME`` respected). ``off`` turns it off.
 """
@@ -23,10 +24,22 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from sparsecc.errors import OptionError
+from sparsecc.lowering.cache_file import merge_entries, read_entries
 
 ENV = "SPARSECC_TIMING_CACHE"
+FORMAT_KEY = "sparsecc_timing_cache"
 FORMAT = 1
+# what an entry holds: a layer's timing, or a whole model's against the model it came from
+_ENTRY_FIELDS = ({"seconds", "spread"}, {"dense_ms", "rewritten_ms", "spread", "runs"})
+
+
+def valid_entry(entry: Any) -> bool:
+    """An entry this version reads: one of the field sets above, every number finite and >= 0."""
+    if not isinstance(entry, dict) or not any(fields <= set(entry) for fields in _ENTRY_FIELDS):
+        return False
+    numbers = [entry[k] for fields in _ENTRY_FIELDS for k in fields if k in entry]
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v >= 0
+               for v in numbers)
 
 
 def default_timing_cache_path() -> Path | None:
@@ -73,20 +86,8 @@ class TimingCache:
         self._new: set[str] = set()
         self.hits = 0
         self.misses = 0
-        if self.path is not None and self.path.exists():
-            self.entries = self._read(self.path)
-
-    @staticmethod
-    def _read(path: Path) -> dict[str, dict[str, Any]]:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise OptionError(f"the timing cache cannot be read ({exc})", where=str(path),
-                              fix="delete the file (it is rebuilt by measuring), or give another --timing-cache")
-        if not isinstance(data, dict) or data.get("sparsecc_timing_cache") != FORMAT:
-            raise OptionError("this file is not a sparsecc timing cache (format 1)", where=str(path),
-                              fix="delete it, or give another --timing-cache")
-        return dict(data.get("entries", {}))
+        if self.path is not None:
+            self.entries = read_entries(self.path, FORMAT_KEY, FORMAT, valid_entry)
 
     @staticmethod
     def key(fields: dict[str, Any]) -> str:
@@ -105,15 +106,11 @@ class TimingCache:
         self._new.add(key)
 
     def save(self) -> None:
-        """Write new entries to the file, merged with what another compile may have written since."""
+        """Write new entries to the file, merged with what another compile may have written since (a file
+        that cannot be written is a warning: the timings are then kept for this compile only)."""
         if self.path is None or not self._new:
             return
-        from sparsecc.model import write_bytes_atomic
-
-        on_disk = self._read(self.path) if self.path.exists() else {}
-        on_disk.update({key: self.entries[key] for key in self._new})
-        text = json.dumps({"sparsecc_timing_cache": FORMAT, "entries": on_disk}, indent=1, sort_keys=True)
-        write_bytes_atomic(self.path, (text + "\n").encode())
+        merge_entries(self.path, FORMAT_KEY, FORMAT, {key: self.entries[key] for key in self._new}, valid_entry)
         self._new.clear()
 
     def describe(self) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from graphs import init, make_model, randn, save
 from onnx import helper
 
 from sparsecc.compiler import compile_model
-from sparsecc.errors import OptionError
 from sparsecc.lowering import Candidate, TimingCache, choose_lowering, open_timing_cache
 from sparsecc.lowering.timing_cache import ENV, default_timing_cache_path
 
@@ -52,7 +51,7 @@ def test_analytic_cost_model_is_deterministic_without_a_cache(tmp_path):
     assert (tmp_path / "a" / "model.onnx").read_bytes() == (tmp_path / "b" / "model.onnx").read_bytes()
 
 
-def test_cache_location_and_bad_files(tmp_path, monkeypatch):
+def test_cache_location_and_bad_files(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv(ENV, str(tmp_path / "env.json"))
     assert default_timing_cache_path() == tmp_path / "env.json"
     monkeypatch.setenv(ENV, "off")
@@ -60,13 +59,16 @@ def test_cache_location_and_bad_files(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_timing_cache_path() == tmp_path / "xdg" / "sparsecc" / "timing-cache.json"
-    bad = tmp_path / "bad.json"
-    bad.write_text("{not json")
-    with pytest.raises(OptionError, match="cannot be read"):
-        TimingCache(bad)
-    bad.write_text('{"something": 1}')
-    with pytest.raises(OptionError, match="not a sparsecc timing cache"):
-        TimingCache(bad)
+    # a corrupt or foreign cache is set aside with a warning, and the compile goes on with an empty one
+    for text, phrase in (("{not json", "cannot be read as JSON"), ('{"something": 1}', "not a sparsecc timing cache"),
+                         ('{"sparsecc_timing_cache": 1, "entries": [1, 2]}', "'entries' is not a mapping")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with caplog.at_level("WARNING", logger="sparsecc"):
+            assert TimingCache(bad).entries == {}
+        assert phrase in caplog.text and "set aside" in caplog.text
+        assert not bad.exists() and any(p.read_text() == text for p in tmp_path.glob("bad.json.unreadable-*"))
+        caplog.clear()
 
 
 def test_cache_saves_merge_with_what_is_on_disk(tmp_path):
