@@ -52,7 +52,7 @@ def train(name: str, x_train: np.ndarray, y_train: np.ndarray, epochs: int):
     """Trains zoo model ``name`` from its seeded random initialisation; returns the model."""
     import torch
 
-    from sparsecc.torch import random_shift
+    from sparsecc.finetuning import random_shift
     from sparsecc.zoo import build_model
 
     torch.manual_seed(SEED)

@@ -10,31 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnx import numpy_helper
 
 from sparsecc.errors import ModelLoadError
-from sparsecc.graphutil import constant, is_graph_output
+from sparsecc.graphutil import constant, constants_to_initializers, is_graph_output, optional_input
 from sparsecc.model import CANONICAL_OPSET, Model
-from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
-
-_SCALAR_ATTRS = {"value_float": np.float32, "value_int": np.int64}
-_LIST_ATTRS = {"value_floats": np.float32, "value_ints": np.int64}
-
-
-def _constant_node_value(node: gs.Node) -> np.ndarray | None:
-    attrs = node.attrs
-    if "value" in attrs:
-        value = attrs["value"]
-        return value.values if isinstance(value, gs.Constant) else np.asarray(value)
-    for key, dtype in _SCALAR_ATTRS.items():
-        if key in attrs:
-            return np.array(attrs[key], dtype=dtype)
-    for key, dtype in _LIST_ATTRS.items():
-        if key in attrs:
-            return np.array(attrs[key], dtype=dtype)
-    if "sparse_value" in attrs:
-        return numpy_helper.to_array(attrs["sparse_value"]) if hasattr(attrs["sparse_value"], "dims") else None
-    return None
+from sparsecc.passmanager import Pass, PassContext, PassManager, PassResult, Role, Skipped, make_pass, register_pass
 
 
 @register_pass
@@ -42,26 +22,13 @@ class ConstantsToInitializers(Pass):
     """Turn Constant nodes into initializers, so weights given as Constant nodes are recognised."""
 
     name = "constants-to-initializers"
+    role = Role.REWRITE
     exact = True
     description = "Constant nodes become initializers (weights exported as Constant nodes are then recognised)"
 
     def run(self, ctx: PassContext) -> PassResult:
-        graph = ctx.model.graph
-        converted, skipped = 0, []
-        for node in list(graph.nodes):
-            if node.op != "Constant":
-                continue
-            output = node.outputs[0]
-            value = _constant_node_value(node)
-            if value is None:
-                skipped.append(Skipped(node.name, "Constant with an attribute sparsecc does not read; left as is"))
-                continue
-            if is_graph_output(graph, output):
-                skipped.append(Skipped(node.name, "its output is a graph output; left as a Constant node"))
-                continue
-            node.outputs.clear()
-            output.to_constant(np.asarray(value))
-            converted += 1
+        converted, left = constants_to_initializers(ctx.model.graph)
+        skipped = [Skipped(node, why) for node, why in left]
         return PassResult(converted > 0, converted, skipped, [f"{converted} Constant node(s) became initializers"])
 
 
@@ -74,6 +41,7 @@ class UpgradeOpset(Pass):
     """
 
     name = "upgrade-opset"
+    role = Role.REWRITE
     exact = True
     description = f"Models below opset 9 are converted to opset {CANONICAL_OPSET} (onnx.version_converter)"
 
@@ -122,6 +90,7 @@ class FoldConstants(Pass):
     """
 
     name = "fold-constants"
+    role = Role.REWRITE
     exact = True
     description = ("Constant subgraphs (Identity, Reshape, Cast, Transpose, ConstantOfShape ... of constants) "
                    "become initializers; Q/DQ nodes are kept")
@@ -185,6 +154,7 @@ class UntieSharedConstants(Pass):
     """
 
     name = "untie-shared-constants"
+    role = Role.REWRITE
     exact = True
     description = "Per-channel constants (biases, scales) shared by several nodes get one copy per node"
 
@@ -226,6 +196,7 @@ class FoldBatchNorm(Pass):
     """Fold BatchNormalization (inference mode) into the Conv that feeds only it."""
 
     name = "fold-batchnorm"
+    role = Role.REWRITE
     exact = True
     description = "BatchNormalization after a Conv is folded into the Conv's weight and bias"
 
@@ -258,8 +229,8 @@ class FoldBatchNorm(Pass):
         conv = source.inputs[0]
         if len(source.outputs) != 1 or is_graph_output(graph, source):
             return "the Conv output is also used elsewhere"
-        if not isinstance(conv.inputs[1], gs.Constant) or (len(conv.inputs) > 2 and not conv.inputs[2].is_empty()
-                                                          and not isinstance(conv.inputs[2], gs.Constant)):
+        bias = optional_input(conv, 2)
+        if not isinstance(conv.inputs[1], gs.Constant) or (bias is not None and not isinstance(bias, gs.Constant)):
             return "the Conv weight or bias is not constant"
         if conv.inputs[1].values.shape[0] != bn.inputs[1].values.shape[0]:
             return "channel counts of Conv and BatchNormalization differ"
@@ -271,7 +242,7 @@ class FoldBatchNorm(Pass):
         eps = float(bn.attrs.get("epsilon", 1e-5))
         scale = gamma / np.sqrt(var + eps)
         weight = conv.inputs[1].values
-        has_bias = len(conv.inputs) > 2 and not conv.inputs[2].is_empty()
+        has_bias = optional_input(conv, 2) is not None
         bias = conv.inputs[2].values.astype(np.float64) if has_bias else np.zeros_like(mean)
         shape = (-1,) + (1,) * (weight.ndim - 1)
         new_weight = (weight.astype(np.float64) * scale.reshape(shape)).astype(weight.dtype)
@@ -302,11 +273,26 @@ CANONICAL_PASSES = ("upgrade-opset", "constants-to-initializers", "fold-constant
                     "fold-batchnorm")
 
 
+class Canonicalize(PassManager):
+    """The canonical passes as one pipeline: every compile runs it first, and inspection runs it alone.
+
+    Inside a compile's pipeline its passes are steps of the compile (verified, dumped and recorded
+    one by one); run alone it is not verified (inspection only reads the result).
+
+    Args:
+        disabled: Names of canonical passes not to run. Defaults to none.
+    """
+
+    name = "canonicalize"
+    description = "Canonicalise the graph: " + ", ".join(CANONICAL_PASSES)
+
+    def __init__(self, disabled: tuple[str, ...] | list[str] = ()):
+        super().__init__([make_pass(name) for name in CANONICAL_PASSES], disabled=disabled, verify=None)
+
+
 def canonicalize(model) -> None:
     """Run the canonical passes in place, without verification (for analysis: inspect, reports).
 
-    Compiles run the same passes through the pass manager, verified.
+    Compiles run the same pipeline inside theirs, verified.
     """
-    from sparsecc.passmanager import PassContext, PassManager, make_pass
-
-    PassManager([make_pass(name) for name in CANONICAL_PASSES], verify=None).run(PassContext(model))
+    Canonicalize().run(PassContext(model))

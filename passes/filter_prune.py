@@ -19,6 +19,8 @@ with respect to the masked model, and the pass manager checks it numerically.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from sparsecc.dependency import (ChannelGroup, ChannelUse, build_channel_groups, consumer_weights,
@@ -26,10 +28,10 @@ from sparsecc.dependency import (ChannelGroup, ChannelUse, build_channel_groups,
 from sparsecc.errors import OptionError, PlanError
 from sparsecc.layers import WeightLayer, find_weight_layers
 from sparsecc.model import Model
-from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
+from sparsecc.passmanager import Pass, PassContext, PassResult, Role, Skipped, register_pass
 from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan, merge_into
-from sparsecc.sparsity.filter_metrics import (LAYOUTS, METRICS, filter_scores_by_group, normalize_by_mean,
-                                              rank_global, rank_per_layer)
+from sparsecc.sparsity.filter_metrics import LAYOUTS, normalize_by_mean, rank_global, rank_per_layer
+from sparsecc.sparsity.importance import FilterGroup, filter_importance_names, score_filter_groups
 from sparsecc.sparsity.two_four import eligibility
 
 SCOPES = ("global", "per-layer")
@@ -68,8 +70,9 @@ class PlanFilters(Pass):
     """Choose the filters to remove, by a filter metric, over coupled channel groups.
 
     Args:
-        metric: A key of ``filter_metrics.METRICS`` ("l1", "l2", "output-l1", "hybrid2", ...).
-            Defaults to "l1".
+        metric: A registered filter importance (:mod:`sparsecc.sparsity.importance`): the metrics of
+            :mod:`~sparsecc.sparsity.filter_metrics` ("l1", "l2", "output-l1", "hybrid2", ...) or one of
+            the user's. Defaults to "l1".
         ratio: Share of the filters removed, in (0, 1). Defaults to 0.4.
         scope: "global" (one ranking over all groups) or "per-layer" (the ratio in every group).
             Defaults to "global".
@@ -92,15 +95,17 @@ class PlanFilters(Pass):
     """
 
     name = "plan-filters"
+    role = Role.PLAN
     exact = True
     description = "Score coupled channel groups with a filter metric and plan which filters to remove"
 
     def __init__(self, metric: str = "l1", ratio: float = 0.4, scope: str = "global", k: float = 0.5,
                  round_to: int = 8, layers: dict | None = None, layout: str = "input-channel",
                  normalize: str = "mean"):
-        if metric not in METRICS:
+        if metric not in filter_importance_names():
             raise OptionError(f"unknown filter metric '{metric}'", where="plan-filters: metric",
-                              fix=f"use one of {', '.join(METRICS)}")
+                              fix=f"use one of {', '.join(filter_importance_names())} (or register one in a module "
+                                  "the recipe imports: sparsecc.sparsity.importance.register_filter_importance)")
         if not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
             raise OptionError(f"ratio {ratio!r} is not in (0, 1)", where="plan-filters: ratio",
                               fix="give the share of filters to remove, e.g. 0.4")
@@ -121,6 +126,11 @@ class PlanFilters(Pass):
         self.normalize = normalize
         self.round_to, self.layers, self.layout = round_to, dict(layers or {}), layout
 
+    @classmethod
+    def options_at(cls, options: dict[str, Any], fraction: float) -> dict[str, Any]:
+        """``ratio`` becomes ``fraction * ratio``."""
+        return {**options, "ratio": fraction * float(options.get("ratio", 0.4))}
+
     def run(self, ctx: PassContext) -> PassResult:
         model = ctx.model
         groups = build_channel_groups(model)
@@ -128,10 +138,10 @@ class PlanFilters(Pass):
         if not candidates:
             return PassResult(False, 0, skipped, notes=["no channel group can be filter-pruned"])
         layers = {layer.weight: layer for layer in find_weight_layers(model)[0]}
-        scores = filter_scores_by_group(
-            self.metric, {label: (producer_weights(model, g), consumer_weights(model, g),
-                                  two_four_prunable(model, g, layers, self.layout))
-                          for label, g in candidates.items()}, k=self.k, layout=self.layout, scope=self.scope)
+        scores = score_filter_groups(
+            self.metric, {label: FilterGroup(producer_weights(model, g), consumer_weights(model, g),
+                                             two_four_prunable(model, g, layers, self.layout), self.k, self.layout)
+                          for label, g in candidates.items()}, scope=self.scope)
         if self.scope == "global" and self.normalize == "mean" and not self.metric.startswith("hybrid"):
             scores = {label: normalize_by_mean(s) for label, s in scores.items()}
         rank = rank_global if self.scope == "global" else rank_per_layer
@@ -207,10 +217,11 @@ class RemoveFilters(Pass):
 
     A channel goes when every weight that makes or reads it has a ``filter`` plan entry
     masking it entirely. The plan entries of every edited weight are dropped (their shapes
-    changed; ``apply-plan`` kept a copy in ``ctx.state["applied_plans"]``).
+    changed; ``apply-plan`` kept a copy in ``ctx.applied_plans``).
     """
 
     name = "remove-filters"
+    role = Role.REWRITE
     exact = True
     description = "Physically remove the channels a filter plan masks, with all coupled uses"
 

@@ -1,32 +1,17 @@
 """``lower-tensorrt``: masked Conv/Gemm/MatMul and depthwise layers -> single sparsecc TensorRT plugin nodes (exact).
 
-What it lowers: the **masked layers themselves** (run it after ``apply-plan``, instead of
-``groupwise-rewrite``), not the portable Gather + smaller-GEMM subgraphs ``groupwise-rewrite``
-emits. Both carry the same information, but the masked weight states it directly: its all-zero
-im2col rows / input features are the kept list, whatever lowering the CPU cost model would have
-picked (channel-gather, tap-gather, folded or not). Matching the portable subgraphs back would mean
-one pattern per CPU lowering, each to be kept in step with them; reading the zeros needs none.
-Before lowering, channels no consumer reads are folded into their producers with the channel
-analysis, exactly as ``groupwise-rewrite`` does (``fold``), so producers shrink on the GPU too.
-
-The same holds for DEPrune: a depthwise Conv whose pruned taps are zero (after ``apply-plan`` and
-``deprune-dead-channels``, instead of ``deprune-rewrite``) becomes one ``DepthwiseSubGemm`` node,
-DEPrune's DR sub-GEMMs read from the masked weight rather than matched in the ``dr-grouped`` /
-``dr-compact`` subgraphs.
-
-Each layer is offered to the lowerings of family ``tensorrt`` in :mod:`sparsecc.lowering.plugins`
-(``groupwise-conv-plugin``, ``groupwise-linear-plugin``, ``depthwise-subgemm-plugin``, and any
-registered later) and lowered
-where the cost model finds the plugin faster than TensorRT's dense layer. The cost model is
-**analytic** (:class:`~sparsecc.lowering.plugins.GpuAnalyticCost`, a GPU roofline with assumed
-constants): no GPU measurement is made here. Left as they were, each with its reason: grouped
-convs, 2:4 weights (they stay Conv/MatMul so TensorRT's ``SPARSE_WEIGHTS`` can pick a sparse
-tactic), layers with nothing pruned, and layers the cost model does not find faster.
-
-The graph after it holds sparsecc-domain nodes: ONNX Runtime cannot run it (``sparsecc bench``
-says so); the pass manager verifies it through the plugins' numpy references, and
-``sparsecc build`` turns it into a TensorRT engine on a machine with TensorRT and a GPU.
-Options::
+It lowers the **masked layers themselves** (after ``apply-plan``, in place of ``groupwise-rewrite``
+or, after ``deprune-dead-channels``, of ``deprune-rewrite``), not the portable subgraphs those
+emit: the masked weight states the kept list directly (its all-zero im2col rows, input features
+or depthwise taps), whatever CPU lowering would have been picked, so no pattern per CPU lowering
+has to be matched back. Channels no consumer reads are folded into their producers first
+(``fold``), as ``groupwise-rewrite`` does. The loop is the lowering driver's
+(:mod:`sparsecc.lowering.driver`); the lowerings are family ``tensorrt``
+(:mod:`sparsecc.lowering.plugins`), priced by an **analytic** GPU roofline with assumed constants
+(no GPU measurement is made here). Left as they were, each with its reason: grouped convs, 2:4
+weights (they stay Conv/MatMul so TensorRT's ``SPARSE_WEIGHTS`` can pick a sparse tactic), layers
+with nothing pruned, and layers the cost model does not find faster. ONNX Runtime cannot run the
+result; the pass manager verifies it through the plugins' numpy references. Options::
 
     - lower-tensorrt                                   # analytic GPU cost, FP16 target
     - lower-tensorrt: {precision: fp32, min_gain: 0.2}
@@ -41,20 +26,20 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 import sparsecc.plugins  # noqa: F401  (registers the plugins' numpy references, which verify this pass)
-from sparsecc.errors import OptionError, ShapeError
-from sparsecc.layers import WeightLayer, find_weight_layers
-from sparsecc.lowering import Candidate, Emitter, LayerToLower, choose_lowering, propose_all
-from sparsecc.lowering.plugins import FAMILY, PRECISION_FACTOR, PLUGIN_EFFICIENCY, GpuAnalyticCost, dense_gpu_candidate
-from sparsecc.passes.groupwise import GroupwiseRewrite
-from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
-from sparsecc.shapes import infer_shapes
+from sparsecc.errors import OptionError
+from sparsecc.graphutil import optional_input
+from sparsecc.layers import WeightLayer
+from sparsecc.lowering import Candidate, choose_lowering
+from sparsecc.lowering.driver import LoweringPass, LoweringRun
+from sparsecc.lowering.plugins import FAMILY, PLUGIN_EFFICIENCY, PRECISION_FACTOR, GpuAnalyticCost, dense_gpu_candidate
+from sparsecc.passmanager import PassContext, register_pass
 from sparsecc.sparsity.two_four import check_two_four
 
 NAME = "lower-tensorrt"
 
 
 @register_pass
-class LowerTensorRT(Pass):
+class LowerTensorRT(LoweringPass):
     """Replace masked Conv/Gemm/MatMul/depthwise layers by sparsecc plugin nodes where the plugin should be faster.
 
     Args:
@@ -70,9 +55,10 @@ class LowerTensorRT(Pass):
     """
 
     name = NAME
-    exact = True
+    family = FAMILY
     # plugin nodes carry the compile-time geometry (pads, strides) and a kept list per layer
     specializes_shapes = True
+    keeps_timing_cache = False  # its cost model is analytic: it measures nothing
     description = ("Masked Conv/Gemm/MatMul/depthwise Conv -> one sparsecc TensorRT plugin node (GroupwiseConv/"
                    "GroupwiseLinear/DepthwiseSubGemm) where a GPU roofline cost model finds it faster; 2:4 and "
                    "grouped layers stay")
@@ -84,57 +70,26 @@ class LowerTensorRT(Pass):
                               fix=f"use one of {sorted(PRECISION_FACTOR)}")
         if not isinstance(min_gain, (int, float)) or min_gain < 0:
             raise OptionError(f"min_gain must be a number >= 0, got {min_gain!r}")
+        self.set_lowering_options(cost_model="analytic", min_gain=min_gain, fold=fold)
         self.precision = precision
-        self.min_gain = float(min_gain)
         self.force = bool(force)
-        self.fold = bool(fold)
         self.aot = bool(aot)
 
-    def run(self, ctx: PassContext) -> PassResult:
-        model = ctx.model
+    def make_cost(self, ctx: PassContext, run: LoweringRun) -> GpuAnalyticCost:
         cost = GpuAnalyticCost(self.precision)
-        notes = []
         if ctx.cost_model == "measured":
-            notes.append("cost model: analytic GPU roofline (no GPU measurement is made by this pass; "
-                         "--cost-model measured times ONNX Runtime CPU, which says nothing about TensorRT)")
-        details: dict[str, Any] = {"cost_model": cost.name, "precision": self.precision,
-                                   "plugin_efficiency": PLUGIN_EFFICIENCY, "layers": {}}
-        replaced: set[str] = set()
-        folded = GroupwiseRewrite._fold_all(model, details, replaced) if self.fold else 0
-        layers, unsupported = find_weight_layers(model)
-        wanted = {name for layer in layers for name in (layer.input, layer.output)}
-        try:
-            shapes = infer_shapes(model, wanted)
-        except ShapeError as err:
-            shapes = {}
-            notes.append(f"activation shapes unknown ({err.what}); every layer stays as it is")
-        layers, unsupported = find_weight_layers(model, shapes)
-        skipped = [Skipped(u.node, f"{u.op} not lowered: {u.reason}") for u in unsupported]
-        by_output = {n.outputs[0].name: n for n in model.graph.nodes if n.outputs}
-        lowered = 0
-        for layer in layers:
-            node = by_output[layer.output]
-            info = details["layers"].setdefault(layer.node, {})
-            reason = self._why_not(ctx, layer, node, shapes)
-            if reason is None:
-                reason = self._lower(model.graph, node, layer, shapes, info, cost)
-            if reason is None:
-                replaced.add(layer.weight)
-                lowered += 1
-            else:
-                info.setdefault("lowering", "dense")
-                info["reason"] = reason
-                skipped.append(Skipped(layer.node, reason))
-        invalidated = ctx.plan.invalidate(replaced) if ctx.plan is not None else []
-        ctx.state[NAME] = details
-        notes.insert(0, f"{lowered} layer(s) lowered to sparsecc plugin nodes, {folded} producer(s) shrunk by "
-                        "folding unused channels (cost model: analytic GPU roofline, assumed constants)")
-        if invalidated:
-            notes.append(f"{len(invalidated)} plan entr(ies) invalidated: their weights were replaced")
-        return PassResult(lowered + folded > 0, lowered + folded, skipped, notes, details)
+            run.notes.append("cost model: analytic GPU roofline (no GPU measurement is made by this pass; "
+                             "--cost-model measured times ONNX Runtime CPU, which says nothing about TensorRT)")
+        run.details.update(cost_model=cost.name, precision=self.precision, plugin_efficiency=PLUGIN_EFFICIENCY)
+        return cost
 
-    @staticmethod
-    def _why_not(ctx: PassContext, layer: WeightLayer, node: gs.Node, shapes: dict) -> str | None:
+    def unsupported(self, item) -> str:
+        return f"{item.op} not lowered: {item.reason}"
+
+    def shapes_unknown(self, run: LoweringRun, error) -> None:
+        run.notes.append(f"activation shapes unknown ({error.what}); every layer stays as it is")
+
+    def why_dense(self, ctx: PassContext, layer: WeightLayer, node: gs.Node, shapes: dict) -> str | None:
         """Why a layer is left as it is before any lowering is asked, or None."""
         weight = node.inputs[1].values
         if layer.shared_with:
@@ -147,37 +102,34 @@ class LowerTensorRT(Pass):
                     "sparse tensor cores")
         if shapes.get(layer.input) is None or shapes.get(layer.output) is None:
             return "input/output shape unknown (give concrete input shapes with --shape)"
-        return None
-
-    def _lower(self, graph: gs.Graph, node: gs.Node, layer: WeightLayer, shapes: dict, info: dict,
-               cost: GpuAnalyticCost) -> str | None:
-        """Lower one layer; None when it was lowered, else why not."""
-        weight = node.inputs[1].values
-        bias = node.inputs[2] if node.op == "Conv" and len(node.inputs) > 2 and not node.inputs[2].is_empty() else None
+        bias = optional_input(node, 2) if node.op == "Conv" else None
         if bias is not None and not isinstance(bias, gs.Constant):
             return "the bias is computed at run time (not a constant)"
-        view = LayerToLower(node, layer, weight, bias, shapes[layer.input], shapes[layer.output])
-        proposals = propose_all(view, dense_gpu_candidate(view), FAMILY)
+        return None
+
+    def layer_options(self) -> dict[str, Any]:
+        return {"aot": self.aot}  # the JIT Python implementation (Triton launched by TensorRT) when False
+
+    def dense_candidate(self, view):
+        return dense_gpu_candidate(view)
+
+    def decide(self, view, proposals, cost, info: dict[str, Any]):
+        candidates = proposals.candidates
         if proposals.not_applicable:
             info["not_applicable"] = proposals.not_applicable
-        candidates = proposals.candidates
         if len(candidates) == 1:
-            return "no plugin applies: " + "; ".join(f"{k}: {v}" for k, v in proposals.not_applicable.items())
+            return candidates[0], "no plugin applies: " + "; ".join(
+                f"{k}: {v}" for k, v in proposals.not_applicable.items())
         cost.time(candidates)
         info["estimated_us"] = {c.name: round(c.seconds * 1e6, 3) for c in candidates}
         info["macs"] = {c.name: c.macs for c in candidates}
         choice, why = _choose(candidates, self.min_gain, self.force)
         info.update(lowering=choice.name, why=why)
-        if choice.name == "dense":
-            return f"not faster by the cost model: {why}"
-        x, y = node.inputs[0], node.outputs[0]
-        node.outputs.clear()
-        node.inputs.clear()
-        em = Emitter(graph, layer.node, NAME, weight.dtype)
-        choice.emit(em, x, y)
-        if not self.aot:  # the JIT Python implementation (Triton launched by TensorRT)
-            em.graph.nodes[-1].attrs["aot"] = 0
-        return None
+        return choice, f"not faster by the cost model: {why}"
+
+    def summary(self, run: LoweringRun) -> str:
+        return (f"{run.lowered} layer(s) lowered to sparsecc plugin nodes, {run.folded} producer(s) shrunk by "
+                "folding unused channels (cost model: analytic GPU roofline, assumed constants)")
 
 
 def _choose(candidates: list[Candidate], min_gain: float, force: bool) -> tuple[Candidate, str]:

@@ -14,9 +14,9 @@ from dataclasses import replace
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from sparsecc.nothing_planned import DETECTING_PLANNERS, last_planner, nothing_planned_error
+from sparsecc.nothing_planned import last_planner, nothing_planned_error
 from sparsecc.layers import find_weight_layers
-from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
+from sparsecc.passmanager import Pass, PassContext, PassResult, Role, Skipped, register_pass
 from sparsecc.plan import SparsityPlan, apply_plan, merge_into, plan_from_zeros
 
 
@@ -25,6 +25,8 @@ class PlanFromZeros(Pass):
     """Plan from the zeros already in the weights (models pruned and fine-tuned elsewhere)."""
 
     name = "plan-from-zeros"
+    role = Role.PLAN
+    detects = True
     exact = True
     description = "Detect the structure of zeros already in the weights and plan to keep the rest"
 
@@ -44,22 +46,23 @@ class ApplyPlan(Pass):
     """Zero the weights the plan prunes: the masked original that rewrites are verified against."""
 
     name = "apply-plan"
+    role = Role.APPLY
     exact = False
     description = "Zero the pruned weights of the plan (the masked original; changes outputs on purpose)"
 
     def requires(self, ctx: PassContext) -> None:
         # an empty plan from a detecting planner is a dense model compiled as it is; from a pruning
         # planner it means every candidate was blocked, which the user must hear about
-        planner = last_planner(ctx.state.get("history"))
-        if ctx.plan is None or (not len(ctx.plan) and planner is not None and planner.name not in DETECTING_PLANNERS):
-            raise nothing_planned_error(ctx.state.get("history"), where=ctx.model.source)
+        planner = last_planner(ctx.history)
+        if ctx.plan is None or (not len(ctx.plan) and planner is not None and not planner.detects):
+            raise nothing_planned_error(ctx.history, where=ctx.model.source)
 
     def run(self, ctx: PassContext) -> PassResult:
         changed = apply_plan(ctx.model, ctx.plan)
         # Later rewrites may rename or reshape weights and drop their entries from ctx.plan;
         # the plan as applied is kept for plan.json and the report.
-        ctx.state.setdefault("applied_plans", []).append(ctx.plan.copy())
-        ctx.state["masked"] = ctx.model.copy()
+        ctx.applied_plans.append(ctx.plan.copy())
+        ctx.masked = ctx.model.copy()
         return PassResult(changed > 0, changed, notes=[f"{changed} weight tensor(s) masked"])
 
 
@@ -77,6 +80,8 @@ class PlanFiltersFromZeros(Pass):
     """
 
     name = "plan-filters-from-zeros"
+    role = Role.PLAN
+    detects = True
     exact = True
     description = "Plan the removal of channels whose filters (or whose every reader) are already all zero"
 

@@ -38,7 +38,7 @@ import onnx_graphsurgeon as gs
 import sparsecc.plugins  # noqa: F401  (plugin references: the check runs sparsecc-domain nodes through them)
 from sparsecc.errors import OptionError, UnsupportedModelError, VerificationError
 from sparsecc.model import Model
-from sparsecc.passmanager import Pass, PassContext, PassResult, register_pass
+from sparsecc.passmanager import Pass, PassContext, PassResult, Role, register_pass
 from sparsecc.plugins.ops import NAMESPACE, PLUGIN_OPS, check_plugin_node
 from sparsecc.verify import VerifyConfig, compare_models, input_specs, verification_backend
 
@@ -133,6 +133,7 @@ class ToFp16(Pass):
     """
 
     name = NAME
+    role = Role.LOWER
     exact = False
     description = "Cast the graph to FP16 (onnxconverter-common) for strongly typed TensorRT; plugin nodes checked"
 

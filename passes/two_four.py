@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from sparsecc.errors import OptionError
 from sparsecc.layers import WeightLayer, find_weight_layers
-from sparsecc.passmanager import Pass, PassContext, PassResult, Skipped, register_pass
+from sparsecc.passmanager import Pass, PassContext, PassResult, Role, Skipped, register_pass
 from sparsecc.plan import LayerSelector, SparsityPlan, WeightPlan, merge_into
 from sparsecc.sparsity.permutation import search_permutation
 from sparsecc.sparsity.two_four import (check_layout, check_two_four, eligibility, kept_magnitude, reduction_axis,
@@ -83,6 +84,7 @@ class PlanTwoFour(Pass):
     """
 
     name = "plan-24"
+    role = Role.PLAN
     exact = True
     description = "Plan 2:4 masks (TensorRT layout) for the eligible Conv/Gemm/MatMul weights"
 
@@ -90,6 +92,11 @@ class PlanTwoFour(Pass):
         check_layout(layout, where="plan-24 layout option")
         self.layers = layers
         self.layout = layout
+
+    @classmethod
+    def options_at(cls, options: dict[str, Any], fraction: float) -> dict[str, Any]:
+        raise OptionError("a gradual schedule cannot ramp 2:4 pruning (it keeps 2 of every 4)",
+                          fix="use --schedule one-shot for 2:4 recipes")
 
     def run(self, ctx: PassContext) -> PassResult:
         eligible, skipped, caveats = select_eligible(ctx, self.layers, self.layout)
@@ -133,6 +140,7 @@ class CheckTwoFour(Pass):
     """Report which weights are 2:4 in TensorRT's layout (the rule of ``polygraphy inspect sparsity``)."""
 
     name = "check-24"
+    role = Role.CHECK
     exact = True
     description = "Report per weight whether it is 2:4 sparse in TensorRT's layout (polygraphy's rule)"
 
@@ -181,6 +189,7 @@ class PermuteChannelsTwoFour(Pass):
     """
 
     name = "permute-channels-24"
+    role = Role.REWRITE
     exact = True
     description = "Permute channels (producers + consumers together) to raise the magnitude 2:4 keeps"
 

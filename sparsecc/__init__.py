@@ -21,7 +21,7 @@ def __getattr__(name):  # lazy public API keeps `import sparsecc` cheap
 
         return load_model
     if name == "inspect_model":
-        from sparsecc.inspect import inspect_model
+        from sparsecc.inspection import inspect_model
 
         return inspect_model
     if name == "compile_model":

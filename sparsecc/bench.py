@@ -66,40 +66,52 @@ def time_interleaved(sessions: dict[str, Session], feeds: dict[str, dict], warmu
     return timings
 
 
-def _canonical(model):
-    """A copy in the form inspect counts (Constant-node weights as initializers, BatchNorm folded), as a
-    compile sees it; the timed session runs the file itself."""
-    from sparsecc.passes.canonicalize import canonicalize
+def _weights_as_initializers(model):
+    """A copy whose Constant-node weights are initializers, so that they are counted as a compile sees
+    them (its canonicalisation does the same); the timed session runs the file itself."""
+    from sparsecc.graphutil import constants_to_initializers
 
     copy = model.copy()
-    canonicalize(copy)
+    constants_to_initializers(copy.graph)
     return copy
 
 
 def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2,
                  shapes: dict[str, tuple[int, ...]] | None = None, runs: int = DEFAULT_RUNS,
                  warmup: int = DEFAULT_WARMUP, progress: Callable[[str], None] | None = None,
-                 inputs=None) -> dict[str, Any]:
+                 options: dict[str, Any] | None = None, inputs=None) -> dict[str, Any]:
     """Benchmark one model, or pair two (the first is the baseline) interleaved.
 
-    ``inputs`` (:class:`sparsecc.feeds.FeedOptions`) are the data and value ranges to feed; given data
-    fixes the shape of its input. Defaults to seeded random values (realistic ones for integer inputs).
+    Args:
+        paths: One model, or the baseline and the candidate.
+        backend: A backend serving ``bench`` (:func:`sparsecc.backends.backend_names`). Defaults to "ort".
+        threads: Intra-op threads, for backends that take them. Defaults to 2.
+        shapes: Concrete shapes of dynamic inputs. Defaults to none.
+        runs: Timed rounds. Defaults to 20.
+        warmup: Untimed rounds first. Defaults to 5.
+        progress: Called with a progress line now and then. Defaults to none.
+        options: The backend's options (:func:`sparsecc.backends.backend_options`). Defaults to
+            ``threads`` (and ``shapes``) where the backend declares them.
+        inputs: The data and value ranges to feed (:class:`sparsecc.feeds.FeedOptions`); given data
+            fixes the shape of its input. Defaults to seeded random values (realistic ones for
+            integer inputs).
 
     Returns a dict with per-model timing, MACs and parameters, and for a pair the
     measured speedup, the ideal (MAC ratio) and the efficiency.
     """
-    from sparsecc.backends import get_backend
+    from sparsecc.backends import backend_options, get_backend
+    from sparsecc.counting import count_work
     from sparsecc.environment import environment
-    from sparsecc.inspect import inspect_model
     from sparsecc.model import load_model
     from sparsecc.verify import input_specs, random_feeds
 
-    options = {"threads": threads} if backend == "ort" else {"shapes": shapes}
+    if inputs is not None:
+        shapes = {**{name: tuple(a.shape) for name, a in inputs.data.items()}, **(shapes or {})}
+    if options is None:
+        options = backend_options(backend, {"threads": threads}, "bench", shapes=shapes)
     engine = get_backend(backend, **options)
     labels = ["baseline", "candidate"][: len(paths)] if len(paths) == 2 else ["model"]
     models, sessions, feeds, info = {}, {}, {}, {}
-    if inputs is not None:
-        shapes = {**{name: tuple(a.shape) for name, a in inputs.data.items()}, **(shapes or {})}
     for label, path in zip(labels, paths):
         model = load_model(path, shapes)
         model.feeds = inputs
@@ -108,7 +120,7 @@ def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2
         check_same_interface(models["baseline"], models["candidate"])
     for label, path in zip(labels, paths):
         model = models[label]
-        info[label] = inspect_model(_canonical(model))["totals"]
+        info[label] = count_work(_weights_as_initializers(model))
         sessions[label] = engine.load(Path(path))
         feeds[label] = random_feeds(input_specs(model), seed=0)[0]
     report_every = max(1, runs // 4)
@@ -127,7 +139,7 @@ def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2
     result: dict[str, Any] = {
         "backend": engine.describe(), "environment": environment(), "runs": runs, "warmup": warmup,
         "clock": "host wall-clock around each session.run, interleaved",
-        "models": {label: {"path": str(path), "macs": info[label]["macs"], "params": info[label]["weight_params"],
+        "models": {label: {"path": str(path), "macs": info[label].macs, "params": info[label].weight_params,
                            **timings[label].to_dict()} for label, path in zip(labels, paths)},
     }
     for label, ms in device_ms.items():

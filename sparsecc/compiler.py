@@ -16,18 +16,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-
 from sparsecc import interrupts
-from sparsecc.errors import InputError, ModelLoadError, OptionError, OutputError, VerificationError
+from sparsecc.errors import OptionError, OutputError, VerificationError
 from sparsecc.feeds import FeedOptions
-from sparsecc.inspect import inspect_model
+from sparsecc.input_model import check_runs_on_onnxruntime, load_with_feeds, non_finite_warnings
+from sparsecc.inspection import inspect_model
 from sparsecc.log import progress
-from sparsecc.model import Model, load_model
-from sparsecc.onnx_files import SessionFiles, external_data_path, release_to_files, write_model
+from sparsecc.model import Model
+from sparsecc.onnx_files import external_data_path, write_model
 from sparsecc.outputs import OutputFolder, final_path, resolve
-from sparsecc.passes.canonicalize import CANONICAL_PASSES
-from sparsecc.passmanager import PassContext, PassManager, PassRecord
+from sparsecc.passmanager import Instrument, PassContext, PassManager, PassRecord, Role, steps_of
+from sparsecc.session_files import SessionFiles, release_to_files
 from sparsecc.plan import SparsityPlan
 from sparsecc.recipe import Recipe, load_recipe
 from sparsecc.verify import (VerifyConfig, check_second_shape, compare_models, input_specs,
@@ -128,8 +127,9 @@ def _compile(model_path: Path, recipe: Recipe, folder: OutputFolder, shapes, dis
     model = original.copy()  # shares the weight arrays with the original until a pass replaces them
     ctx = PassContext(model, trace=options.trace, cost_model=options.cost_model,
                       timing_cache=options.timing_cache)
+    steps = steps_of(passes)
     if plan is not None:
-        if "apply-plan" not in [p.name for p in passes] or "apply-plan" in disable:
+        if not any(p.role == Role.APPLY and p.name not in disable for p in steps):
             raise OptionError(f"--plan was given but recipe '{recipe.name}' never applies a plan",
                               where=str(plan), fix="use a recipe with apply-plan and the rewrite you want, e.g. "
                                                    "passes: [apply-plan, groupwise-rewrite] or [apply-plan, "
@@ -141,21 +141,17 @@ def _compile(model_path: Path, recipe: Recipe, folder: OutputFolder, shapes, dis
     staging, out = folder.staging, folder.given
     try:
         check_runs_on_onnxruntime(original, verify, files)
-        progress(f"running recipe '{recipe.name}' ({len(passes)} passes)")
-        # tolerances not given are resolved per pass, from the graph being checked (to-fp16 changes it)
-        manager = PassManager(passes, disabled=tuple(disable), dump_dir=dump_dir, verify=given,
-                              session_files=files)
-        records = manager.run(ctx, stop=len(CANONICAL_PASSES))
+        progress(f"running recipe '{recipe.name}' ({len(steps)} passes)")
         inspected: dict = {}  # weights the passes leave as they were are inspected once
-        before = inspect_model(ctx.model, inspected)  # the canonical input; one sparsecc cannot work on fails here
-        for index in range(len(CANONICAL_PASSES), len(passes)):
-            records += manager.run(ctx, start=index, stop=index + 1)
-            _release_references(original, ctx)
-            interrupts.point("pass")
-            interrupts.check()  # a signal something swallowed stops the compile here, not at the end
-        manager.close()
+        canonical_steps = len(steps_of(passes[:1]))
+        canonical = CanonicalInput(canonical_steps, inspected)
+        # tolerances not given are resolved per pass, from the graph being checked (to-fp16 changes it)
+        manager = PassManager(passes, disabled=tuple(disable), dump_dir=dump_dir, verify=given, session_files=files,
+                              instruments=[InterruptPoints(canonical_steps), canonical, ReleaseReferences(original)])
+        records = manager.run(ctx).records
+        before = canonical.inspection
 
-        specialized = _specialize_input_shapes(original, ctx.model, records, passes)
+        specialized = _specialize_input_shapes(original, ctx.model, records, steps)
         # streamed from the graph's arrays; the check below runs the same export, with the weights
         # in the shared temporary file (ONNX Runtime holds one copy of them, not two as from one file)
         model_files = _write_compiled(staging, ctx, original.fields)
@@ -164,7 +160,7 @@ def _compile(model_path: Path, recipe: Recipe, folder: OutputFolder, shapes, dis
         final_config = given.for_dtype(lowest_precision([model_float_dtype(original), model_float_dtype(ctx.model)]))
         verification = _final_verification(original, ctx, files.write(ctx.model.graph), final_config, files, records)
         verification["second_shape"] = (
-            check_second_shape(ctx.state.get("masked") or original, staging / "model.onnx", final_config, files)
+            check_second_shape(ctx.masked or original, staging / "model.onnx", final_config, files)
             if not specialized else {"shapes": None, "passed": None,
                                      "note": f"input shapes fixed to the compile shapes: {specialized}"})
         report = _build_report(model_path, recipe, original, before, ctx, records, verification, started, verify,
@@ -183,98 +179,76 @@ def _compile(model_path: Path, recipe: Recipe, folder: OutputFolder, shapes, dis
     return CompileResult(out, ctx.model, records, report)
 
 
-def load_with_feeds(model_path: Path, shapes, inputs: FeedOptions | None) -> Model:
-    """The input model with the feeds given for it; data given fixes the compile shape of a dynamic input."""
-    from sparsecc.feeds import check_feed_options
-    from sparsecc.model import resolve_input_shapes
+class CanonicalInput(Instrument):
+    """Inspects the canonical input once the canonical passes are done, before any recipe pass runs.
 
-    model = load_model(model_path, shapes)
-    if inputs is not None:
-        declared = {t.name: (t.shape, np.dtype(t.dtype)) for t in model.graph.inputs}
-        check_feed_options(inputs, declared, model.source)
-        merged = {**{name: tuple(a.shape) for name, a in inputs.data.items()}, **(shapes or {})}
-        model.input_shapes = resolve_input_shapes(model.graph, merged, model.source)
-        model.feeds = inputs
-    return model
+    A model sparsecc cannot work on (no weight layer) fails there, before any pruning; the
+    inspection is the report's "before".
 
-
-def check_runs_on_onnxruntime(original: Model, config: VerifyConfig, files: SessionFiles) -> None:
-    """The input model runs on ONNX Runtime at the compile shapes, or a user error names the node.
-
-    Every check runs the graphs on ONNX Runtime, so a model it cannot load or run (a custom-domain op,
-    a kernel larger than its input, mixed float types) is refused here, as the user's, before any pass;
-    a failure after this is sparsecc's. Its outputs are kept for the first check that needs them.
+    Args:
+        steps: How many steps the canonicalisation takes (the recipe's passes follow).
+        cache: The compile's inspection cache (see :func:`~sparsecc.inspection.inspect_model`).
     """
-    from sparsecc.backends.ort import OnnxRuntimeFailure
-    from sparsecc.verify import run_model
 
-    specs = input_specs(original)
-    for name, _, dtype in specs:
-        if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
-            kind = "strings" if dtype.kind in "OSU" else str(dtype)
-            raise ModelLoadError(f"input '{name}' holds {kind}; sparsecc checks every rewrite on random numbers "
-                                 "and booleans, so it compiles models with numeric inputs only",
-                                 where=original.source, fix="compile the numeric part of the model")
-    try:
-        run_model(original, specs, config, files)
-    except OnnxRuntimeFailure as failure:
-        raise _feeds_error(original, specs, failure) or failure.user_error(original.source, original.graph) from None
+    def __init__(self, steps: int, cache: dict):
+        self.steps = steps
+        self.cache = cache
+        self.inspection: dict[str, Any] | None = None
 
+    def before_pass(self, index, pass_, ctx) -> None:
+        if index >= self.steps:
+            self._inspect(ctx)
 
-def _feeds_error(original: Model, specs, failure) -> InputError | None:
-    """When the input model fails to *run* and has integer or bool inputs (or was given feeds), the inputs
-    are the likely cause: an error that says what each input was fed and how to give real values."""
-    from sparsecc.feeds import describe_feeds
+    def exit_pipeline(self, ctx, failed: bool) -> None:
+        if not failed:  # a recipe with no pass of its own (none) inspects the model canonicalisation left
+            self._inspect(ctx)
 
-    integers = [name for name, _, dtype in specs if not np.issubdtype(dtype, np.floating)]
-    if failure.stage != "run" or not (integers or specs.options is not None):
-        return None
-    names = integers or [name for name, _, _ in specs]
-    at = f" at node '{failure.node}'" if failure.node else ""
-    return InputError(
-        f"the input model itself fails in ONNX Runtime{at} on the inputs sparsecc generated "
-        f"({describe_feeds(specs, specs.options)}): {failure.detail}", where=original.source,
-        fix=f"give real values for {', '.join(repr(n) for n in names)}: --input NAME:FILE.npy (or .npz), or "
-            f"--input-range NAME:LOW:HIGH (e.g. --input-range {names[0]}:16000:16000 for a sample rate)")
+    def _inspect(self, ctx) -> None:
+        if self.inspection is None:
+            self.inspection = inspect_model(ctx.model, self.cache)
 
 
-def non_finite_warnings(model: Model) -> list[str]:
-    """A warning naming the weights that hold NaN or infinite values (checks compare them as they are)."""
-    import onnx_graphsurgeon as gs
+class ReleaseReferences(Instrument):
+    """After each pass, the unpruned and the masked originals map their weights already in a file.
 
-    found = []
-    for tensor in model.graph.tensors().values():
-        if isinstance(tensor, gs.Constant) and not isinstance(tensor._values, gs.ir.tensor.LazyValues):
-            values = tensor.values
-            # a float64 sum is finite exactly when every float16/32 value is (and needs no copy of the array)
-            if np.issubdtype(values.dtype, np.floating) and values.size and \
-                    not np.isfinite(np.sum(values, dtype=np.float64)):
-                found.append(tensor.name)
-    if not found:
-        return []
-    return [f"the input model's weights hold NaN or infinite values ({', '.join(found[:5])}"
-            f"{f' and {len(found) - 5} more' if len(found) > 5 else ''}): outputs may be NaN or infinite; the "
-            "checks count the same NaN or infinity in both graphs as agreement, any other as a mismatch"]
+    They are only compared against (ONNX Runtime reads their weights from files), so the memory
+    of the arrays the working model has replaced is freed, not kept for the final check.
+    """
+
+    def __init__(self, original: Model):
+        self.original = original
+
+    def after_pass(self, index, pass_, ctx, record) -> None:
+        release_to_files(self.original.graph)
+        if ctx.masked is not None:
+            release_to_files(ctx.masked.graph)
 
 
-def _release_references(original: Model, ctx: PassContext) -> None:
-    """The unpruned and the masked originals are only compared against (ONNX Runtime reads their
-    weights from files): their arrays already in a file are mapped from it, so the memory of those
-    the working model has replaced is freed, not kept for the final check."""
-    release_to_files(original.graph)
-    masked = ctx.state.get("masked")
-    if masked is not None:
-        release_to_files(masked.graph)
+class InterruptPoints(Instrument):
+    """After each recipe pass (verified, references released): the ``pass`` test point, and a signal
+    something swallowed stops the compile there, not at the end.
+
+    Args:
+        steps: How many steps the canonicalisation takes (the recipe's passes follow).
+    """
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def after_pass(self, index, pass_, ctx, record) -> None:
+        if index >= self.steps:
+            interrupts.point("pass")
+            interrupts.check()
 
 
-def _specialize_input_shapes(original: Model, model: Model, records: list[PassRecord], passes) -> dict:
+def _specialize_input_shapes(original: Model, model: Model, records: list[PassRecord], steps) -> dict:
     """Fix dynamic input dims to the compile shapes when a shape-specific rewrite ran.
 
     Such a rewrite is verified at the compile shapes only, so the output must not claim to
     accept others. Returns the inputs fixed, {name: shape} (empty when nothing was).
     """
     ran = {r.name for r in records if r.status == "ran"}
-    if not any(p.specializes_shapes and p.name in ran for p in passes):
+    if not any(p.specializes_shapes and p.name in ran for p in steps):
         return {}
     fixed = {}
     for tensor in model.graph.inputs:
@@ -317,7 +291,7 @@ def _final_verification(original: Model, ctx: PassContext, compiled: Path, confi
     from sparsecc.verify_options import raise_if_too_tight
 
     specs = input_specs(ctx.model)
-    masked = ctx.state.get("masked")
+    masked = ctx.masked
     reference = masked if masked is not None else original
     backend = verification_backend(reference, ctx.model)
     if masked is not None and not _changed_after_last_mask(records):
@@ -341,7 +315,7 @@ def _final_verification(original: Model, ctx: PassContext, compiled: Path, confi
 
 
 def _changed_after_last_mask(records: list[PassRecord]) -> bool:
-    last = max((i for i, r in enumerate(records) if r.name == "apply-plan" and r.result is not None), default=-1)
+    last = max((i for i, r in enumerate(records) if r.role == Role.APPLY and r.result is not None), default=-1)
     return any(r.status == "ran" for r in records[last + 1:])
 
 
@@ -383,7 +357,7 @@ def _build_report(model_path: Path, recipe: Recipe, original: Model, before: dic
             "compile_seconds": round(time.perf_counter() - started, 3),
             "warnings": warnings,
         },
-        "shape_changes": explain_shape_changes(before, after, records, ctx.state.get("applied_plans")),
+        "shape_changes": explain_shape_changes(before, after, records, ctx.applied_plans),
         "skipped": skipped,
         "environment": environment(),
     }
@@ -396,7 +370,7 @@ def _no_gain_warnings(recipe: Recipe, records: list[PassRecord], ctx: PassContex
     if not pruned or macs_after < macs_before:
         return []
     why = []
-    patterns = {e.pattern for plan in ctx.state.get("applied_plans") or [] for e in plan.entries.values()}
+    patterns = {e.pattern for plan in ctx.applied_plans for e in plan.entries.values()}
     if patterns & {"2:4"}:
         why.append("2:4 weights keep their MACs: TensorRT's sparse tensor cores exploit them, ONNX Runtime runs "
                    "them dense")
@@ -440,7 +414,7 @@ def _write_plans(folder: Path, ctx: PassContext) -> list[str]:
     """``plan.json`` (+ .npz): the plan as applied to the canonical input model, so that
     ``--plan`` can replay it. A multi-stage recipe (e.g. filters, then 2:4 on the smaller
     weights) writes each later stage as ``plan.stageN.json``, against the graph of its stage."""
-    applied = ctx.state.get("applied_plans") or [ctx.plan or SparsityPlan(source="no pruning")]
+    applied = ctx.applied_plans or [ctx.plan or SparsityPlan(source="no pruning")]
     names = []
     for index, plan in enumerate(applied, start=1):
         stem = "plan" if index == 1 else f"plan.stage{index}"

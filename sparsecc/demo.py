@@ -278,8 +278,7 @@ LEGEND = [
 
 
 def render_demo_markdown(summary: dict[str, Any]) -> str:
-    from sparsecc.inspect import human
-    from sparsecc.tables import markdown_table
+    from sparsecc.tables import human, markdown_table
 
     n = summary["eval_samples"]
     rows = []

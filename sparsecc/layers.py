@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from sparsecc.graphutil import optional_input
 from sparsecc.model import Model
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
@@ -105,11 +106,16 @@ class WeightLayer:
 
 @dataclass
 class Unsupported:
-    """A node that looks like a weight layer but is not treated as one, and why."""
+    """A node that looks like a weight layer but is not treated as one, and why.
+
+    ``quantized``: a layer of a quantized graph (an integer op, or a float op whose weight is
+    dequantized at run time).
+    """
 
     node: str
     op: str
     reason: str
+    quantized: bool = False
 
 
 def classify_conv(node: gs.Node, weight: np.ndarray) -> str:
@@ -148,7 +154,7 @@ def find_weight_layers(model: Model, shapes: dict[str, tuple[int, ...]] | None =
             continue
         if node.op in QUANTIZED_WEIGHT_OPS:
             unsupported.append(Unsupported(_node_label(node), node.op, "quantized layer (integer weights): "
-                                           "sparsecc prunes float weights only; left as it is"))
+                                           "sparsecc prunes float weights only; left as it is", quantized=True))
             continue
         if node.op not in WEIGHT_OPS:
             continue
@@ -195,19 +201,24 @@ def _weight_source(tensor) -> str:
     return f"node '{_node_label(tensor.inputs[0])}' ({tensor.inputs[0].op})"
 
 
+def _dequantized(tensor) -> bool:
+    return bool(tensor.inputs) and tensor.inputs[0].op == "DequantizeLinear"
+
+
 def _classify(node: gs.Node, label: str, unsupported: list[Unsupported]) -> WeightLayer | None:
     if node.op == "Conv":
         weight = node.inputs[1]
         if not isinstance(weight, gs.Constant):
             unsupported.append(Unsupported(label, node.op, f"weight '{weight.name}' is not constant: "
-                                                           f"it comes from {_weight_source(weight)}"))
+                                                           f"it comes from {_weight_source(weight)}",
+                                           _dequantized(weight)))
             return None
         values = weight.values
         if values.ndim not in (3, 4, 5):
             unsupported.append(Unsupported(label, node.op, f"{values.ndim - 2}-D convolution; 1-D, 2-D and 3-D "
                                                            "convolutions are weight layers"))
             return None
-        bias = node.inputs[2].name if len(node.inputs) > 2 and not node.inputs[2].is_empty() else None
+        bias = getattr(optional_input(node, 2), "name", None)
         return WeightLayer(label, "Conv", classify_conv(node, values), weight.name, tuple(values.shape),
                            bias=bias, group=int(node.attrs.get("group", 1)),
                            input=node.inputs[0].name, output=node.outputs[0].name)
@@ -218,9 +229,10 @@ def _classify(node: gs.Node, label: str, unsupported: list[Unsupported]) -> Weig
             return None
         if not isinstance(weight, gs.Constant):
             unsupported.append(Unsupported(label, node.op, f"weight B '{weight.name}' is not constant: "
-                                                           f"it comes from {_weight_source(weight)}"))
+                                                           f"it comes from {_weight_source(weight)}",
+                                           _dequantized(weight)))
             return None
-        bias = node.inputs[2].name if len(node.inputs) > 2 and not node.inputs[2].is_empty() else None
+        bias = getattr(optional_input(node, 2), "name", None)
         return WeightLayer(label, "Gemm", "gemm", weight.name, tuple(weight.values.shape), bias=bias,
                            trans_b=bool(int(node.attrs.get("transB", 0))),
                            input=node.inputs[0].name, output=node.outputs[0].name)

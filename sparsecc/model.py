@@ -19,21 +19,19 @@ import onnx_graphsurgeon as gs
 
 from sparsecc.errors import ModelLoadError, ShapeError
 from sparsecc.model_files import external_data_files, inline_nested_external_data
-from sparsecc.onnx_files import read_onnx, read_weights
+# model_fields, apply_model_fields and clamp_ir_version live with the file format; imported here too
+from sparsecc.onnx_files import (DEFAULT_DOMAINS, apply_model_fields, clamp_ir_version, model_fields, read_onnx,
+                                 read_weights)
 
 if TYPE_CHECKING:
     from sparsecc.feeds import FeedOptions
 
-# onnx 1.23 writes IR 14 by default and ONNX Runtime 1.31 reads at most 13; IR 10 covers
-# opsets up to 21 and every ONNX Runtime since 1.16, so saved models are capped there.
-ORT_MAX_IR_VERSION = 10
 # Default-domain opsets sparsecc has been written and tested against.
 SUPPORTED_OPSETS = range(9, 23)
 # Older opsets are upgraded to this one by the canonical pass `upgrade-opset` (onnx.version_converter),
 # from the oldest ONNX Runtime runs, so that the conversion is verified like every other pass.
 CANONICAL_OPSET = 17
 UPGRADABLE_OPSETS = range(7, SUPPORTED_OPSETS.start)
-DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 @dataclass
@@ -106,39 +104,6 @@ class Model:
         return dict(self.input_shapes)
 
 
-# Model-level fields of the input file that its users read (class names in metadata_props, the
-# producer, the doc string); onnx-graphsurgeon keeps only the graph, so they are carried beside it.
-MODEL_SCALAR_FIELDS = ("producer_name", "producer_version", "domain", "model_version", "doc_string")
-
-
-def model_fields(proto: onnx.ModelProto) -> dict:
-    """The model-level fields of ``proto`` to carry into every model written from it."""
-    fields = {name: getattr(proto, name) for name in MODEL_SCALAR_FIELDS if getattr(proto, name)}
-    if proto.metadata_props:
-        fields["metadata_props"] = [(p.key, p.value) for p in proto.metadata_props]
-    other = [(o.domain, o.version) for o in proto.opset_import if o.domain not in DEFAULT_DOMAINS]
-    if other:
-        fields["opset_imports"] = other
-    return fields
-
-
-def apply_model_fields(proto: onnx.ModelProto, fields: dict | None) -> None:
-    """Write the fields :func:`model_fields` read back into ``proto`` (opset imports of other domains
-    are added where the graph no longer declares them)."""
-    for name in MODEL_SCALAR_FIELDS:
-        if name in (fields or {}):
-            setattr(proto, name, fields[name])
-    if (fields or {}).get("metadata_props"):
-        del proto.metadata_props[:]
-        for key, value in fields["metadata_props"]:
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-    declared = {o.domain for o in proto.opset_import}
-    for domain, version in (fields or {}).get("opset_imports", []):
-        if domain not in declared:
-            proto.opset_import.append(onnx.helper.make_opsetid(domain, version))
-
-
 def format_shape(shape) -> str:
     if shape is None:
         return "[unknown]"
@@ -202,12 +167,6 @@ def default_opset(import_domains, fallback: int | None) -> int:
         if opset.domain in DEFAULT_DOMAINS:
             return opset.version
     return fallback or 0
-
-
-def clamp_ir_version(proto: onnx.ModelProto) -> None:
-    """Lower the IR version to one ONNX Runtime accepts, but never below what the opsets need."""
-    needed = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
-    proto.ir_version = max(needed, min(proto.ir_version, ORT_MAX_IR_VERSION))
 
 
 def parse_shape_overrides(specs: list[str] | None) -> dict[str, tuple[int, ...]]:

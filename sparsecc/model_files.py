@@ -1,25 +1,16 @@
 """The files a model is read from: its external data located, confined to the model's folder and
-checked against the sizes it declares, before anything is read or allocated."""
+checked against the sizes it declares, before anything is read or allocated (the main graph's
+initializers are read by :func:`sparsecc.onnx_files.read_weights`, which checks them the same way)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from sparsecc.onnx_files import _as_numpy
-
-
-def inside_folder(base_dir: Path, location: str, name: str) -> Path:
-    """The external data file, which the model must name inside its folder (as ONNX Runtime requires):
-    no absolute path, no ``..`` out of it. (A symbolic link there is the user's layout, and followed.)"""
-    normal = os.path.normpath(location) if location else ""
-    if not normal or os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
-        raise ValueError(f"the external data of '{name}' is named '{location}', outside the model's folder")
-    return base_dir / normal
+from sparsecc.onnx_files import _as_numpy, inside_folder
 
 
 def inline_nested_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:

@@ -12,18 +12,17 @@ from __future__ import annotations
 from collections import Counter
 
 from sparsecc.errors import PlanError
+from sparsecc.passmanager.contract import is_planner
 
 # reasons longer than this are cut in the summary (the report lists them whole)
 REASON_CHARS = 90
 SHOWN_REASONS = 3
-# planners that only read zeros already there: an empty plan from them is a dense model, not a failure
-DETECTING_PLANNERS = ("plan-from-zeros", "plan-filters-from-zeros")
 
 
 def last_planner(history) -> object | None:
-    """The record of the planning pass that ran last (before apply-plan), or None."""
+    """The record of the planning pass (role ``plan``) that ran last (before apply-plan), or None."""
     for record in reversed(history or []):
-        if record.name.startswith("plan-") and record.status != "disabled":
+        if is_planner(record) and record.status != "disabled":
             return record
     return None
 

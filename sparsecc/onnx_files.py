@@ -10,10 +10,8 @@ numpy arrays of the graph and the file, one tensor at a time:
 - :func:`write_model` writes a model either as one self-contained file or with
   its weights in ``<name>.data`` next to it (needed above protobuf's 2 GB
   limit), streaming each array into the file;
-- :class:`SessionFiles` keeps temporary copies on disk, with external data, for
-  ONNX Runtime sessions to load from a path (ONNX Runtime then reads the
-  weights straight into its own buffers: 1.0 s and 1x the weights for VGG-16,
-  against 4.6 s and 2.8x from serialised bytes);
+- :class:`~sparsecc.session_files.SessionFiles` keeps temporary copies on disk, with external
+  data, for ONNX Runtime sessions to load from a path (:mod:`sparsecc.session_files`);
 - :func:`read_weights` replaces the lazily loaded constants of an imported graph
   by numpy arrays read once (external data straight from its file), so the
   protobuf copy can be freed and graph copies share one array per weight.
@@ -21,17 +19,15 @@ numpy arrays of the graph and the file, one tensor at a time:
 
 from __future__ import annotations
 
-import gc
-import hashlib
 import os
 import sys
-import weakref
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+
+from sparsecc.weight_origins import remember_origin
 
 # Initializers at most this large stay inside the graph proto (shape constants, biases of small
 # layers): ONNX shape inference reads their values (data propagation), so they must be present.
@@ -40,10 +36,52 @@ INLINE_THRESHOLD = 1024
 # with external data (the margin leaves room for the graph itself).
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_ABOVE = PROTOBUF_LIMIT - 64 * 2**20
-# outputs of this many checked graphs are kept (a pass's "after" is the next pass's "before")
-KEPT_OUTPUTS = 4
 # ONNX Runtime can memory-map external data whose offsets are page-aligned.
 ALIGNMENT = 4096
+# onnx 1.23 writes IR 14 by default and ONNX Runtime 1.31 reads at most 13; IR 10 covers
+# opsets up to 21 and every ONNX Runtime since 1.16, so saved models are capped there.
+ORT_MAX_IR_VERSION = 10
+
+
+def clamp_ir_version(proto: onnx.ModelProto) -> None:
+    """Lower the IR version to one ONNX Runtime accepts, but never below what the opsets need."""
+    needed = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    proto.ir_version = max(needed, min(proto.ir_version, ORT_MAX_IR_VERSION))
+
+
+# The default ONNX domain, by both of its names.
+DEFAULT_DOMAINS = ("", "ai.onnx")
+# Model-level fields of the input file that its users read (class names in metadata_props, the
+# producer, the doc string); onnx-graphsurgeon keeps only the graph, so they are carried beside it.
+MODEL_SCALAR_FIELDS = ("producer_name", "producer_version", "domain", "model_version", "doc_string")
+
+
+def model_fields(proto: onnx.ModelProto) -> dict:
+    """The model-level fields of ``proto`` to carry into every model written from it."""
+    fields = {name: getattr(proto, name) for name in MODEL_SCALAR_FIELDS if getattr(proto, name)}
+    if proto.metadata_props:
+        fields["metadata_props"] = [(p.key, p.value) for p in proto.metadata_props]
+    other = [(o.domain, o.version) for o in proto.opset_import if o.domain not in DEFAULT_DOMAINS]
+    if other:
+        fields["opset_imports"] = other
+    return fields
+
+
+def apply_model_fields(proto: onnx.ModelProto, fields: dict | None) -> None:
+    """Write the fields :func:`model_fields` read back into ``proto`` (opset imports of other domains
+    are added where the graph no longer declares them)."""
+    for name in MODEL_SCALAR_FIELDS:
+        if name in (fields or {}):
+            setattr(proto, name, fields[name])
+    if (fields or {}).get("metadata_props"):
+        del proto.metadata_props[:]
+        for key, value in fields["metadata_props"]:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+    declared = {o.domain for o in proto.opset_import}
+    for domain, version in (fields or {}).get("opset_imports", []):
+        if domain not in declared:
+            proto.opset_import.append(onnx.helper.make_opsetid(domain, version))
 
 
 def _nbytes(constant: gs.Constant) -> int:
@@ -73,11 +111,9 @@ def export_skeleton(graph: gs.Graph, threshold: int = INLINE_THRESHOLD, fields: 
 
     Returns the proto and, for each emptied initializer, its TensorProto (name, dims and
     dtype set, no data) with the array that holds its values. Nothing is copied: the arrays
-    are the graph's own. ``fields`` (:func:`sparsecc.model.model_fields`) are the model-level
+    are the graph's own. ``fields`` (:func:`model_fields`) are the model-level
     fields to write. Defaults to none.
     """
-    from sparsecc.model import apply_model_fields, clamp_ir_version
-
     graph.cleanup().toposort()
     large = {name: t for name, t in graph.tensors().items()
              if isinstance(t, gs.Constant) and _nbytes(t) > threshold and _exportable(t)}
@@ -115,7 +151,7 @@ def write_model(graph: gs.Graph, path: str | os.PathLike, external: bool | None 
         external: Weights in ``<name>.data``; None decides by size (external above ~2 GB,
             which protobuf cannot hold). Defaults to None.
         fields: Model-level fields to write (metadata_props, producer, doc string ...; see
-            :func:`sparsecc.model.model_fields`). Defaults to none.
+            :func:`model_fields`). Defaults to none.
     """
     proto, emptied = export_skeleton(graph, fields=fields)
     return write_skeleton(proto, emptied, path, external)
@@ -153,14 +189,15 @@ def _write_external(proto: onnx.ModelProto, emptied, path: Path) -> None:
             pad = -offset % ALIGNMENT
             handle.write(b"\0" * pad)
             offset += pad
-            handle.write(_raw(array))
-            _set_external(init, data_path.name, offset, int(array.nbytes))
+            handle.write(raw_bytes(array))
+            set_external(init, data_path.name, offset, int(array.nbytes))
             offset += int(array.nbytes)
     with open(path, "wb") as handle:
         handle.write(proto.SerializeToString())
 
 
-def _set_external(init: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+def set_external(init: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Point an initializer at ``length`` bytes of the file ``location`` from ``offset``."""
     init.data_location = onnx.TensorProto.EXTERNAL
     del init.external_data[:]
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
@@ -191,10 +228,11 @@ def _write_inline(proto: onnx.ModelProto, emptied, path: Path) -> None:
             initializer = _tag(5) + _varint(tensor_size)  # GraphProto.initializer
             graph_size = len(initializer) + tensor_size
             handle.write(_tag(7) + _varint(graph_size) + initializer + header_bytes + raw_field)  # ModelProto.graph
-            handle.write(_raw(array))
+            handle.write(raw_bytes(array))
 
 
-def _raw(array: np.ndarray) -> memoryview:
+def raw_bytes(array: np.ndarray) -> memoryview:
+    """The bytes of an array as they go into a file (C order, no copy where it is contiguous)."""
     return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
 
 
@@ -238,6 +276,15 @@ def read_weights(graph: gs.Graph, base_dir: str | os.PathLike | None) -> None:
             tensor._values = onnx.numpy_helper.to_array(proto)
 
 
+def inside_folder(base_dir: Path, location: str, name: str) -> Path:
+    """The external data file, which the model must name inside its folder (as ONNX Runtime requires):
+    no absolute path, no ``..`` out of it. (A symbolic link there is the user's layout, and followed.)"""
+    normal = os.path.normpath(location) if location else ""
+    if not normal or os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
+        raise ValueError(f"the external data of '{name}' is named '{location}', outside the model's folder")
+    return base_dir / normal
+
+
 def _read_external(proto: onnx.TensorProto, base_dir: Path) -> np.ndarray:
     info = {entry.key: entry.value for entry in proto.external_data}
     dtype = _as_numpy(proto.data_type)
@@ -245,8 +292,6 @@ def _read_external(proto: onnx.TensorProto, base_dir: Path) -> np.ndarray:
     if dtype is None:  # a type numpy lacks: let onnx decode it
         onnx.external_data_helper.load_external_data_for_tensor(proto, str(base_dir))
         return onnx.numpy_helper.to_array(proto)
-    from sparsecc.model_files import inside_folder
-
     location = inside_folder(base_dir, info.get("location", ""), proto.name)
     count = int(np.prod(shape, dtype=object))  # Python ints: a declared size never overflows
     offset = int(info.get("offset", 0))
@@ -265,239 +310,8 @@ def _read_external(proto: onnx.TensorProto, base_dir: Path) -> np.ndarray:
     if array.size != count:
         raise EOFError(f"external data of '{proto.name}' is truncated in {location}")
     array = array.astype(dtype, copy=False).reshape(shape)
-    _remember_origin(array, location, offset)
+    remember_origin(array, location, offset)
     return array
-
-
-# Arrays read from a file, and where their bytes lie in it: SessionFiles links that file instead of
-# writing the bytes again (id(array) -> (weak reference, resolved path, offset)).
-_ORIGINS: dict[int, tuple[weakref.ref, Path, int]] = {}
-_PRUNE_AT = 1024
-
-
-def _weak(array: np.ndarray):
-    try:
-        return weakref.ref(array)
-    except TypeError:
-        return lambda: None
-
-
-def _remember_origin(array: np.ndarray, path: Path, offset: int) -> None:
-    if sys.byteorder != "little" or not array.flags.c_contiguous:
-        return
-    try:
-        # no callback: Python code run by the garbage collector turns an interrupt into a printed traceback;
-        # entries of dead arrays are pruned here instead (and never match: _origin checks identity)
-        ref = weakref.ref(array)
-    except TypeError:
-        return
-    global _PRUNE_AT
-    if len(_ORIGINS) >= _PRUNE_AT:
-        for key in [k for k, (r, _, _) in _ORIGINS.items() if r() is None]:
-            del _ORIGINS[key]
-        _PRUNE_AT = max(1024, 2 * len(_ORIGINS))
-    _ORIGINS[id(array)] = (ref, Path(path).resolve(), offset)
-
-
-def _origin(array: np.ndarray) -> tuple[Path, int] | None:
-    known = _ORIGINS.get(id(array))
-    if known is None or known[0]() is not array:
-        return None
-    return known[1], known[2]
-
-
-def _resident_by_origin() -> dict[tuple[Path, int], np.ndarray]:
-    """In-memory arrays (not file mappings) by where their bytes lie in a file."""
-    resident = {}
-    for ref, path, offset in list(_ORIGINS.values()):
-        array = ref()
-        if array is not None and not isinstance(array, np.memmap):
-            resident[(path, offset)] = array
-    return resident
-
-
-def release_to_files(graph: gs.Graph, keep: tuple[gs.Graph, ...] = ()) -> int:
-    """Let the weights of ``graph`` that lie in a file be read from it again, freeing their memory.
-
-    Every large array whose exact bytes are in a file (the input model, or the data file of a
-    :class:`SessionFiles` that wrote it) and that no graph in ``keep`` uses is replaced by a
-    read-only ``np.memmap`` of those bytes: the same values, nothing resident until read, and
-    SessionFiles links the file instead of writing them. For copies kept only to be compared or
-    timed against (the unpruned original, the masked original, the graph before a rewrite):
-    once the working model replaces an array, the in-memory one is freed. Returns the number of
-    arrays replaced.
-    """
-    used = {id(t.values) for g in keep for t in g.tensors().values()
-            if isinstance(t, gs.Constant) and not isinstance(t._values, gs.ir.tensor.LazyValues)}
-    count = 0
-    for tensor in graph.tensors().values():
-        if not isinstance(tensor, gs.Constant) or not isinstance(tensor._values, np.ndarray):
-            continue
-        array = tensor._values
-        if isinstance(array, np.memmap) or array.nbytes <= INLINE_THRESHOLD or id(array) in used:
-            continue
-        origin = _origin(array)
-        if origin is None:
-            continue
-        try:
-            mapped = np.memmap(origin[0], dtype=array.dtype, mode="r", offset=origin[1], shape=array.shape)
-        except (OSError, ValueError):  # the file is gone (a closed SessionFiles): keep the array
-            continue
-        _remember_origin(mapped, origin[0], origin[1])
-        tensor._values = mapped
-        count += 1
-    if count:
-        # graph copies leave cyclic garbage (nodes and tensors refer to each other) that can still
-        # hold the replaced arrays: collect it now, not whenever the collector next runs
-        gc.collect()
-    return count
-
-
-class SessionFiles:
-    """Temporary model files, with external data, for ONNX Runtime sessions to load by path.
-
-    Every file of one SessionFiles shares one data file: an array already written (the same
-    numpy object, which passes replace rather than edit, as verification against the graph
-    before them requires) is referenced again, not written again, so checking a pass that
-    changed a few weights writes only those; an array still as it was read from the input file
-    is not written at all (the file is hard-linked into the folder and referenced at its offset).
-    :meth:`write` makes a new .onnx file,
-    :meth:`release` deletes one, :meth:`close` (or leaving the ``with`` block) all of them.
-    """
-
-    def __init__(self, prefix: str = "session"):
-        from sparsecc.locks import finalize_private_tempdir, private_tempdir
-
-        # marked as this process's while it lives: a killed run's folder (hard links to the input
-        # included) is recognised and removed by the next run
-        self._dir = private_tempdir(prefix)
-        self._finalizer = finalize_private_tempdir(self, self._dir)
-        self._count = 0
-        self._data = self._dir / "weights.data"
-        self._size = 0
-        self._written: dict[int, tuple[weakref.ref, int]] = {}  # id(array) -> (array, offset)
-        self._digests: dict[Path, str] = {}
-        self._links: dict[Path, str] = {}  # input file -> its hard link in the folder ("" if impossible)
-        self._outputs: dict[tuple, Any] = {}  # (digest, inputs) -> outputs of that graph on those inputs
-        # file -> its large initializers, weakly: a file must not keep arrays its graph dropped alive
-        self._arrays: dict[Path, list[tuple[str, weakref.ref]]] = {}
-
-    def write(self, graph_or_proto, emptied=None) -> Path:
-        """A file for ``graph`` (a gs.Graph), or for a skeleton proto with its emptied arrays."""
-        if isinstance(graph_or_proto, gs.Graph):
-            proto, emptied = export_skeleton(graph_or_proto)
-        else:
-            proto, emptied = graph_or_proto, emptied or []
-        self._count += 1
-        path = self._dir / f"model{self._count}.onnx"
-        with open(self._data, "ab") as handle:
-            for init, array in emptied:
-                offset = self._offset(array)
-                linked = self._linked(array) if offset is None else None
-                if linked is not None:  # still the bytes of the file it was read from
-                    _set_external(init, linked[0], linked[1], int(array.nbytes))
-                    continue
-                if offset is None:
-                    pad = -self._size % ALIGNMENT
-                    handle.write(b"\0" * pad)
-                    offset = self._size + pad
-                    handle.write(_raw(array))
-                    self._size = offset + int(array.nbytes)
-                    self._remember(array, offset)
-                    # release_to_files can map these bytes instead of keeping the array
-                    _remember_origin(array, self._data, offset)
-                _set_external(init, self._data.name, offset, int(array.nbytes))
-        skeleton = proto.SerializeToString()
-        with open(path, "wb") as handle:
-            handle.write(skeleton)
-        self._arrays[path] = [(init.name, _weak(array)) for init, array in emptied]
-        # same skeleton (graph, and weights at the same places of the data file) = same function
-        self._digests[path] = hashlib.sha256(skeleton).hexdigest()
-        return path
-
-    def initializers(self, path) -> list[tuple[str, np.ndarray]]:
-        """The large initializers of a file :meth:`write` made, as (name, the graph's array); those
-        whose array is gone (or cannot be referenced weakly) are left out: they are in the file.
-        A mapped array (:func:`release_to_files`) is given as the in-memory array of the same bytes
-        where one is alive."""
-        pairs = [(name, ref()) for name, ref in self._arrays.get(Path(path), [])]
-        resident = _resident_by_origin()
-        found = []
-        for name, array in pairs:
-            if isinstance(array, np.memmap):
-                # a copy's mapped weight that an in-memory array (the working model's) still holds:
-                # that one, so the file's pages are not read into memory a second time
-                twin = resident.get(_origin(array))
-                if twin is not None and twin.shape == array.shape and twin.dtype == array.dtype:
-                    array = twin
-            if array is not None:
-                found.append((name, array))
-        return found
-
-    def outputs(self, path, inputs_key) -> Any:
-        """What :meth:`keep_outputs` kept for a graph identical to ``path``'s on these inputs, or None."""
-        digest = self._digests.get(Path(path)) if isinstance(path, (str, os.PathLike)) else None
-        return self._outputs.get((digest, inputs_key)) if digest else None
-
-    def keep_outputs(self, path, inputs_key, outputs: Any) -> None:
-        digest = self._digests.get(Path(path)) if isinstance(path, (str, os.PathLike)) else None
-        if digest:
-            self._outputs[(digest, inputs_key)] = outputs
-            while len(self._outputs) > KEPT_OUTPUTS:
-                self._outputs.pop(next(iter(self._outputs)))
-
-    def _linked(self, array: np.ndarray) -> tuple[str, int] | None:
-        """(name in the folder, offset) of the input file the array was read from, hard-linked here.
-
-        ONNX Runtime refuses external data outside the model's folder (symbolic links included);
-        a hard link is the same file, so the weights are neither copied nor written again. None
-        when the array was not read from a file, or the link cannot be made (another filesystem).
-        """
-        origin = _origin(array)
-        if origin is None:
-            return None
-        path, offset = origin
-        if path == self._data.resolve():  # mapped from this folder's own data file
-            return self._data.name, offset
-        name = self._links.get(path)
-        if name is None:
-            name = f"input{len(self._links) + 1}.data"
-            try:
-                os.link(path, self._dir / name)
-            except OSError:
-                name = ""
-            self._links[path] = name
-        return (name, offset) if name else None
-
-    def _offset(self, array: np.ndarray) -> int | None:
-        known = self._written.get(id(array))
-        return known[1] if known is not None and known[0]() is array else None
-
-    def _remember(self, array: np.ndarray, offset: int) -> None:
-        try:
-            self._written[id(array)] = (weakref.ref(array), offset)
-        except TypeError:  # an array type without weak references: written again next time
-            pass
-
-    def release(self, path: Path | None) -> None:
-        if path is not None and Path(path).parent == self._dir:
-            Path(path).unlink(missing_ok=True)
-            self._arrays.pop(Path(path), None)
-
-    def close(self) -> None:
-        for key, (_, path, _) in list(_ORIGINS.items()):
-            if path.parent == self._dir.resolve():
-                _ORIGINS.pop(key, None)
-        self._written.clear()
-        self._outputs.clear()
-        self._arrays.clear()
-        self._finalizer()  # removes the folder (once; also when the object is collected or at exit)
-
-    def __enter__(self) -> "SessionFiles":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def read_onnx(path: str | os.PathLike) -> onnx.ModelProto:

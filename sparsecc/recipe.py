@@ -11,7 +11,11 @@ A recipe is a YAML or JSON file, or the name of a built-in one (the files in
       - apply-plan
       - groupwise-rewrite
 
-The canonicalisation passes always run first and are not listed.
+The canonicalisation passes always run first and are not listed. ``imports:`` (optional) lists
+modules of the user's own lowerings, passes or importance criteria to import first, by module
+name or ``.py`` path relative to the recipe file (see :mod:`sparsecc.extensions`)::
+
+    imports: [my_lowerings.py]
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from sparsecc.errors import OptionError
 from sparsecc.limits import MAX_RECIPE_BYTES, MAX_RECIPE_TEXT, MAX_RECIPE_VALUES, count_values, human_bytes
 from sparsecc.passmanager import Pass, make_pass
 
-_KEYS = {"name", "description", "passes", "verify"}
+_KEYS = {"name", "description", "passes", "verify", "imports"}
 # Former names of built-in recipes, still accepted.
 ALIASES = {"zeros": "detect"}
 
@@ -40,15 +44,29 @@ class Recipe:
     passes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     verify: dict[str, Any] = field(default_factory=dict)
     source: str = "built-in"
+    imports: list[str] = field(default_factory=list)
+    base_dir: Path | None = None  # the recipe file's folder: relative imports are found there
+
+    def load_imports(self) -> None:
+        """Import the modules the recipe names, so their lowerings, passes and criteria register."""
+        from sparsecc.extensions import import_extension
+
+        for spec in self.imports:
+            import_extension(spec, self.base_dir, where=f"imports: of recipe '{self.name}' ({self.source})")
 
     def build_passes(self) -> list[Pass]:
-        from sparsecc.passes.canonicalize import CANONICAL_PASSES
+        """The compile's passes: canonicalisation (one pipeline), then the recipe's, with their options."""
+        from sparsecc.passes.canonicalize import Canonicalize
 
-        return [make_pass(n) for n in CANONICAL_PASSES] + [make_pass(n, **o) for n, o in self.passes]
+        self.load_imports()
+        return [Canonicalize()] + [make_pass(n, **o) for n, o in self.passes]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "source": self.source,
+        data = {"name": self.name, "description": self.description, "source": self.source,
                 "passes": [{n: o} if o else n for n, o in self.passes], "verify": self.verify}
+        if self.imports:
+            data["imports"] = list(self.imports)
+        return data
 
 
 def builtin_recipes() -> dict[str, Recipe]:
@@ -81,10 +99,10 @@ def load_recipe(name_or_path: str) -> Recipe:
     except (OSError, UnicodeDecodeError) as exc:
         raise OptionError(f"cannot read the recipe ({getattr(exc, 'strerror', None) or exc})", where=str(path),
                           fix="give a YAML or JSON recipe file (UTF-8 text)") from None
-    return parse_recipe(text, str(path))
+    return parse_recipe(text, str(path), base_dir=path.parent)
 
 
-def parse_recipe(text: str, source: str) -> Recipe:
+def parse_recipe(text: str, source: str, base_dir: Path | None = None) -> Recipe:
     """A recipe from its text; every key checked for type and size (YAML aliases included) before use."""
     try:
         data = json.loads(text) if source.endswith(".json") else yaml.safe_load(text)
@@ -94,7 +112,8 @@ def parse_recipe(text: str, source: str) -> Recipe:
         raise OptionError(f"the recipe holds more than {MAX_RECIPE_VALUES} values once its YAML aliases are "
                           "expanded (the limit)", where=source, fix="write the recipe without repeated aliases")
     if not isinstance(data, dict):
-        raise OptionError("a recipe is a mapping with keys name, description, passes", where=source)
+        raise OptionError("a recipe is a mapping with keys name, description, passes (and verify, imports)",
+                          where=source)
     unknown = sorted(map(str, set(data) - _KEYS))
     if unknown:
         raise OptionError(f"unknown recipe key(s) {unknown}", where=source, fix=f"use {sorted(_KEYS)}")
@@ -125,7 +144,12 @@ def parse_recipe(text: str, source: str) -> Recipe:
         else:
             raise OptionError("each pass is a name or a one-key mapping {name: {options}}",
                               where=f"{source}: passes[{index}]")
-    return Recipe(name, description, passes, dict(verify), source)
+    imports = data.get("imports") or []
+    imports = [imports] if isinstance(imports, str) else imports
+    if not isinstance(imports, list) or not all(isinstance(i, str) and i.strip() for i in imports):
+        raise OptionError("imports: is a list of module names or .py files", where=f"{source}: imports",
+                          fix="e.g. imports: [my_lowerings.py] or imports: [mypackage.lowerings]")
+    return Recipe(name, description, passes, dict(verify), source, list(imports), base_dir)
 
 
 def _kind(value: Any) -> str:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparsecc.inspect import format_table, human
-from sparsecc.tables import markdown_table
+from sparsecc.tables import human, markdown_table, text_table
 
 
 _BACKEND_WORDS = {"onnxruntime": "ONNX Runtime (CPU)",
@@ -60,20 +59,20 @@ def render_compile_markdown(report: dict[str, Any]) -> str:
         status = "-" if not check else ("passed" if check["passed"] else "differs (expected)")
         rows.append([record["name"], "yes" if record["exact"] else "no", record["status"],
                      record.get("rewrites", 0), f"{record['seconds']:.3f}", status])
-    lines += _md_table(rows, ["pass", "exact", "status", "rewrites", "seconds", "verification"])
+    lines += _markdown_lines(rows, ["pass", "exact", "status", "rewrites", "seconds", "verification"])
     if report.get("shape_changes"):
         lines += ["", "## Shape changes", "",
                   "Every weight layer whose weight shape changed, and why:", ""]
-        lines += _md_table([[c["layer"], c["change"], "x".join(map(str, c["before"])) if c["before"] else "-",
+        lines += _markdown_lines([[c["layer"], c["change"], "x".join(map(str, c["before"])) if c["before"] else "-",
                              "x".join(map(str, c["after"])) if c["after"] else "-", c["why"]]
                             for c in report["shape_changes"]], ["layer", "change", "before", "after", "why"])
     lines += _lowering_decisions(report)
     if report["skipped"]:
         lines += ["", "## Left as they were", ""]
-        lines += _md_table([[s["pass"], s["layer"], s["reason"]] for s in report["skipped"]],
+        lines += _markdown_lines([[s["pass"], s["layer"], s["reason"]] for s in report["skipped"]],
                            ["pass", "layer", "reason"])
     lines += ["", "## Weight layers after compilation", ""]
-    lines += _md_table([[r["node"], r["kind"], "x".join(map(str, r["weight_shape"])), human(r["macs"] or 0),
+    lines += _markdown_lines([[r["node"], r["kind"], "x".join(map(str, r["weight_shape"])), human(r["macs"] or 0),
                          f"{100 * r['sparsity']:.1f}%", r["pattern"]] for r in report["after"]["layers"]],
                        ["layer", "kind", "weight", "MACs", "zeros", "pattern"])
     env = report["environment"]
@@ -100,21 +99,21 @@ def _lowering_decisions(report: dict[str, Any]) -> list[str]:
             lines += [f"Timing cache `{cache['path'] or 'in memory only'}`: {cache['hits']} timing(s) taken from it, "
                       f"{cache['misses']} measured. Spread is (median - min) / min of the runs; a choice whose "
                       "margin is inside it is measured again, then resolved as dense.", ""]
-        lines += _md_table(rows, ["layer", "lowering", "timing", "spread", "why", "did not apply"])
+        lines += _markdown_lines(rows, ["layer", "lowering", "timing", "spread", "why", "did not apply"])
         check = details.get("model_check")
         if check:
             lines += ["", check["reason"] + "."]
     return lines
 
 
-def _md_table(rows: list[list[Any]], headers: list[str]) -> list[str]:
+def _markdown_lines(rows: list[list[Any]], headers: list[str]) -> list[str]:
     return markdown_table(rows, headers).split("\n")
 
 
 def format_bench(result: dict[str, Any]) -> str:
     rows = [[label, m["path"], f"{m['median_ms']:.3f}", f"{m['min_ms']:.3f}", human(m["macs"])]
             for label, m in result["models"].items()]
-    text = format_table(rows, ["model", "path", "median ms", "min ms", "MACs"])
+    text = text_table(rows, ["model", "path", "median ms", "min ms", "MACs"])
     backend = result["backend"]
     text += (f"\n\n{result['runs']} interleaved runs after {result['warmup']} warm-up, {result['clock']}; "
              f"backend {backend.get('backend')} ({backend.get('intra_op_num_threads', '?')} threads)")

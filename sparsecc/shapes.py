@@ -15,7 +15,8 @@ from onnx import shape_inference
 
 from sparsecc.errors import ShapeError
 from sparsecc.model import Model, clamp_ir_version
-from sparsecc.onnx_files import SessionFiles, export_skeleton
+from sparsecc.onnx_files import export_skeleton
+from sparsecc.session_files import SessionFiles
 
 
 def _fix_inputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:

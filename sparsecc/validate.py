@@ -97,8 +97,8 @@ def validate(candidate: str | Path, against: str | Path, backend: str | None = N
         candidate: The engine or compiled model under test.
         against: The original ONNX model (taken as correct; runs on ONNX Runtime), or for an engine the
             compiled model it was built from (plugin nodes run through their numpy references).
-        backend: "ort" or "tensorrt" for an ONNX candidate. Defaults to "tensorrt" for an engine file,
-            "ort" otherwise.
+        backend: A backend serving ``validate`` ("ort" or "tensorrt") for an ONNX candidate. Defaults to
+            "tensorrt" for an engine file, "ort" otherwise.
         tolerances: Per-output atol / rtol. Defaults to Tolerances().
         shapes: Concrete shapes of dynamic inputs. Defaults to none.
         seed: Seed of the random inputs. Defaults to 0.
@@ -117,8 +117,10 @@ def validate(candidate: str | Path, against: str | Path, backend: str | None = N
     tolerances = tolerances or Tolerances()
     is_engine = candidate.suffix.lower() in ENGINE_SUFFIXES
     backend = backend or ("tensorrt" if is_engine else "ort")
-    if backend not in ("ort", "tensorrt"):
-        raise OptionError(f"unknown backend '{backend}'", fix="choose ort or tensorrt")
+    from sparsecc.backends import backend_names
+
+    if backend not in backend_names("validate"):
+        raise OptionError(f"unknown backend '{backend}'", fix=f"choose one of {', '.join(backend_names('validate'))}")
     if is_engine and backend != "tensorrt":
         raise OptionError(f"{candidate} is a TensorRT engine; it runs only with --backend tensorrt",
                           fix="drop --backend ort, or validate the ONNX model instead")

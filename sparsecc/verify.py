@@ -24,8 +24,9 @@ import numpy as np
 
 from sparsecc import interrupts
 from sparsecc.model import Model
-from sparsecc.onnx_files import SessionFiles
 from sparsecc.polygraphy_guard import guard_polygraphy
+from sparsecc.precision import lowest_precision  # noqa: F401  (imported from here by callers)
+from sparsecc.session_files import SessionFiles
 
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
@@ -36,7 +37,6 @@ DTYPE_TOLERANCES = {
     "float16": (1e-3, 1e-2),
     "bfloat16": (1e-2, 8e-2),
 }
-_PRECISION_ORDER = ("bfloat16", "float16", "float32", "float64")  # lowest first
 
 
 @dataclass
@@ -70,12 +70,6 @@ class VerifyConfig:
         return self.for_dtype(model_float_dtype(model))
 
 
-def lowest_precision(dtypes) -> str:
-    """The lowest-precision float type among numpy/ONNX dtype names ("float32" when none is a float)."""
-    names = {_dtype_name(d) for d in dtypes}
-    return next((name for name in _PRECISION_ORDER if name in names), "float32")
-
-
 def model_float_dtype(model: Model) -> str:
     """The model's float type: the lowest precision among its float constants and its inputs and outputs."""
     import onnx_graphsurgeon as gs
@@ -83,20 +77,6 @@ def model_float_dtype(model: Model) -> str:
     tensors = [t for t in model.graph.tensors().values() if isinstance(t, gs.Constant)]
     return lowest_precision([t.dtype for t in tensors] + [t.dtype for t in (*model.graph.inputs,
                                                                               *model.graph.outputs)])
-
-
-def _dtype_name(dtype) -> str:
-    if dtype is None:
-        return ""
-    try:
-        import onnx
-
-        if isinstance(dtype, int):
-            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype)).name
-    except (ImportError, KeyError, TypeError):
-        return ""
-    name = getattr(dtype, "name", None) or str(dtype)
-    return "bfloat16" if "bfloat16" in name else name
 
 
 @dataclass

@@ -87,7 +87,7 @@ def build_model(name: str, *, pretrained: bool = False):
 
 
 def _load_checkpoint_weights(model, entry: ZooEntry, torch) -> None:
-    from sparsecc.torch import load_onnx_weights
+    from sparsecc.finetuning import load_onnx_weights
 
     load_onnx_weights(model, checkpoint_path(entry.name))
 

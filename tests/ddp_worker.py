@@ -1,4 +1,4 @@
-"""Fine-tunes the tiny test model with sparsecc.torch.finetune; run alone or under torchrun.
+"""Fine-tunes the tiny test model with sparsecc.finetuning.finetune; run alone or under torchrun.
 
 Usage: python tests/ddp_worker.py OUT_DIR (every rank writes OUT_DIR/rank<N>.json).
 The loop is the library's, unchanged: under torchrun it finds WORLD_SIZE and uses DDP (gloo).
@@ -14,8 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import sparsecc.torch as st  # noqa: E402
-from test_torch import _model, _split  # noqa: E402
+import sparsecc.finetuning as st  # noqa: E402
+from test_finetuning import _model, _split  # noqa: E402
 
 torch.set_num_threads(1)
 result = st.finetune(_model(), _split(), "groupwise-50", epochs=3, lr=1e-2, batch_size=32, augment=False,

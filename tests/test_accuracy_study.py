@@ -19,7 +19,7 @@ def _tool():
 
 def test_deprune_variants_share_one_ratio_and_are_fine_tunable():
     pytest.importorskip("torch")
-    import sparsecc.torch as st
+    import sparsecc.finetuning as st
 
     tool = _tool()
     rows = [v for v in tool.variants([0.4], dw_ratio=0.7, pw_ratio=0.25) if v["family"] == "deprune"]

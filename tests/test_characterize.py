@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from sparsecc.characterize import (SHAPE_SETS, GemmShape, Measurement, StudyConfig, break_even, conv, crossing,
-                                   format_table, groupwise_rows, layer_weight, pattern_masks, plot_study,
-                                   render_markdown, run_study, torch_variants, weight_kn)
+from sparsecc.study import (SHAPE_SETS, GemmShape, Measurement, StudyConfig, break_even, conv, crossing, format_table,
+                            plot_study, render_markdown, run_study)
+from sparsecc.study.variants import groupwise_rows, layer_weight, pattern_masks, torch_variants, weight_kn
 from sparsecc.errors import OptionError
 
 SPARSE_LABELS = {"element-wise/torch-csr", "vector-wise/torch-csr", "block-wise/torch-bsr", "group-wise/torch"}

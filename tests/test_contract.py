@@ -18,9 +18,9 @@ import pytest
 from sparsecc.compiler import compile_model
 from sparsecc.errors import InputError, OptionError, VerificationError
 from sparsecc.feeds import FeedOptions, make_feeds, parse_input_files, parse_input_ranges, second_shapes
-from sparsecc.inspect import inspect_model
+from sparsecc.inspection import inspect_model
 from sparsecc.model import load_model
-from sparsecc.onnx_files import SessionFiles
+from sparsecc.session_files import SessionFiles
 from sparsecc.verify import VerifyConfig, check_second_shape
 
 torch = pytest.importorskip("torch")

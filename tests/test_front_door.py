@@ -15,9 +15,9 @@ import pytest
 from sparsecc.backends.ort import OrtBackend, is_broadcast_scale
 from sparsecc.compiler import compile_model
 from sparsecc.errors import UnsupportedModelError
-from sparsecc.inspect import inspect_model
+from sparsecc.inspection import inspect_model
 from sparsecc.model import load_model
-from sparsecc.onnx_files import SessionFiles
+from sparsecc.session_files import SessionFiles
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

@@ -15,7 +15,8 @@ from onnx import helper
 
 import sparsecc
 from sparsecc.model import Model, load_model
-from sparsecc.onnx_files import INLINE_THRESHOLD, SessionFiles, release_to_files
+from sparsecc.onnx_files import INLINE_THRESHOLD
+from sparsecc.session_files import SessionFiles, release_to_files
 
 
 def chain(tmp_path, channels: int = 32, name: str = "chain.onnx"):
@@ -43,7 +44,7 @@ def test_the_originals_kept_for_the_final_check_hold_no_copy_of_the_weights(tmp_
     real = compiler._final_verification
 
     def capture(original, ctx, *args, **kwargs):
-        seen.update(original=original, masked=ctx.state.get("masked"), model=ctx.model)
+        seen.update(original=original, masked=ctx.masked, model=ctx.model)
         return real(original, ctx, *args, **kwargs)
 
     monkeypatch.setattr(compiler, "_final_verification", capture)
@@ -145,7 +146,7 @@ def test_the_measured_cost_model_loads_layers_without_serialising_them(tmp_path,
 
 
 def test_inspect_does_not_keep_replaced_weights_alive(tmp_path):
-    from sparsecc.inspect import inspect_model
+    from sparsecc.inspection import inspect_model
 
     model = load_model(chain(tmp_path))
     cache: dict = {}

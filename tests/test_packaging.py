@@ -40,3 +40,15 @@ def test_time_interleaved_alternates_and_counts():
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
     assert [len(t.times_ms) for t in timings.values()] == [4, 4]
     assert all(t.min_ms <= t.median_ms for t in timings.values())
+
+
+def test_every_package_is_listed_for_installation():
+    """A sub-package missing from pyproject.toml's list would be left out of the wheel."""
+    import tomllib
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"sparsecc." + ".".join(p.parent.relative_to(repo / "sparsecc").parts) if p.parent != repo / "sparsecc"
+             else "sparsecc" for p in (repo / "sparsecc").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

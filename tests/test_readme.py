@@ -11,6 +11,21 @@ import pytest
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+def test_readme_example_of_a_lowering_of_ones_own_compiles(cli, tmp_path):
+    from test_extensions import USER_MODULE
+
+    from sparsecc.zoo import checkpoint_path
+
+    example = re.search(r"```yaml\n(name: my-lowering.*?)```", README.read_text(), re.S).group(1)
+    (tmp_path / "my-lowering.yaml").write_text(example)
+    (tmp_path / "my_lowerings.py").write_text(USER_MODULE.replace("test-slice-channels", "my-lowering"))
+    out = tmp_path / "out"
+    result = cli("compile", checkpoint_path("resnet18-digits"), "--recipe", tmp_path / "my-lowering.yaml", "-o", out,
+                 "--shape", "input:1x1x32x32", "--cost-model", "analytic", "--json", check=True)
+    layers = next(p for p in json.loads(result.stdout)["passes"] if p["name"] == "groupwise-rewrite")["details"]["layers"]
+    assert any("my-lowering" in str(info.get("reason", "")) for info in layers.values())
+
+
 @pytest.mark.slow
 def test_readme_recipe_example_compiles_the_bundled_checkpoint(cli, tmp_path):
     from sparsecc.zoo import checkpoint_path

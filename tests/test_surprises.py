@@ -272,7 +272,7 @@ def test_streamed_files_hold_the_same_model_as_onnx_save(tmp_path):
 
 def test_verification_reads_the_weights_from_one_shared_file(tmp_path):
     from sparsecc.model import load_model
-    from sparsecc.onnx_files import SessionFiles
+    from sparsecc.session_files import SessionFiles
 
     model = load_model(save(conv_bn_relu_fc(batch=1), tmp_path / "m.onnx"))
     with SessionFiles() as files:
@@ -289,7 +289,7 @@ def test_weights_still_as_read_are_linked_not_written(tmp_path):
     import onnxruntime as ort
 
     from sparsecc.model import load_model
-    from sparsecc.onnx_files import SessionFiles
+    from sparsecc.session_files import SessionFiles
 
     source = tmp_path / "m.onnx"
     onnx.save(conv_bn_relu_fc(batch=1), str(source), save_as_external_data=True, location="m.data",

@@ -1,6 +1,6 @@
 """Accuracy beside speed, per pruning family: before and after fine-tuning, MACs and ORT latency.
 
-Families (each variant pruned by sparsecc's own planning passes through ``sparsecc.torch``,
+Families (each variant pruned by sparsecc's own planning passes through ``sparsecc.finetuning``,
 fine-tuned with the masks kept, exported, compiled, scored on ONNX Runtime):
 
 - group-wise: keep 75%, 50%, 25% of the im2col rows (``groupwise-*``), compiled in zero-detect mode;
@@ -104,7 +104,7 @@ def torch_pruning_at(dense, example, target_ideal: float, tolerance: float = 0.0
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    import sparsecc.torch as st
+    import sparsecc.finetuning as st
     from sparsecc import zoo
     from sparsecc.backends.ort import OrtBackend
     from sparsecc.bench import time_interleaved
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="sparsecc-study-"))
     replay = replay_filters_recipe()  # the demo's: apply the saved plan, remove its filters
     backend = OrtBackend(threads=args.threads, allow_spinning=False)
-    st.export_onnx(dense, work / "dense.onnx", example)
+    st.export_pruned_onnx(dense, work / "dense.onnx", example)
     compiled = compile_model(work / "dense.onnx", "none", work / "dense", shapes=shapes)
     sessions = {"dense": backend.load(compiled.model_path)}
     feeds = {"dense": random_feeds(input_specs(compiled.model), seed=0)[0]}
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["top1_one_shot"] = tuned.top1_before_finetune
                 row["top1_one_shot_bn"] = tuned.top1_one_shot_bn
                 row["pruned_share"] = round(st.pruned_share(tuned.masks), 4)
-                path = st.export_onnx(tuned.module, folder.with_suffix(".onnx"), example, masks=tuned.masks)
+                path = st.export_pruned_onnx(tuned.module, folder.with_suffix(".onnx"), example, masks=tuned.masks)
                 tuned.plan.save(folder.with_suffix(".plan.json"))
                 if variant["compile"] == "replay-filters":
                     result = compile_model(path, replay, folder, shapes=shapes, plan=folder.with_suffix(".plan.json"))
@@ -243,7 +243,7 @@ def _deprune_found(report: dict) -> str:
 
 def torch_pruning_rows(args, dense, split, example, shapes, work, rows, sessions, feeds, backend, say) -> list:
     """The baseline a user would pick instead: Torch-Pruning at the MACs of sparsecc's variants."""
-    import sparsecc.torch as st
+    import sparsecc.finetuning as st
     from sparsecc.compiler import compile_model
     from sparsecc.evaluate import accuracy
     from sparsecc.plan import SparsityPlan
@@ -266,7 +266,7 @@ def torch_pruning_rows(args, dense, split, example, shapes, work, rows, sessions
                f"MACs matched to {label}", "top1_one_shot": st.evaluate(model, split.x_test, split.y_test)}
         say(f"{name}: fine-tuning {args.epochs} epochs")
         tuned = st.finetune(model, split, plan=SparsityPlan(), epochs=args.epochs, lr=args.lr, log=say)
-        path = st.export_onnx(tuned.module, work / f"tp-{label}.onnx", example)
+        path = st.export_pruned_onnx(tuned.module, work / f"tp-{label}.onnx", example)
         result = compile_model(path, "none", work / f"tp-{label}", shapes=shapes)
         session = backend.load(result.model_path)
         row.update(top1=accuracy(session, split.x_test, split.y_test), top1_one_shot_bn=tuned.top1_one_shot_bn,

@@ -241,9 +241,9 @@ def bench_one(name: str, batch: int, recipe: str, runs: int, threads: int, folde
     PassManager([make_pass(n) for n in CANONICAL_PASSES]).run(ctx)
     dense = ctx.model.copy()
     start = time.perf_counter()
-    records = PassManager([make_pass(n, **o) for n, o in load_recipe(recipe).passes]).run(ctx)
+    records = PassManager([make_pass(n, **o) for n, o in load_recipe(recipe).passes]).run(ctx).records
     compile_s = time.perf_counter() - start
-    masked, compiled = ctx.state["masked"], ctx.model
+    masked, compiled = ctx.masked, ctx.model
     backend = OrtBackend(threads=threads, allow_spinning=False)
     sessions = {k: backend.load(m.to_bytes()) for k, m in
                 (("unpruned", dense), ("masked", masked), ("compiled", compiled))}
@@ -256,7 +256,7 @@ def bench_one(name: str, batch: int, recipe: str, runs: int, threads: int, folde
     macs_dense, _ = nonzero_macs(dense)
     _, macs_kept = nonzero_macs(masked)
     macs_compiled, _ = nonzero_macs(compiled)
-    rewrite_state = ctx.state.get("deprune-rewrite", {})
+    rewrite_state = ctx.details_of("deprune-rewrite")
     rewrite = rewrite_state.get("layers", {})  # per depthwise layer: lowering, reason, candidates' times
     result = {
         "model": name, "batch": batch, "recipe": recipe, "compile_s": round(compile_s, 1),
@@ -272,8 +272,8 @@ def bench_one(name: str, batch: int, recipe: str, runs: int, threads: int, folde
         "passes": {r.name: r.to_dict().get("notes") for r in records},
         "whole_model_check": rewrite_state.get("model_check"),
     }
-    plan = ctx.state.get("deprune-plan", {})
-    dead = ctx.state.get("deprune-dead-channels", {})
+    plan = ctx.details_of("plan-deprune").get("dw", {})
+    dead = ctx.details_of("deprune-dead-channels")
     pw = next((r.to_dict()["details"].get("pw", {}) for r in records if r.name == "plan-deprune"), {})
     per_layer = {}
     for dw_name, facts in plan.items():

@@ -61,7 +61,7 @@ def prune(model, ratio: float, scope: str = "per-layer", round_to: int = 8):
     records = PassManager([make_pass("plan-filters", metric="l1", ratio=ratio, scope=scope, round_to=round_to),
                            make_pass("apply-plan"), make_pass("remove-filters")],
                           verify=VerifyConfig(atol=1e-4, rtol=1e-4)).run(ctx)
-    return ctx.state["masked"], ctx.model, {r.name: r for r in records}
+    return ctx.masked, ctx.model, {r.name: r for r in records}
 
 
 def macs(model) -> int:

@@ -125,14 +125,14 @@ def run_case(name: str, args) -> dict:
         layers, rewrite = {"kinds": ["conv", "pointwise", "grouped"], "exclude_first_last": True}, {}
     ctx = compile_groupwise(model, keep, layers, rewrite)
     compile_s = time.perf_counter() - start
-    result = time_pair(ctx.state["masked"], ctx.model, args.threads, args.warmup, args.runs)
+    result = time_pair(ctx.masked, ctx.model, args.threads, args.warmup, args.runs)
     result.update(case=name, keep=keep, target=TARGETS[name], compile_s=round(compile_s, 2))
     result["layers"] = [
         {"layer": layer, "lowering": info.get("lowering"),
          "dense_ms": info.get("candidates_ms", {}).get("dense"),
          "rewritten_ms": info.get("candidates_ms", {}).get(info.get("lowering")),
          "reason": info.get("reason", ""), **({"fold": info["fold"]} if "fold" in info else {})}
-        for layer, info in ctx.state["groupwise-rewrite"]["layers"].items()]
+        for layer, info in ctx.details_of("groupwise-rewrite")["layers"].items()]
     return result
 
 

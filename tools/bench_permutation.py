@@ -51,7 +51,7 @@ def bench(model: Model, seed: int = 0) -> dict:
     PassManager([make_pass("constants-to-initializers"), make_pass("fold-batchnorm")]).run(ctx)
     before = eligible_kept(ctx.model)
     start = time.perf_counter()
-    records = PassManager([make_pass("permute-channels-24", seed=seed)]).run(ctx)
+    records = PassManager([make_pass("permute-channels-24", seed=seed)]).run(ctx).records
     seconds = time.perf_counter() - start
     after = eligible_kept(ctx.model)
     rows = []

@@ -21,8 +21,7 @@ CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sparsecc.cli import build_parser
-    from sparsecc.commands.finetune import finetune_model
+    from sparsecc.finetuning.job import FinetuneJob, run_finetune_job
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18-digits")
@@ -37,10 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     for recipe in args.recipes:
         stem = f"{args.model}.{recipe}.ft"
         with tempfile.TemporaryDirectory() as folder:
-            cli_args = build_parser().parse_args(["finetune", args.model, "--data", args.data, "--recipe", recipe,
-                                                  "--epochs", str(args.epochs), "--schedule", args.schedule,
-                                                  "-o", folder])
-            summary = finetune_model(cli_args)
+            summary = run_finetune_job(FinetuneJob(args.model, args.data, folder, recipe=recipe, epochs=args.epochs,
+                                                   schedule=args.schedule))
             shutil.copyfile(Path(folder) / "model.onnx", args.out / f"{stem}.onnx")
             plan = json.loads((Path(folder) / "plan.json").read_text())
             plan["masks"] = f"{stem}.plan.npz"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 def zoo_totals() -> list[dict]:
     from sparsecc import zoo
-    from sparsecc.inspect import inspect_model
+    from sparsecc.inspection import inspect_model
     from sparsecc.model import load_model
     from sparsecc.passes.canonicalize import canonicalize
 
@@ -39,7 +39,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args()
-    from sparsecc.inspect import format_table, human
+    from sparsecc.tables import human, text_table
 
     rows = [[r["name"], r["input"], r["weight_layers"], ", ".join(f"{n} {k}" for k, n in sorted(r["by_kind"].items())),
              human(r["macs"]), human(r["weight_params"])] for r in zoo_totals()]
@@ -49,7 +49,7 @@ def main() -> int:
 
         print(markdown_table(rows, headers))
     else:
-        print(format_table(rows, headers))
+        print(text_table(rows, headers))
     return 0
 
 

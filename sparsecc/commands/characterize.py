@@ -50,7 +50,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from sparsecc.characterize import StudyConfig, format_table, plot_study, render_markdown, run_study
+    from sparsecc.study import StudyConfig, format_table, plot_study, render_markdown, run_study
     from sparsecc.errors import OptionError
     from sparsecc.log import progress
     from sparsecc.outputs import OutputFiles

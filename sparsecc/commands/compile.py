@@ -83,9 +83,11 @@ def list_passes(as_json: bool) -> int:
 
     passes = available_passes()
     if as_json:
-        print_json([{"name": n, "exact": c.exact, "description": c.description} for n, c in passes.items()])
+        print_json([{"name": n, "exact": c.exact, "role": c.role, "description": c.description}
+                    for n, c in passes.items()])
         return 0
     width = max(len(n) for n in passes)
+    roles = max(len(c.role) for c in passes.values())
     for name, cls in passes.items():
-        print(f"{name.ljust(width)}  {'exact ' if cls.exact else 'prunes'}  {cls.description}")
+        print(f"{name.ljust(width)}  {'exact ' if cls.exact else 'prunes'}  {cls.role.ljust(roles)}  {cls.description}")
     return 0

@@ -60,7 +60,12 @@ def run(args) -> int:
     except ImportError:
         raise OptionError("finetune needs PyTorch, which is not installed",
                           fix=install_hint("torch", "PyTorch")) from None
-    summary = finetune_model(args)
+    from sparsecc.finetuning.job import FinetuneJob, run_finetune_job
+
+    summary = run_finetune_job(FinetuneJob(
+        args.model, args.data, args.output, recipe=args.recipe, plan=args.plan, arch=args.arch, epochs=args.epochs,
+        schedule=args.schedule, lr=args.lr, batch_size=args.batch_size, train_limit=args.train_limit,
+        seed=args.seed, threads=args.threads, dynamo=args.dynamo, force=args.force))
     if summary is None:  # a rank other than 0 of a distributed run
         return 0
     if args.json:
@@ -86,83 +91,3 @@ def detect_recipe(folder: Path) -> str:
     except (OSError, ValueError):
         return "zeros"
     return "deprune-zeros" if any(w.get("pattern") == "depthwise-taps" for w in weights) else "zeros"
-
-
-def finetune_model(args) -> dict | None:
-    import os
-    from contextlib import nullcontext
-
-    import torch
-
-    import sparsecc.torch as st
-    from sparsecc import zoo
-    from sparsecc.compiler import plan_files
-    from sparsecc.data import load_dataset
-    from sparsecc.errors import OptionError
-    from sparsecc.log import progress
-    from sparsecc.outputs import OutputFolder
-    from sparsecc.plan import SparsityPlan
-    from sparsecc.recipe import load_recipe
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    path = Path(args.model)
-    if path.suffix == ".onnx" or path.exists():
-        if not args.arch:
-            raise OptionError("an .onnx MODEL needs --arch, the zoo architecture it was exported from",
-                              where=str(path), fix="e.g. --arch resnet18-digits (sparsecc zoo list)")
-        name, source = args.arch, path
-        module = zoo.build_model(name)
-        st.load_onnx_weights(module, source)
-    else:
-        if args.arch:
-            raise OptionError("--arch is for an .onnx MODEL; a zoo MODEL is its own architecture",
-                              where="--arch", fix="drop --arch, or give the .onnx file")
-        name, source = args.model, zoo.checkpoint_path(args.model)
-        module = zoo.build_model(name, pretrained=True)
-    split = load_dataset(args.data)
-    # a bad recipe or plan is refused before the output folder is made
-    recipe = load_recipe(args.recipe) if args.recipe else None
-    plan = SparsityPlan.load(args.plan) if args.plan else None
-    # rank 0 writes (torchrun sets RANK); a folder that cannot be written is refused before training
-    writer = int(os.environ.get("RANK", "0")) == 0
-    inputs = [source, *plan_files(args.plan)]
-    with OutputFolder(args.output, "finetune", inputs=inputs, force=args.force) if writer else nullcontext() as folder:
-        dense = st.evaluate(module, split.x_test, split.y_test)
-        result = st.finetune(module, split, recipe, plan=plan, epochs=args.epochs, schedule=args.schedule,
-                             lr=args.lr, batch_size=args.batch_size, seed=args.seed, train_limit=args.train_limit)
-        if result.rank != 0 or folder is None:
-            return None
-        summary = _write_outputs(args, folder.staging, result, split, dense, name, source)
-        folder.commit()
-    progress(f"wrote {args.output}")
-    return summary
-
-
-def _write_outputs(args, out: Path, result, split, dense: float, name: str, source) -> dict:
-    """model.onnx, plan.json (+ .npz) and finetune.json into ``out`` (the output's staging folder)."""
-    import json
-
-    import torch
-
-    import sparsecc.torch as st
-    from sparsecc.evaluate import evaluate_onnx
-    from sparsecc.outputs import write_bytes_atomic
-
-    example = torch.from_numpy(split.x_test[:1].copy())
-    st.export_onnx(result.module, out / "model.onnx", example, masks=result.masks, dynamo=args.dynamo)
-    result.plan.source = f"sparsecc finetune {name} ({args.recipe or args.plan})"
-    result.plan.save(out / "plan.json")
-    onnx_top1 = evaluate_onnx(out / "model.onnx", args.data)["top1"]
-    summary = {"model": name, "source": str(source), "data": args.data, "recipe": args.recipe, "plan": args.plan,
-               "schedule": args.schedule, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-               "train_images": int(min(len(split.y_train), args.train_limit or len(split.y_train))),
-               "seed": args.seed, "world_size": result.world_size, "mask_digest": result.mask_digest,
-               "rank_mask_digests": result.rank_mask_digests, "n": result.n, "dense_top1": dense,
-               "top1_before_finetune": result.top1_before_finetune,
-               "top1_one_shot_bn": result.top1_one_shot_bn, "top1": result.top1, "onnx_top1": onnx_top1,
-               "pruned_share_of_planned_weights": round(st.pruned_share(result.masks), 4),
-               "history": result.history, "exporter": "dynamo" if args.dynamo else "torchscript",
-               "torch_version": torch.__version__}
-    write_bytes_atomic(out / "finetune.json", (json.dumps(summary, indent=2) + "\n").encode())
-    return summary

@@ -15,7 +15,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from sparsecc.inspect import format_inspection, inspect_model
+    from sparsecc.inspection import format_inspection, inspect_model
     from sparsecc.model import load_model, parse_shape_overrides
 
     from sparsecc.passes.canonicalize import canonicalize

@@ -6,12 +6,15 @@ from sparsecc.commands._common import add_shape_option, print_json
 
 
 def register(subparsers) -> None:
+    from sparsecc.backends import add_backend_options, backend_names
+
     parser = subparsers.add_parser("validate", help="compare an engine or compiled model with the original ONNX model",
                                    description=__doc__)
     parser.add_argument("candidate", metavar="ENGINE_OR_MODEL", help="a .engine/.plan file or an .onnx model")
     parser.add_argument("--against", required=True, metavar="ORIGINAL", help="the original .onnx model")
-    parser.add_argument("--backend", choices=["ort", "tensorrt"],
+    parser.add_argument("--backend", choices=backend_names("validate"),
                         help="runtime of an ONNX candidate. Default: tensorrt for an engine, ort for ONNX")
+    add_backend_options(parser, "validate")
     parser.add_argument("--atol", action="append", metavar="[OUTPUT:]VALUE",
                         help="absolute tolerance, for all outputs or one (repeatable). Default: by the candidate's "
                              "precision (FP32 1e-5, TF32 1e-4, FP16 1e-3, BF16 1e-2)")

@@ -20,6 +20,7 @@ import onnx_graphsurgeon as gs
 from sparsecc.lowering.emitter import Emitter
 from sparsecc.lowering.registry import Candidate
 from sparsecc.lowering.timing_cache import TimingCache, graph_signature
+from sparsecc.passmanager import Skipped
 
 # ~0.8 ns per element moved by Gather/Transpose/NCHWc reorder, ~15 us per node on ONNX Runtime CPU
 # (tools/bench_groupwise.py profiles, 2 threads).
@@ -29,7 +30,7 @@ S_PER_NODE = 15e-6
 
 def analytic_seconds(candidate: Candidate) -> float:
     """Estimated run time of a candidate lowering (analytical model, calibrated as above)."""
-    return candidate.macs * candidate.ps_per_mac + candidate.copied * S_PER_COPY + candidate.nodes * S_PER_NODE
+    return candidate.macs * candidate.s_per_mac + candidate.copied * S_PER_COPY + candidate.nodes * S_PER_NODE
 
 
 class AnalyticCost:
@@ -101,7 +102,7 @@ class MeasuredCost:
     def _measure(self, candidates, graphs, keys, in_shape, dtype, runs: int) -> None:
         from sparsecc.backends.ort import OrtBackend
         from sparsecc.bench import time_interleaved
-        from sparsecc.onnx_files import SessionFiles
+        from sparsecc.session_files import SessionFiles
 
         backend = OrtBackend(threads=self.threads)
         # loaded by path: a dense FC layer of VGG-16 is 400 MB, which serialised bytes would hold twice
@@ -246,8 +247,6 @@ def undo_unless_faster(before, model, runs: int, threads: int, cache: TimingCach
     Runs :func:`whole_model_check`, records it in ``details["model_check"]``; when the rewrite is not
     kept, puts ``before``'s graph back and lists the reason in ``skipped`` and ``notes``. True when kept.
     """
-    from sparsecc.passmanager import Skipped
-
     check = whole_model_check(before, model, runs, threads, cache)
     details["model_check"] = check
     if check["kept"]:
@@ -267,7 +266,7 @@ def _time_models(dense, rewritten, runs: int, threads: int) -> dict[str, Any]:
     """
     from sparsecc.backends.ort import OrtBackend
     from sparsecc.bench import Timing, time_interleaved
-    from sparsecc.onnx_files import SessionFiles
+    from sparsecc.session_files import SessionFiles
     from sparsecc.verify import input_specs, random_feeds
 
     backend = OrtBackend(threads=threads)

@@ -22,7 +22,7 @@ import numpy as np
 
 from sparsecc.lowering.emitter import Emitter
 from sparsecc.lowering.gather import emit_tap_gather, tap_rows
-from sparsecc.lowering.geometry import ConvGeometry, conv_geometry
+from sparsecc.conv_geometry import ConvGeometry, conv_geometry
 from sparsecc.lowering.registry import Candidate, LayerToLower, Lowering, register_lowering
 
 FAMILY = "deprune"

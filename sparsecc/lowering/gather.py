@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from sparsecc.lowering.emitter import Emitter, emit_conv, emit_gather, emit_gather_features, emit_gemm
-from sparsecc.lowering.geometry import ConvGeometry, conv_geometry
+from sparsecc.conv_geometry import ConvGeometry, conv_geometry
 from sparsecc.lowering.registry import Candidate, LayerToLower, Lowering, register_lowering
 from sparsecc.plan import gemm_weight_kn
 

@@ -8,7 +8,8 @@
   one ``sparsecc::DepthwiseSubGemm`` node: DEPrune's diagonal-wise refactorization, one 32 x K'
   sub-GEMM per group of 32 channels over the kept (channel, tap) columns, on tensor cores.
 
-Both are family ``tensorrt`` (the ``lower-tensorrt`` pass offers them); they read the masked
+All are family ``tensorrt`` (the ``lower-tensorrt`` pass offers them, with its ``aot`` option in
+``LayerToLower.options``: 1 selects the AOT implementation, 0 the JIT one); they read the masked
 layer itself, so the lowered node computes exactly what the layer computed (up to the order of
 the additions).
 
@@ -30,8 +31,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from sparsecc.graphutil import optional_input
 from sparsecc.lowering.emitter import Emitter, emit_conv, emit_gemm
-from sparsecc.lowering.geometry import conv_geometry
+from sparsecc.conv_geometry import conv_geometry
 from sparsecc.lowering.gather import conv_kept_rows, gemm_kept_features
 from sparsecc.lowering.registry import Candidate, LayerToLower, Lowering, register_lowering
 from sparsecc.plan import gemm_weight_kn
@@ -184,7 +186,8 @@ def _conv_plugin(view: LayerToLower) -> Candidate | str:
     geometry = conv_geometry(node, view.in_shape, (kh, kw))
     out_elems = int(np.prod(view.out_shape))
     moved = int(np.prod(view.in_shape)) + out_elems + c_out * kept.size + kept.size + c_out
-    return Candidate("", lambda em, x, y: emit_groupwise_conv(em, x, y, node, weight, kept, view.bias, geometry),
+    aot = bool(view.options.get("aot", True))
+    return Candidate("", lambda em, x, y: emit_groupwise_conv(em, x, y, node, weight, kept, view.bias, geometry, aot),
                      out_elems * kept.size, moved, 1)
 
 
@@ -195,9 +198,8 @@ def _linear_plugin(view: LayerToLower) -> Candidate | str:
             return "Gemm with transA=1: the plugin reads X as [..., K]"
         if float(node.attrs.get("alpha", 1.0)) != 1.0 or float(node.attrs.get("beta", 1.0)) != 1.0:
             return "Gemm with alpha or beta != 1: the plugin computes X W + B"
-    bias = None
-    if len(node.inputs) > 2 and not node.inputs[2].is_empty():
-        bias = node.inputs[2]
+    bias = optional_input(node, 2)
+    if bias is not None:
         if not isinstance(bias, gs.Constant):
             return "the bias is computed at run time (not a constant)"
         n = gemm_weight_kn(layer, weight).shape[1]
@@ -213,7 +215,8 @@ def _linear_plugin(view: LayerToLower) -> Candidate | str:
         return "every input feature is pruned (the layer computes only its bias)"
     rows = int(np.prod(view.in_shape[:-1]))
     moved = rows * k + rows * n + kept.size * n + kept.size + n
-    return Candidate("", lambda em, x, y: emit_groupwise_linear(em, x, y, layer, weight, kept, bias),
+    aot = bool(view.options.get("aot", True))
+    return Candidate("", lambda em, x, y: emit_groupwise_linear(em, x, y, layer, weight, kept, bias, aot),
                      rows * kept.size * n, moved, 1)
 
 
@@ -232,15 +235,16 @@ def _depthwise_plugin(view: LayerToLower) -> Candidate | str:
     geometry = conv_geometry(node, view.in_shape, tuple(weight.shape[2:]))
     pixels = int(view.out_shape[0] * np.prod(view.out_shape[2:]))
     moved = int(np.prod(view.in_shape)) + int(np.prod(view.out_shape)) + wg.size + kept.size + weight.shape[0]
-    return Candidate("", lambda em, x, y: emit_depthwise_subgemm(em, x, y, weight, view.bias, geometry),
+    aot = bool(view.options.get("aot", True))
+    return Candidate("", lambda em, x, y: emit_depthwise_subgemm(em, x, y, weight, view.bias, geometry, aot),
                      pixels * wg.shape[0] * DW_GROUP * wg.shape[2], moved, 1)
 
 
 class GpuAnalyticCost:
     """Roofline estimate for TensorRT on a GPU: max(MACs x time per MAC, bytes / bandwidth) + launches.
 
-    A candidate's ``ps_per_mac`` holds its FP16 time per MAC (seconds, despite the name it shares
-    with the CPU model); ``precision`` scales it and sizes the bytes. Deterministic, no GPU needed;
+    A candidate's ``s_per_mac`` holds its FP16 time per MAC (seconds); ``precision`` scales it
+    and sizes the bytes. Deterministic, no GPU needed;
     the constants above are assumptions, stated as such in every decision.
     """
 
@@ -252,7 +256,7 @@ class GpuAnalyticCost:
         self.precision = precision
 
     def seconds(self, candidate: Candidate) -> float:
-        compute = candidate.macs * candidate.ps_per_mac * PRECISION_FACTOR[self.precision]
+        compute = candidate.macs * candidate.s_per_mac * PRECISION_FACTOR[self.precision]
         memory = candidate.copied * BYTES_PER_ELEMENT[self.precision] / BYTES_PER_S
         return max(compute, memory) + candidate.nodes * S_PER_KERNEL
 
@@ -275,32 +279,3 @@ GROUPWISE_LINEAR_PLUGIN = register_lowering(Lowering(
 DEPTHWISE_SUBGEMM_PLUGIN = register_lowering(Lowering(
     "depthwise-subgemm-plugin", FAMILY, frozenset({"Conv"}), _depthwise_plugin, FP16_S_PER_MAC / PLUGIN_EFFICIENCY,
     "one sparsecc::DepthwiseSubGemm plugin node (DEPrune's 32 x K' sub-GEMMs over the kept taps)"))
-
-
-def plugin_node_macs(model) -> dict[str, int]:
-    """MACs of every sparsecc plugin node of a model, by node name (what inspect and the report count).
-
-    A plugin node is no weight layer (Conv/Gemm/MatMul), but it is where the layer's work went:
-    Y elements x K' for GroupwiseConv/GroupwiseLinear, and for DepthwiseSubGemm N x G x 32 x K' x Ho x Wo
-    (each group of 32 channels is one dense 32 x K' sub-GEMM, partial groups included).
-    """
-    from sparsecc.plugins.ops import DEPTHWISE_SUBGEMM, INDEX_INPUTS, PLUGIN_OPS
-    from sparsecc.shapes import infer_shapes
-
-    nodes = [n for n in model.graph.nodes if n.domain == NAMESPACE and n.op in PLUGIN_OPS]
-    if not nodes:
-        return {}
-    shapes = infer_shapes(model, {n.outputs[0].name for n in nodes})
-    macs = {}
-    for node in nodes:
-        kept = node.inputs[INDEX_INPUTS[node.op]]
-        out = shapes.get(node.outputs[0].name)
-        if out is None or not isinstance(kept, gs.Constant):
-            continue
-        k = int(kept.values.shape[-1])
-        if node.op == DEPTHWISE_SUBGEMM:
-            groups = int(kept.values.shape[0])
-            macs[node.name] = int(out[0]) * groups * 32 * k * int(np.prod(out[2:]))
-        else:
-            macs[node.name] = int(np.prod(out)) * k
-    return macs

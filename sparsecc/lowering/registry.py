@@ -14,11 +14,11 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from sparsecc.conv_geometry import padding_depends_on_size, symbolic_spatial_dims
 from sparsecc.layers import WeightLayer
-from sparsecc.lowering.geometry import padding_depends_on_size, symbolic_spatial_dims
 
 # ONNX Runtime CPU, 2 threads (tools/bench_groupwise.py profiles): a 3x3 Conv runs ~20 ps per MAC.
-DEFAULT_PS_PER_MAC = 20e-12
+DEFAULT_S_PER_MAC = 20e-12
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Candidate:
         macs: Multiply-accumulates of the lowered layer.
         copied: Activation elements moved by Gather/Transpose and layout reorders.
         nodes: Nodes emitted (each costs a fixed launch overhead).
-        ps_per_mac: The analytic cost model's time per MAC for this lowering.
+        s_per_mac: The analytic cost model's time per MAC for this lowering, in seconds.
         seconds: Its time, once a cost model has estimated or measured it.
         spread: Relative spread of a measurement ((median - min) / min), or None.
         source: Where ``seconds`` came from: "analytic", "measured" or "timing cache".
@@ -69,7 +69,7 @@ class Candidate:
     macs: int
     copied: int
     nodes: int
-    ps_per_mac: float = DEFAULT_PS_PER_MAC
+    s_per_mac: float = DEFAULT_S_PER_MAC
     seconds: float | None = None
     spread: float | None = None
     source: str | None = None
@@ -87,7 +87,7 @@ class Lowering:
         family: The passes that consider it ("groupwise", "deprune", "tensorrt", ...).
         ops: The op types it lowers.
         propose: ``propose(layer) -> Candidate | str`` (a reason when it does not apply).
-        ps_per_mac: The analytic cost model's calibration. Defaults to 20 ps per MAC.
+        s_per_mac: The analytic cost model's calibration, in seconds per MAC. Defaults to 20e-12 (20 ps).
         description: One line for listings.
     """
 
@@ -95,7 +95,7 @@ class Lowering:
     family: str
     ops: frozenset[str]
     propose: Propose
-    ps_per_mac: float = DEFAULT_PS_PER_MAC
+    s_per_mac: float = DEFAULT_S_PER_MAC
     description: str = ""
 
     def candidate(self, layer: LayerToLower) -> Candidate | str:
@@ -110,7 +110,7 @@ class Lowering:
         proposal = self.propose(layer)
         if isinstance(proposal, Candidate):
             proposal.name = self.name
-            proposal.ps_per_mac = self.ps_per_mac
+            proposal.s_per_mac = self.s_per_mac
         return proposal
 
 

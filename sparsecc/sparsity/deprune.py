@@ -34,7 +34,7 @@ from sparsecc.errors import OptionError
 from sparsecc.sparsity.alignment import align_count
 
 __all__ = ["subgemm_ranges", "dcp_mask", "bwt_mask", "channel_first_mask", "subgemm_ratios", "real_dw_ratio", "imbalance_overhead",
-           "dead_channels", "HsrLayer", "HsrChoice", "hsr_counts", "analytic_gain_per_vector", "pw_filter_keep"]
+           "tapless_channels", "HsrLayer", "HsrChoice", "hsr_counts", "analytic_gain_per_vector", "pw_filter_keep"]
 
 
 def _check_weight(weight: np.ndarray) -> np.ndarray:
@@ -168,7 +168,7 @@ def imbalance_overhead(mask: np.ndarray, width: int = 32) -> float:
     return float((1.0 - np.asarray(mask, dtype=bool).mean()) - real_dw_ratio(mask, width))
 
 
-def dead_channels(mask: np.ndarray) -> np.ndarray:
+def tapless_channels(mask: np.ndarray) -> np.ndarray:
     """Channels whose every tap is pruned (their output is the bias alone)."""
     mask = np.asarray(mask, dtype=bool)
     return np.flatnonzero(~mask.reshape(mask.shape[0], -1).any(axis=1))

@@ -64,7 +64,8 @@ from sparsecc.sparsity.two_four import LAYOUTS, check_layout, kept_per_group, to
 
 __all__ = ["METRICS", "LAYOUTS", "filter_scores", "filter_scores_by_group", "input_l1", "output_l1", "l1", "l2",
            "remanent_l1", "dominant_ratio", "preservation", "group_magnitudes", "rank_transform",
-           "distance_to_min_squared", "hybrid1", "hybrid2", "normalize_by_mean", "rank_global", "rank_per_layer"]
+           "distance_to_min_squared", "hybrid1", "hybrid2", "normalize_by_mean", "rank_global", "rank_per_layer",
+           "zero_dead_filters", "CROSS_GROUP"]
 
 NEUTRAL = 1.0
 """Score of every live filter of a group 2:4 does not touch, under a 2:4 metric scored alone."""
@@ -286,7 +287,11 @@ METRICS: dict[str, Callable[..., np.ndarray]] = {
                                         "preservation", "hybrid1", "hybrid2")}
 """Every metric as ``fn(producers, consumers, *, k, layout, prunable) -> scores`` (one per channel).
 
-These are the raw metrics; :func:`filter_scores` also gives dead filters 0."""
+These are the raw metrics; :func:`filter_scores` also gives dead filters 0. They are registered as
+importance functions of a group under the same names (:mod:`sparsecc.sparsity.importance`)."""
+
+CROSS_GROUP = tuple(_TWO_FOUR) + tuple(_HYBRIDS)
+"""Metrics whose global ranking transforms scores over every group at once (:func:`filter_scores_by_group`)."""
 
 
 def _check_metric(metric: str) -> None:
@@ -295,7 +300,8 @@ def _check_metric(metric: str) -> None:
                           fix=f"use one of {', '.join(METRICS)}")
 
 
-def _zero_dead(scores: np.ndarray, producers: Sequence[np.ndarray]) -> np.ndarray:
+def zero_dead_filters(scores: np.ndarray, producers: Sequence[np.ndarray]) -> np.ndarray:
+    """``scores`` with every dead filter (all of its producer weights zero) at 0."""
     dead = _dead(producers)
     return scores if dead is None else np.where(dead, 0.0, scores)
 
@@ -320,7 +326,7 @@ def filter_scores(metric: str, producers: Sequence[np.ndarray], consumers: Seque
     """
     _check_metric(metric)
     check_layout(layout)
-    return _zero_dead(METRICS[metric](producers, consumers, k=k, layout=layout, prunable=prunable), producers)
+    return zero_dead_filters(METRICS[metric](producers, consumers, k=k, layout=layout, prunable=prunable), producers)
 
 
 def _unpack(value) -> tuple[Sequence[np.ndarray], Sequence[np.ndarray], Sequence[bool] | None]:

@@ -10,7 +10,8 @@ so the pruned layer runs as a Gather of the kept inputs and a smaller dense GEMM
 
 Criteria score each group: ``l1`` (sum |w|), ``l2`` (Euclidean norm), ``mean``
 (mean |w|, the DST criterion the paper pairs with the pattern) and ``zeros``
-(keep exactly the groups that are not already all zero).
+(keep exactly the groups that are not already all zero), and any other registered in
+:mod:`sparsecc.sparsity.importance` (a function of the rows of ``|w|``).
 
 Threshold rule (paper section 3.3, after DST): each layer has a threshold t and
 a group is kept when its score is above it (mask = score > t). DST learns t
@@ -33,8 +34,9 @@ import numpy as np
 
 from sparsecc.errors import OptionError
 from sparsecc.sparsity.alignment import align_count
+from sparsecc.sparsity.importance import group_criterion
 
-CRITERIA = ("l1", "l2", "mean", "zeros")
+CRITERIA = ("l1", "l2", "mean", "zeros")  # the built-in ones; group_criterion_names() lists every registered one
 CONV_KINDS = ("conv", "pointwise", "grouped", "depthwise")
 GEMM_KINDS = ("gemm", "matmul")
 
@@ -75,14 +77,14 @@ def group_scores(weight: np.ndarray, kind: str, group: int = 1, criterion: str =
         weight: The weight as stored in ONNX.
         kind: Layer kind.
         group: Conv ``group`` attribute. Defaults to 1.
-        criterion: "l1", "l2", "mean" or "zeros" (1 for a group holding a non-zero, else 0).
+        criterion: "l1", "l2", "mean" or "zeros" (1 for a group holding a non-zero, else 0), or
+            another registered criterion (:func:`~sparsecc.sparsity.importance.register_group_criterion`).
             Defaults to "l1".
         trans_b: Gemm weight stored [N, K]. Defaults to False.
-        normalized: Divide by the group length (l1 -> mean |w|, l2 -> RMS), for comparing
-            layers under one global threshold. Defaults to False.
+        normalized: Divide by the group length (l1 -> mean |w|, l2 -> RMS; the criterion's own
+            ``normalize``), for comparing layers under one global threshold. Defaults to False.
     """
-    if criterion not in CRITERIA:
-        raise OptionError(f"unknown group-wise criterion '{criterion}'", fix=f"use one of {list(CRITERIA)}")
+    scorer = group_criterion(criterion)
     rows = group_rows(weight, kind, group, trans_b)
     length = rows.shape[2]
     # in slices of rows: a float64 copy of a whole 400 MB FC weight would take 1.6 GB for a moment;
@@ -92,28 +94,15 @@ def group_scores(weight: np.ndarray, kind: str, group: int = 1, criterion: str =
     bounds = list(range(0, rows.shape[1], step)) + [rows.shape[1]]
     if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
         del bounds[-2]
-    parts = [_row_scores(np.abs(rows[:, start:stop].astype(np.float64)), criterion)
-             for start, stop in zip(bounds, bounds[1:])]
+    parts = [scorer.score(np.abs(rows[:, start:stop].astype(np.float64))) for start, stop in zip(bounds, bounds[1:])]
     scores = np.concatenate(parts, axis=1) if len(parts) != 1 else parts[0]
-    if normalized and criterion == "l2":
-        return scores / np.sqrt(length)
-    if normalized and criterion == "l1":
-        return scores / length
+    if normalized and scorer.normalize is not None:
+        return scorer.normalize(scores, length)
     return scores
 
 
 # float64 elements scored at once by group_scores (32 MB)
 SCORE_CHUNK_ELEMENTS = 1 << 22
-
-
-def _row_scores(rows: np.ndarray, criterion: str) -> np.ndarray:
-    if criterion == "zeros":
-        return np.any(rows != 0, axis=2).astype(np.float64)
-    if criterion == "l2":
-        return np.sqrt(np.sum(rows * rows, axis=2))
-    if criterion == "mean":
-        return rows.mean(axis=2)
-    return rows.sum(axis=2)
 
 
 def aligned_count(total: int, keep: float, alignment: int = 1) -> int:

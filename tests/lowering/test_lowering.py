@@ -59,7 +59,7 @@ def test_a_lowering_added_in_one_file_is_used_by_groupwise_rewrite(slice_lowerin
     ctx = PassContext(_matmul(weight))
     passes = [make_pass("plan-from-zeros"), make_pass("apply-plan"),
               make_pass("groupwise-rewrite", lowering="test-slice-features")]
-    records = {r.name: r for r in PassManager(passes).run(ctx)}  # the manager verifies the rewrite
+    records = {r.name: r for r in PassManager(passes).run(ctx).records}  # the manager verifies the rewrite
     rewrite = records["groupwise-rewrite"]
     assert rewrite.status == "ran" and rewrite.verification["passed"]
     assert sorted(n.op for n in ctx.model.graph.nodes) == ["MatMul", "Slice"]
@@ -74,7 +74,7 @@ def test_an_added_lowering_that_does_not_apply_says_why(slice_lowering):
     ctx = PassContext(_matmul(weight))
     passes = [make_pass("plan-from-zeros"), make_pass("apply-plan"),
               make_pass("groupwise-rewrite", lowering="test-slice-features")]
-    rewrite = PassManager(passes).run(ctx)[-1]
+    rewrite = PassManager(passes).run(ctx).records[-1]
     info = rewrite.result.details["layers"]["fc"]
     assert info["lowering"] == "dense"
     assert "not one range" in info["reason"] and "not one range" in info["not_applicable"]["test-slice-features"]
@@ -82,7 +82,7 @@ def test_an_added_lowering_that_does_not_apply_says_why(slice_lowering):
 
 
 def test_analytic_cost_prices_any_lowering():
-    unknown = Candidate("never-registered", lambda *a: None, macs=1000, copied=10, nodes=2, ps_per_mac=30e-12)
+    unknown = Candidate("never-registered", lambda *a: None, macs=1000, copied=10, nodes=2, s_per_mac=30e-12)
     assert analytic_seconds(unknown) == pytest.approx(1000 * 30e-12 + 10 * 0.8e-9 + 2 * 15e-6)
     AnalyticCost().time([unknown], "Conv", None, None)
     assert unknown.source == "analytic" and unknown.seconds > 0
@@ -123,7 +123,7 @@ def test_fp16_conv_is_lowered_with_fp16_constants(lowering):
               make_pass("groupwise-rewrite", lowering=lowering, cost_model="analytic")]
     from sparsecc.verify import VerifyConfig
 
-    rewrite = PassManager(passes, verify=VerifyConfig(atol=1e-2, rtol=1e-2)).run(ctx)[-1]
+    rewrite = PassManager(passes, verify=VerifyConfig(atol=1e-2, rtol=1e-2)).run(ctx).records[-1]
     assert rewrite.status == "ran" and rewrite.verification["passed"]
     floats = [t for t in ctx.model.graph.tensors().values()
               if isinstance(t, gs.Constant) and np.issubdtype(t.values.dtype, np.floating)]

@@ -15,7 +15,7 @@ from sparsecc.verify import VerifyConfig, compare_models, input_specs
 
 
 def _run(model, *names):
-    records = PassManager([make_pass(n) for n in names]).run(PassContext(model))
+    records = PassManager([make_pass(n) for n in names]).run(PassContext(model)).records
     return {r.name: r for r in records}
 
 

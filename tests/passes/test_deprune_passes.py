@@ -67,9 +67,9 @@ def test_forced_lowering_is_exact(lowering, case):
         w.CopyFrom(numpy_helper.from_array(values, "W"))
     model = model_from_proto(proto)
     ctx = PassContext(model.copy())
-    (record,) = PassManager([make_pass("deprune-rewrite", lowering=lowering)]).run(ctx)  # the manager verifies
+    (record,) = PassManager([make_pass("deprune-rewrite", lowering=lowering)]).run(ctx).records  # the manager verifies
     assert record.to_dict()["verification"]["passed"]
-    info = ctx.state["deprune-rewrite"]["layers"]["dw"]
+    info = ctx.details_of("deprune-rewrite")["layers"]["dw"]
     assert info["lowering"] == lowering, info
     ops = sorted(n.op for n in ctx.model.graph.nodes)
     assert ops == {"dr-grouped": ["Conv"], "dr-compact": ["Conv", "Conv", "Gather"], "kernel-crop": ["Conv"]}[lowering]
@@ -109,10 +109,10 @@ def test_forced_lowering_on_fp16_weights_is_verified_and_stays_fp16(lowering):
     values[:, :, 0, :] = 0  # a row no channel keeps, so kernel-crop applies
     w.CopyFrom(numpy_helper.from_array(values, "W"))
     ctx = PassContext(model_from_proto(float16.convert_float_to_float16(proto)))
-    (record,) = PassManager([make_pass("deprune-rewrite", lowering=lowering)]).run(ctx)
+    (record,) = PassManager([make_pass("deprune-rewrite", lowering=lowering)]).run(ctx).records
     result = record.to_dict()
     assert result["status"] == "ran" and result["verification"]["passed"]
-    assert ctx.state["deprune-rewrite"]["layers"]["dw"]["lowering"] == lowering
+    assert ctx.details_of("deprune-rewrite")["layers"]["dw"]["lowering"] == lowering
     floats = [t for t in ctx.model.graph.tensors().values()
               if hasattr(t, "values") and np.issubdtype(np.asarray(t.values).dtype, np.floating)]
     assert floats and all(np.asarray(t.values).dtype == np.float16 for t in floats)
@@ -122,8 +122,8 @@ def test_why_each_lowering_did_not_apply_is_recorded_for_trace():
     from sparsecc.passmanager import trace_lines
 
     ctx = PassContext(model_from_proto(_dw_model(channels=37, zeros=0.0, pads=[1, 1, 1, 1])))
-    (record,) = PassManager([make_pass("deprune-rewrite", cost_model="analytic")]).run(ctx)
-    info = ctx.state["deprune-rewrite"]["layers"]["dw"]
+    (record,) = PassManager([make_pass("deprune-rewrite", cost_model="analytic")]).run(ctx).records
+    info = ctx.details_of("deprune-rewrite")["layers"]["dw"]
     assert info["lowering"] == "depthwise" and info["reason"] == "no other lowering applies"
     assert set(info["not_applicable"]) == {"kernel-crop", "dr-grouped", "dr-compact"}
     lines = trace_lines(record)
@@ -135,7 +135,7 @@ def test_why_each_lowering_did_not_apply_is_recorded_for_trace():
 def test_cost_model_keeps_plain_depthwise_unless_faster():
     ctx = PassContext(model_from_proto(_dw_model()))
     PassManager([make_pass("deprune-rewrite", cost_model="analytic")]).run(ctx)
-    info = ctx.state["deprune-rewrite"]["layers"]["dw"]
+    info = ctx.details_of("deprune-rewrite")["layers"]["dw"]
     # DR does width x more MACs than the depthwise it replaces: never cheaper on the analytic CPU model
     assert info["lowering"] == "depthwise" and info["macs"]["dr-grouped"] == 32 * info["macs"]["depthwise"]
 
@@ -148,15 +148,15 @@ def test_choices_go_through_the_timing_cache_and_follow_the_compile_wide_cost_mo
     for _ in range(2):  # a second compile with the same cache measures nothing: the same decision
         ctx = PassContext(model.copy(), timing_cache=TimingCache(tmp_path / "timings.json"))
         PassManager([make_pass("deprune-rewrite", runs=2)]).run(ctx)
-        info = ctx.state["deprune-rewrite"]["layers"]["dw"]
+        info = ctx.details_of("deprune-rewrite")["layers"]["dw"]
         decisions.append((info["timing"], info["lowering"], info["candidates_ms"]))
-        assert ctx.state["deprune-rewrite"]["cost_model"] == "measured"
+        assert ctx.details_of("deprune-rewrite")["cost_model"] == "measured"
     assert "timing cache" not in decisions[0][0] and decisions[1][0] == "timing cache"
     assert decisions[1][1:] == decisions[0][1:]
     ctx = PassContext(model.copy(), cost_model="analytic")  # compile --cost-model analytic
     PassManager([make_pass("deprune-rewrite")]).run(ctx)
-    assert ctx.state["deprune-rewrite"]["cost_model"] == "analytic"
-    assert ctx.state["deprune-rewrite"]["layers"]["dw"]["timing"] == "analytic"
+    assert ctx.details_of("deprune-rewrite")["cost_model"] == "analytic"
+    assert ctx.details_of("deprune-rewrite")["layers"]["dw"]["timing"] == "analytic"
 
 
 def test_bad_options():
@@ -175,7 +175,7 @@ import dsc_nets  # noqa: E402
 def _run(proto, recipe_passes, disabled=("deprune-model-check",)):
     """Run passes; the final timing check is off unless a test is about it (tiny nets time as noise)."""
     ctx = PassContext(model_from_proto(proto))
-    records = PassManager(recipe_passes, disabled=disabled).run(ctx)
+    records = PassManager(recipe_passes, disabled=disabled).run(ctx).records
     return ctx, {r.name: r.to_dict() for r in records}
 
 
@@ -199,8 +199,8 @@ def test_recipes_on_a_mobilenetv2_like_net(recipe):
             assert all(abs(r * 288 - round(r * 288 / 32) * 32) < 0.05 for r in full[:1])  # tile-aligned
     dead = records["deprune-dead-channels"]
     assert dead["status"] == "ran" and dead["verification"]["passed"]
-    _same(ctx.state["masked"], ctx.model)
-    removed = ctx.state["deprune-dead-channels"]
+    _same(ctx.masked, ctx.model)
+    removed = ctx.details_of("deprune-dead-channels")
     assert sum(d["removed"] for d in removed.values()) > 0
     pw1 = [n for n in ctx.model.graph.nodes if n.name.endswith("pw1.0/Conv")]
     assert sum(n.inputs[1].values.shape[0] for n in pw1) < 64 + 96  # PW1 filters of dead channels are gone
@@ -213,11 +213,11 @@ def test_dead_channels_under_squeeze_excitation_go_through_a_side_branch(kind):
                                 make_pass("apply-plan"), make_pass("deprune-dead-channels")])
     record = records["deprune-dead-channels"]
     assert record["status"] == "ran" and record["verification"]["passed"]
-    details = ctx.state["deprune-dead-channels"]
+    details = ctx.details_of("deprune-dead-channels")
     assert sum(d["removed"] for d in details.values()) > 0 and all(d["se_branch"] for d in details.values())
     branch = [n for n in ctx.model.graph.nodes if "dead_se" in n.name]
     assert sorted({n.op for n in branch}) == ["Add", "Conv", "HardSigmoid" if kind == "v3" else "Sigmoid"]
-    _same(ctx.state["masked"], ctx.model)
+    _same(ctx.masked, ctx.model)
 
 
 def test_dw_feeding_concat_keeps_dead_channels_with_reason():
@@ -246,11 +246,11 @@ def test_fp16_model_dead_channels_are_folded_within_fp16_tolerances(kind):
     assert dead["status"] == "ran" and not dead["skipped"]
     assert dead["verification"]["passed"] and dead["verification"]["dtype"] == "float16"
     assert dead["verification"]["rtol"] == 1e-2
-    assert sum(d["removed"] for d in ctx.state["deprune-dead-channels"].values()) > 0
+    assert sum(d["removed"] for d in ctx.details_of("deprune-dead-channels").values()) > 0
     floats = [t for t in ctx.model.graph.tensors().values()
               if hasattr(t, "values") and np.issubdtype(np.asarray(t.values).dtype, np.floating)]
     assert all(np.asarray(t.values).dtype == np.float16 for t in floats)  # the SE side branch too
-    assert all(d["lowering"] == "depthwise" for d in ctx.state["deprune-rewrite"]["layers"].values())
+    assert all(d["lowering"] == "depthwise" for d in ctx.details_of("deprune-rewrite")["layers"].values())
 
 
 def test_depth_multiplier_is_left_out_with_reason():
@@ -271,7 +271,7 @@ def test_detect_mode_on_taps_pruned_elsewhere_dynamo_export():
     proto = dsc_nets.export(net, dynamo=True)
     ctx, records = _run(proto, load_recipe("deprune-zeros").build_passes())
     assert records["deprune-dead-channels"]["status"] == "ran"
-    _same(ctx.state["masked"], ctx.model)
+    _same(ctx.masked, ctx.model)
 
 
 def test_readme_deprune_recipe_parses():
@@ -296,17 +296,17 @@ def test_cpu_recipe_empties_whole_channels_and_removes_them_exactly():
     # half the budget of 0.8 * 9 taps on whole channels: floor(0.4 * M) channels per layer at least
     dead = [f["dead_channels"] for f in plan.values()]
     assert all(d >= floor for d, floor in zip(dead, [12, 25, 38]))
-    details = ctx.state["deprune-dead-channels"]
+    details = ctx.details_of("deprune-dead-channels")
     # kept counts rounded up to multiples of 8
     assert [d["removed"] for d in details.values()] == [m - -(-(m - d) // 8) * 8 for m, d in zip([32, 64, 96], dead)]
-    _same(ctx.state["masked"], ctx.model)
+    _same(ctx.masked, ctx.model)
     with pytest.raises(OptionError):
         make_pass("plan-deprune", method="bwt-hsr", channel_share=0.5)
 
 
 @pytest.mark.parametrize("compiled_faster", [True, False])
 def test_model_check_keeps_the_masked_model_when_the_compiled_one_is_slower(monkeypatch, compiled_faster):
-    import sparsecc.passes.deprune as deprune
+    import sparsecc.passes.deprune_model_check as deprune
 
     def timed(reference, candidate, runs, threads, cache=None, labels=("dense", "rewritten"),
               fallback="every layer was left dense"):
@@ -322,10 +322,10 @@ def test_model_check_keeps_the_masked_model_when_the_compiled_one_is_slower(monk
         make_pass("plan-deprune"), make_pass("apply-plan"), make_pass("remove-filters"),
         make_pass("deprune-dead-channels"), make_pass("deprune-model-check")], disabled=())
     record = records["deprune-model-check"]
-    masked_convs = sum(n.inputs[1].values.size for n in ctx.state["masked"].graph.nodes if n.op == "Conv")
+    masked_convs = sum(n.inputs[1].values.size for n in ctx.masked.graph.nodes if n.op == "Conv")
     convs = sum(n.inputs[1].values.size for n in ctx.model.graph.nodes if n.op == "Conv")
     if compiled_faster:
         assert record["status"] == "unchanged" and convs < masked_convs
     else:
         assert record["status"] == "ran" and convs == masked_convs and "masked model is kept" in record["notes"][0]
-    _same(ctx.state["masked"], ctx.model)
+    _same(ctx.masked, ctx.model)

@@ -24,7 +24,7 @@ ALL_LAYERS = {"exclude_first_last": False}
 
 def run(model, passes):
     ctx = PassContext(model)
-    records = PassManager(passes, verify=EXACT).run(ctx)
+    records = PassManager(passes, verify=EXACT).run(ctx).records
     return ctx, {r.name: r for r in records}
 
 
@@ -57,7 +57,7 @@ def test_remove_filters_is_exact_and_consumes_plan(metric, scope):
     groups = record.result.details["groups"]
     assert all(g["after"] < g["before"] and g["after"] % 2 == 0 for g in groups.values())
     assert len(ctx.plan) == 0 and record.result.details["dropped_plan_entries"]
-    assert ctx.state["applied_plans"][0].entries  # the applied plan survives for the report
+    assert ctx.applied_plans[0].entries  # the applied plan survives for the report
     kept = {n.name: n.inputs[1].values.shape for n in ctx.model.graph.nodes if n.op == "Conv"}
     assert kept["dw"][0] == next(n for n in ctx.model.graph.nodes if n.name == "dw").attrs["group"]
     assert kept["pw1"][0] == kept["dw"][0] == kept["se2"][0] == kept["pw2"][1] == kept["se1"][1]

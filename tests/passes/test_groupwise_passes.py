@@ -23,12 +23,12 @@ def _compile(proto, plan_options, rewrite_options):
     ctx = PassContext(model)
     passes = [make_pass("plan-groupwise", **plan_options), make_pass("apply-plan"),
               make_pass("groupwise-rewrite", **rewrite_options)]
-    records = {r.name: r for r in PassManager(passes).run(ctx)}
+    records = {r.name: r for r in PassManager(passes).run(ctx).records}
     return ctx, records
 
 
 def _assert_same(ctx, seed=3):
-    masked, rewritten = ctx.state["masked"], ctx.model
+    masked, rewritten = ctx.masked, ctx.model
     backend = OrtBackend(threads=1)
     a, b = backend.load(masked.to_bytes()), backend.load(rewritten.to_bytes())
     rng = np.random.default_rng(seed)
@@ -87,7 +87,7 @@ def test_tap_gather_conv_variants(case):
         assert list(taps.attrs[attr]) == list(CONV_CASES[case].get(attr, [1, 1]))
     assert all(n.name.startswith("groupwise-rewrite/") for n in ctx.model.graph.nodes)
     assert "conv" not in {e.layer for e in ctx.plan.entries.values()}  # entry of the replaced weight dropped
-    assert ctx.state["applied_plans"][0].entries["W"].pattern == "group-wise"
+    assert ctx.applied_plans[0].entries["W"].pattern == "group-wise"
 
 
 def _tap_gather_convs(model):
@@ -259,7 +259,7 @@ def test_layer_that_cannot_be_rewritten_stays_dense_and_is_listed():
                        [init("Wd", randn(4, 1, 3, 3)), init("W", randn(6, 4, 3, 3))])
     model = model_from_proto(proto)
     ctx = PassContext(model)
-    records = {r.name: r for r in PassManager([make_pass("groupwise-rewrite", cost_model="analytic")]).run(ctx)}
+    records = {r.name: r for r in PassManager([make_pass("groupwise-rewrite", cost_model="analytic")]).run(ctx).records}
     result = records["groupwise-rewrite"].result
     assert records["groupwise-rewrite"].status == "unchanged" and result.rewrites == 0
     reasons = {s.layer: s.reason for s in result.skipped}
@@ -303,7 +303,7 @@ def test_plan_records_entries_and_skips_depthwise_and_edges():
              init("W2", randn(4, 8, 1, 1))]
     model = model_from_proto(make_model(nodes, [("x", [1, 3, 5, 5])], [("y", [1, 4, 5, 5])], inits))
     ctx = PassContext(model)
-    record = PassManager([make_pass("plan-groupwise", keep=0.25, alignment=4)]).run(ctx)[0]
+    record = PassManager([make_pass("plan-groupwise", keep=0.25, alignment=4)]).run(ctx).records[0]
     assert record.status == "unchanged"
     assert list(ctx.plan.entries) == ["W1"]
     entry = ctx.plan.entries["W1"]
@@ -364,7 +364,7 @@ passes:
     recipe = parse_recipe(text, "my-ratios.yaml")
     ctx = PassContext(model_from_proto(_conv_model(pads=[1, 1, 1, 1])))
     PassManager(recipe.build_passes()).run(ctx)
-    assert ctx.state["applied_plans"][0].entries["W"].details["kept_groups"] == 18
+    assert ctx.applied_plans[0].entries["W"].details["kept_groups"] == 18
     assert any(n.name.startswith("groupwise-rewrite/") for n in ctx.model.graph.nodes)
     _assert_same(ctx)
 

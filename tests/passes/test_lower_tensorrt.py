@@ -48,7 +48,7 @@ def _lower(model, **options):
     ctx = PassContext(model)
     passes = [make_pass("plan-groupwise", keep=0.5, **ALL), make_pass("apply-plan"),
               make_pass("lower-tensorrt", **options)]
-    records = PassManager(passes).run(ctx)
+    records = PassManager(passes).run(ctx).records
     return ctx, records[-1]
 
 
@@ -81,8 +81,8 @@ def test_lowered_nodes_match_the_plugin_signatures_and_verify():
     assert inits[conv2.input[1]].shape == (16, kept.size)
     assert any(t == "sparsecc" for t in (o.domain for o in proto.opset_import))
     # the lowered layers' work is still counted (inspect, report MACs)
-    from sparsecc.inspect import inspect_model
-    from sparsecc.lowering.plugins import plugin_node_macs
+    from sparsecc.inspection import inspect_model
+    from sparsecc.counting import plugin_node_macs
 
     macs = plugin_node_macs(ctx.model)
     assert macs[conv2.name] == 2 * 16 * 4 * 4 * kept.size
@@ -132,7 +132,7 @@ def test_grouped_and_two_four_layers_stay():
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     clamp_ir_version(proto)
     ctx = PassContext(model_from_proto(proto))
-    record = PassManager([make_pass("lower-tensorrt", force=True, fold=False)]).run(ctx)[-1]
+    record = PassManager([make_pass("lower-tensorrt", force=True, fold=False)]).run(ctx).records[-1]
     skipped = {s.layer: s.reason for s in record.result.skipped}
     assert "grouped conv (group=2)" in skipped["grouped"]
     assert "2:4" in skipped["two_four"] and "SPARSE_WEIGHTS" in skipped["two_four"]
@@ -174,7 +174,7 @@ def test_the_cost_model_lowers_large_pruned_layers_and_keeps_small_ones():
 
 def test_to_fp16_keeps_int32_kept_lists_and_verifies_at_fp16_tolerances():
     ctx, _ = _lower(_cnn(), force=True)
-    record = PassManager([make_pass("to-fp16")]).run(ctx)[-1]
+    record = PassManager([make_pass("to-fp16")]).run(ctx).records[-1]
     assert record.status == "ran"
     assert record.result.details["fp16_check"]["passed"]
     proto = ctx.model.to_onnx()
@@ -355,7 +355,7 @@ def test_a_masked_depthwise_conv_becomes_one_depthwise_subgemm_node():
 
     model, dw = _depthwise_model()
     ctx = PassContext(model)
-    record = PassManager([make_pass("lower-tensorrt", force=True, fold=False)]).run(ctx)[-1]
+    record = PassManager([make_pass("lower-tensorrt", force=True, fold=False)]).run(ctx).records[-1]
     assert record.status == "ran" and record.verification["passed"], record.verification
     proto = ctx.model.to_onnx()
     (node,) = [n for n in proto.graph.node if n.domain == NAMESPACE]

@@ -42,7 +42,7 @@ def small_cnn(trans_b: bool = True):
 
 def _run(proto, passes):
     ctx = PassContext(model_from_proto(proto))
-    records = {r.name: r for r in PassManager(passes).run(ctx)}
+    records = {r.name: r for r in PassManager(passes).run(ctx).records}
     return ctx, records
 
 

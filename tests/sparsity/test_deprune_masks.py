@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from sparsecc.errors import OptionError
-from sparsecc.sparsity.deprune import (HsrLayer, bwt_mask, dcp_mask, dead_channels, hsr_counts,
-                                       imbalance_overhead, pw_filter_keep, real_dw_ratio, subgemm_ranges,
-                                       subgemm_ratios)
+from sparsecc.sparsity.deprune import (HsrLayer, bwt_mask, dcp_mask, hsr_counts, imbalance_overhead,
+                                       pw_filter_keep, real_dw_ratio, subgemm_ranges, subgemm_ratios,
+                                       tapless_channels)
 
 # 4 channels, 1x2 kernels: |w| ranks 0.1 < 0.5 < 1 < 2 < 3 < 4 < 5 < 6
 W = np.array([[1.0, -5.0], [2.0, 0.5], [-3.0, 4.0], [0.1, 6.0]], np.float32).reshape(4, 1, 1, 2)
@@ -20,7 +20,7 @@ def test_dcp_prunes_the_smallest_of_the_layer():
     assert subgemm_ratios(keep, width=2).tolist() == [0.75, 0.25]
     assert real_dw_ratio(keep, width=2) == 0.25
     assert imbalance_overhead(keep, width=2) == pytest.approx(0.25)
-    assert dead_channels(keep).tolist() == [1]
+    assert tapless_channels(keep).tolist() == [1]
 
 
 def test_bwt_balances_every_sub_gemm():
@@ -29,7 +29,7 @@ def test_bwt_balances_every_sub_gemm():
     assert keep.reshape(4, 2).tolist() == [[False, True], [True, False], [False, True], [False, True]]
     assert subgemm_ratios(keep, width=2).tolist() == [0.5, 0.5]
     assert imbalance_overhead(keep, width=2) == 0.0
-    assert dead_channels(keep).size == 0
+    assert tapless_channels(keep).size == 0
 
 
 def test_bwt_with_explicit_counts_and_fp16():
@@ -90,7 +90,7 @@ def test_channel_first_spends_part_of_the_budget_on_whole_channels():
     # is channel 1 ([2, 0.5]); the other 2 pruned taps are the smallest left: 0.1 and 1
     keep = channel_first_mask(W, 0.5, 0.5, balanced=False)
     assert keep.reshape(4, 2).tolist() == [[False, True], [False, False], [True, True], [False, True]]
-    assert dead_channels(keep).tolist() == [1]
+    assert tapless_channels(keep).tolist() == [1]
     # balanced per sub-GEMM of width 2: range {0, 1} already loses 2 (channel 1) -> also prunes 0 more;
     # range {2, 3} prunes its 2 smallest: 0.1 and -3
     keep = channel_first_mask(W, 0.5, 0.5, width=2)

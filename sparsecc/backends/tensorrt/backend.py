@@ -44,7 +44,7 @@ def precision_name(float_dtype: str, tf32: bool) -> str:
 
 def _graph_float_dtype(proto) -> str:
     """The lowest-precision float type among an ONNX graph's initializers, inputs and outputs."""
-    from sparsecc.verify import lowest_precision
+    from sparsecc.precision import lowest_precision
 
     io = [v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.output)]
     return lowest_precision([t.data_type for t in proto.graph.initializer] + io)

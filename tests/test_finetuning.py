@@ -1,4 +1,4 @@
-"""sparsecc.torch: ONNX-side plans applied to PyTorch models, kept through fine-tuning, exported,
+"""sparsecc.finetuning: ONNX-side plans applied to PyTorch models, kept through fine-tuning, exported,
 and found again by ``compile --recipe zeros``. The models here are written in this file,
 independently of ``models/``."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-st = pytest.importorskip("sparsecc.torch")
+st = pytest.importorskip("sparsecc.finetuning")
 
 from sparsecc.data import Split  # noqa: E402
 from sparsecc.errors import OptionError, PlanError, ShapeError  # noqa: E402
@@ -71,7 +71,7 @@ def test_plan_is_the_one_compile_makes_and_maps_to_parameters_by_name(tmp_path):
     model = _model()
     plan = st.plan_for_module(model, "groupwise-50", EXAMPLE)
     # the same export, compiled with the same recipe, plans the same masks (one implementation)
-    path = st.export_onnx(model, tmp_path / "m.onnx", EXAMPLE, dynamic_batch=False)
+    path = st.export_pruned_onnx(model, tmp_path / "m.onnx", EXAMPLE, dynamic_batch=False)
     compiled = compile_model(path, "groupwise-50", tmp_path / "out")
     reference = SparsityPlan.load(compiled.out_dir / "plan.json")
     assert set(plan.entries) == set(reference.entries) == {"body.0.weight", "body.3.weight", "mid.weight"}
@@ -135,7 +135,7 @@ def test_a_masked_weight_that_became_non_zero_is_reported_before_export(tmp_path
     with torch.no_grad():
         model.body[3].weight[~masks["body.3.weight"]] += 0.5  # e.g. an optimizer step without the keeper
     with pytest.raises(PlanError, match=r"body\.3\.weight: \d+ of \d+ pruned weights non-zero") as err:
-        st.export_onnx(model, tmp_path / "m.onnx", EXAMPLE, masks=masks)
+        st.export_pruned_onnx(model, tmp_path / "m.onnx", EXAMPLE, masks=masks)
     assert "body.0.weight" not in err.value.what and "MaskKeeper" in err.value.fix
     assert not (tmp_path / "m.onnx").exists()
 
@@ -205,7 +205,7 @@ def test_finetuned_export_compiles_in_zero_detect_mode(tmp_path, dynamo):
     result = st.finetune(_model(), split, "groupwise-50", epochs=4, lr=1e-2, batch_size=32, augment=False,
                          log=lambda m: None)
     assert result.top1 >= 0.9 and result.n == len(split.y_test)  # a learnable task, learnt
-    path = st.export_onnx(result.module, tmp_path / "ft.onnx", EXAMPLE, masks=result.masks, dynamo=dynamo)
+    path = st.export_pruned_onnx(result.module, tmp_path / "ft.onnx", EXAMPLE, masks=result.masks, dynamo=dynamo)
     out = compile_model(path, "zeros", tmp_path / "out", shapes={"input": (1, 1, 12, 12)})
     plan = json.loads((out.out_dir / "plan.json").read_text())
     found = {w["weight"]: (w["pattern"], w["kept_fraction"]) for w in plan["weights"]}
@@ -248,7 +248,7 @@ def test_weights_load_from_an_onnx_export_by_name_and_a_mismatch_is_a_clear_erro
     from sparsecc.errors import ModelLoadError
 
     source = _model(seed=1)
-    path = st.export_onnx(source, tmp_path / "m.onnx", EXAMPLE)
+    path = st.export_pruned_onnx(source, tmp_path / "m.onnx", EXAMPLE)
     target = _model(seed=2)
     assert st.load_onnx_weights(target, path) == len([k for k in target.state_dict() if "num_batches" not in k])
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
@@ -306,7 +306,7 @@ def test_deprune_plan_is_the_one_compile_makes_and_maps_to_depthwise_and_pw2_par
     torch.manual_seed(0)
     model = TinySeparable().eval()
     plan = st.plan_for_module(model, "deprune-b", EXAMPLE)
-    path = st.export_onnx(model, tmp_path / "m.onnx", EXAMPLE, dynamic_batch=False)
+    path = st.export_pruned_onnx(model, tmp_path / "m.onnx", EXAMPLE, dynamic_batch=False)
     compiled = compile_model(path, "deprune-b", tmp_path / "out")
     reference = SparsityPlan.load(compiled.out_dir / "plan.json")
     assert set(plan.entries) == set(reference.entries)
@@ -341,7 +341,7 @@ def test_deprune_finetuned_export_is_found_again_by_deprune_zeros(tmp_path, dyna
     assert dead > 0  # DCP ranks the whole layer, so some channels lose every tap
     for name, mask in result.masks.items():  # still exactly the plan's masks after training
         assert not result.module.get_parameter(name).detach()[~mask].any()
-    path = st.export_onnx(result.module, tmp_path / "ft.onnx", EXAMPLE, masks=result.masks, dynamo=dynamo)
+    path = st.export_pruned_onnx(result.module, tmp_path / "ft.onnx", EXAMPLE, masks=result.masks, dynamo=dynamo)
     out = compile_model(path, "deprune-zeros", tmp_path / "out", shapes={"input": (1, 1, 12, 12)})
     passes = {p["name"]: p for p in out.report["passes"]}
     assert "8 of 16 channels removed in 1 group(s)" in " ".join(passes["remove-filters"]["notes"])
@@ -349,3 +349,10 @@ def test_deprune_finetuned_export_is_found_again_by_deprune_zeros(tmp_path, dyna
     assert "dead depthwise channel(s) removed" in notes and not notes.startswith("0 ")
     # whether the smaller graph is kept is deprune-model-check's timing decision; either way it is verified
     assert out.report["verification"]["exact"]["passed"]
+
+
+def test_the_former_module_name_still_imports_the_fine_tuning_api():
+    import sparsecc.torch as former
+
+    assert former.MaskKeeper is st.MaskKeeper and former.plan_for_module is st.plan_for_module
+    assert former.export_onnx is st.export_pruned_onnx and "export_onnx" in former.__all__

@@ -1,4 +1,9 @@
-"""Conv geometry: explicit padding, stride, dilation and output size of a 2-D Conv."""
+"""Conv geometry: explicit padding, stride, dilation and output size of a 2-D Conv at a known input shape.
+
+The one description of a Conv's geometry: the lowerings emit from it, and its fields are what a
+plugin convolution passes its kernel (input and kernel sizes, pads in ONNX order, strides,
+dilations, output size).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ class ConvGeometry:
     strides: tuple[int, int]
     dilations: tuple[int, int]
     out_hw: tuple[int, int]
+    input_shape: tuple[int, ...] = ()  # N, C, H, W
+    kernel: tuple[int, int] = (1, 1)  # kh, kw
 
 
 def conv_geometry(node: gs.Node, input_shape: tuple[int, ...], kernel: tuple[int, int]) -> ConvGeometry:
@@ -36,7 +43,8 @@ def conv_geometry(node: gs.Node, input_shape: tuple[int, ...], kernel: tuple[int
         begin, end = pads[:2], pads[2:]
     out_hw = tuple((size[a] + begin[a] + end[a] - (kernel[a] - 1) * dilations[a] - 1) // strides[a] + 1
                    for a in range(2))
-    return ConvGeometry((begin[0], begin[1], end[0], end[1]), strides, dilations, out_hw)
+    return ConvGeometry((begin[0], begin[1], end[0], end[1]), strides, dilations, out_hw,
+                        tuple(int(d) for d in input_shape), (int(kernel[0]), int(kernel[1])))
 
 
 def padding_depends_on_size(node: gs.Node) -> bool:

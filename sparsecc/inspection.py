@@ -1,34 +1,19 @@
-"""``sparsecc inspect``: what the weight layers of a model are and cost."""
+"""What the weight layers of a model are and cost (``sparsecc inspect``, and the compile report's before/after)."""
 
 from __future__ import annotations
 
 import weakref
-
 from typing import Any
 
 import onnx_graphsurgeon as gs
 
+from sparsecc.counting import plugin_node_macs
 from sparsecc.errors import UnsupportedModelError
 from sparsecc.layers import analyse_layers
 from sparsecc.model import Model
 from sparsecc.plan import detect_layer
 from sparsecc.sparsity.detect import ELEMENT_WISE_MIN_SPARSITY
-from sparsecc.tables import text_table
-
-
-def _quantized(layer) -> bool:
-    """A layer of a quantized graph: an integer op, or a float op whose weight is dequantized at run time."""
-    return "quantized layer" in layer.reason or "(DequantizeLinear)" in layer.reason
-
-
-def _plugin_macs(model: Model) -> dict[str, int]:
-    from sparsecc.backends.reference_ops import graph_has_custom_ops
-
-    if not graph_has_custom_ops(model.graph):
-        return {}
-    from sparsecc.lowering.plugins import plugin_node_macs
-
-    return plugin_node_macs(model)
+from sparsecc.tables import human, text_table
 
 
 def no_weight_layers_error(model: Model, unsupported) -> UnsupportedModelError:
@@ -46,7 +31,7 @@ def no_weight_layers_error(model: Model, unsupported) -> UnsupportedModelError:
     reasons = "; ".join(f"{u.node} ({u.op}): {u.reason}" for u in unsupported[:3])
     if len(unsupported) > 3:
         reasons += f"; and {len(unsupported) - 3} more"
-    if all(_quantized(u) for u in unsupported):
+    if all(u.quantized for u in unsupported):
         fix = ("every weight layer is quantized; sparsecc prunes float weights: compile the float model, then "
                "quantize the compiled one")
     else:
@@ -68,7 +53,7 @@ def inspect_model(model: Model, cache: dict | None = None) -> dict[str, Any]:
         UnsupportedModelError: the model has no weight layer sparsecc can work on.
     """
     layers, unsupported = analyse_layers(model)
-    plugin_macs = _plugin_macs(model)
+    plugin_macs = plugin_node_macs(model)
     if not layers and not plugin_macs:
         raise no_weight_layers_error(model, unsupported)
     tensors = model.graph.tensors()
@@ -91,7 +76,7 @@ def inspect_model(model: Model, cache: dict | None = None) -> dict[str, Any]:
         "opset": model.opset(),
         "inputs": {name: list(shape) for name, shape in model.static_input_shapes().items()},
         "layers": rows,
-        "unsupported": [vars(u) for u in unsupported],
+        "unsupported": [{"node": u.node, "op": u.op, "reason": u.reason} for u in unsupported],
         "totals": {
             "weight_layers": len(layers),
             "by_kind": kinds,
@@ -106,22 +91,11 @@ def inspect_model(model: Model, cache: dict | None = None) -> dict[str, Any]:
     }
 
 
-def human(number: float) -> str:
-    """1234567 -> '1.23M'."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(number) >= scale:
-            return f"{number / scale:.2f}{unit}"
-    return f"{number:.0f}"
-
-
-format_table = text_table  # kept under its old name for callers
-
-
 def format_inspection(info: dict[str, Any]) -> str:
     rows = [[r["node"], r["kind"], "x".join(map(str, r["weight_shape"])),
              "x".join(map(str, r["output_shape"] or [])) or "?", human(r["macs"] or 0), human(r["params"]),
              f"{100 * r['sparsity']:.1f}%", r["pattern"]] for r in info["layers"]]
-    table = format_table(rows, ["layer", "kind", "weight", "output", "MACs", "params", "zeros", "pattern"])
+    table = text_table(rows, ["layer", "kind", "weight", "output", "MACs", "params", "zeros", "pattern"])
     totals = info["totals"]
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(totals["by_kind"].items()))
     lines = [f"model: {info['model']}  (opset {info['opset']}, inputs {info['inputs']})", "", table, "",

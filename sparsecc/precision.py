@@ -1,0 +1,28 @@
+"""Float types by name, and which of several is the lowest precision (what tolerances and engines follow)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_PRECISION_ORDER = ("bfloat16", "float16", "float32", "float64")  # lowest first
+
+
+def lowest_precision(dtypes) -> str:
+    """The lowest-precision float type among numpy/ONNX dtype names ("float32" when none is a float)."""
+    names = {_dtype_name(d) for d in dtypes}
+    return next((name for name in _PRECISION_ORDER if name in names), "float32")
+
+
+def _dtype_name(dtype) -> str:
+    """The numpy name of a numpy dtype or an ONNX element type ("" when it has none)."""
+    if dtype is None:
+        return ""
+    try:
+        import onnx
+
+        if isinstance(dtype, int):
+            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype)).name
+    except (ImportError, KeyError, TypeError):
+        return ""
+    name = getattr(dtype, "name", None) or str(dtype)
+    return "bfloat16" if "bfloat16" in name else name
