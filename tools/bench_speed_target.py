@@ -114,7 +114,8 @@ class Variants:
     def _fold(self, path: Path, label: str) -> Path:
         from sparsecc.compiler import compile_model
 
-        return compile_model(path, "none", self.work / f"folded-{label}", force=True).model_path
+        return compile_model(path, "none", self.work / f"folded-{label}", force=True,
+                             timing_cache=self.cache).model_path
 
     def add_torch(self, label: str, ratio: float, global_pruning: bool, what: str) -> Path:
         path = self.work / f"{label}.onnx"

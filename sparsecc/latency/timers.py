@@ -124,7 +124,7 @@ class AnalyticTimer:
     measured = False
 
     def seconds(self, geometry: LayerGeometry, c_in: int, c_out: int) -> float:
-        from sparsecc.lowering.cost import S_PER_COPY, S_PER_NODE
+        from sparsecc.lowering.layer_model import S_PER_COPY, S_PER_NODE
         from sparsecc.lowering.registry import DEFAULT_S_PER_MAC
 
         c_in, c_out = _points_in(geometry, (c_in, c_out))
