@@ -10,31 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnx import numpy_helper
 
 from sparsecc.errors import ModelLoadError
-from sparsecc.graphutil import constant, is_graph_output, optional_input
+from sparsecc.graphutil import constant, constants_to_initializers, is_graph_output, optional_input
 from sparsecc.model import CANONICAL_OPSET, Model
 from sparsecc.passmanager import Pass, PassContext, PassManager, PassResult, Role, Skipped, make_pass, register_pass
-
-_SCALAR_ATTRS = {"value_float": np.float32, "value_int": np.int64}
-_LIST_ATTRS = {"value_floats": np.float32, "value_ints": np.int64}
-
-
-def _constant_node_value(node: gs.Node) -> np.ndarray | None:
-    attrs = node.attrs
-    if "value" in attrs:
-        value = attrs["value"]
-        return value.values if isinstance(value, gs.Constant) else np.asarray(value)
-    for key, dtype in _SCALAR_ATTRS.items():
-        if key in attrs:
-            return np.array(attrs[key], dtype=dtype)
-    for key, dtype in _LIST_ATTRS.items():
-        if key in attrs:
-            return np.array(attrs[key], dtype=dtype)
-    if "sparse_value" in attrs:
-        return numpy_helper.to_array(attrs["sparse_value"]) if hasattr(attrs["sparse_value"], "dims") else None
-    return None
 
 
 @register_pass
@@ -47,22 +27,8 @@ class ConstantsToInitializers(Pass):
     description = "Constant nodes become initializers (weights exported as Constant nodes are then recognised)"
 
     def run(self, ctx: PassContext) -> PassResult:
-        graph = ctx.model.graph
-        converted, skipped = 0, []
-        for node in list(graph.nodes):
-            if node.op != "Constant":
-                continue
-            output = node.outputs[0]
-            value = _constant_node_value(node)
-            if value is None:
-                skipped.append(Skipped(node.name, "Constant with an attribute sparsecc does not read; left as is"))
-                continue
-            if is_graph_output(graph, output):
-                skipped.append(Skipped(node.name, "its output is a graph output; left as a Constant node"))
-                continue
-            node.outputs.clear()
-            output.to_constant(np.asarray(value))
-            converted += 1
+        converted, left = constants_to_initializers(ctx.model.graph)
+        skipped = [Skipped(node, why) for node, why in left]
         return PassResult(converted > 0, converted, skipped, [f"{converted} Constant node(s) became initializers"])
 
 
@@ -130,6 +96,9 @@ class FoldConstants(Pass):
                    "become initializers; Q/DQ nodes are kept")
 
     def run(self, ctx: PassContext) -> PassResult:
+        from sparsecc.backends.ort import quiet_onnxruntime
+
+        quiet_onnxruntime()  # onnx-graphsurgeon folds with ONNX Runtime sessions of its own
         graph = ctx.model.graph
         before = len(graph.nodes)
         outputs = {id(t) for t in graph.outputs}
@@ -137,13 +106,29 @@ class FoldConstants(Pass):
         def keep(node: gs.Node) -> bool:
             return node.op in _NEVER_FOLDED or any(id(t) in outputs for t in node.outputs)
 
-        graph.fold_constants(fold_shapes=True, error_ok=True, size_threshold=_FOLD_SIZE_LIMIT,
-                             should_exclude_node=keep).cleanup()
+        def fold(target: gs.Graph, flatten: bool) -> gs.Graph:
+            return target.fold_constants(fold_shapes=True, error_ok=True, size_threshold=_FOLD_SIZE_LIMIT,
+                                         should_exclude_node=keep, flatten_subgraphs=flatten).cleanup()
+
+        if any(n.op == "If" for n in graph.nodes):
+            # onnx-graphsurgeon inlines an If whose condition is constant, but loses the outputs of a
+            # branch with several (silero-vad's decoder): inlined only when every input is still produced
+            flattened = fold(graph.copy(), True)
+            graph = ctx.model.graph = flattened if not _dangling_inputs(flattened) else fold(graph, False)
+        else:
+            fold(graph, True)
         folded = before - len(graph.nodes)
         kept = [Skipped(n.name or n.outputs[0].name, "quantization node: kept so the weights stay quantized")
                 for n in graph.nodes if n.op in _NEVER_FOLDED
                 and all(isinstance(t, gs.Constant) or t.is_empty() for t in n.inputs)]
         return PassResult(folded > 0, folded, kept, [f"{folded} node(s) of constant subgraphs folded"])
+
+
+def _dangling_inputs(graph: gs.Graph) -> list[str]:
+    """Names of node inputs that nothing produces (no node, graph input or constant)."""
+    produced = {id(t) for n in graph.nodes for t in n.outputs} | {id(t) for t in graph.inputs}
+    return [t.name for n in graph.nodes for t in n.inputs
+            if isinstance(t, gs.Variable) and not t.is_empty() and id(t) not in produced]
 
 
 # A constant with at most this many elements along its one long axis is a per-channel parameter

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from sparsecc.dependency import build_channel_groups, reindex_groups
+from sparsecc.dependency import build_channel_groups, regroup, reindex_groups
 from sparsecc.dsc import find_dsc_blocks
 from sparsecc.errors import OptionError
 from sparsecc.graphutil import constant, optional_input
@@ -88,6 +88,9 @@ class DeadChannels(Pass):
             return PassResult(False, 0, skipped, ["no removable dead depthwise channel"], details)
         for apply in folds:
             apply()
+        # the folds replaced and added biases: the groups found before them name tensors that are gone
+        # (or miss a new bias), so the channels are edited through groups found again, after the last edit
+        edits = regroup(model, edits)
         edited = {u.tensor for g, _ in edits for u in g.producers + g.consumers}
         reindex_groups(model, edits)
         model.graph.cleanup().toposort()

@@ -45,7 +45,7 @@ class DepruneRewrite(LoweringPass):
 
     name = "deprune-rewrite"
     family = FAMILY
-    specializes_shapes = True
+    specializes_shapes = False  # every emitted node is shape-generic; the compile checks a second shape
     # the depthwise weights it replaces keep their plan entries, as they always have (nothing reads them after)
     invalidates_plan = False
     description = "Depthwise layers -> plain depthwise / kernel crop / DR sub-GEMMs, chosen per layer by cost"

@@ -55,8 +55,9 @@ class GroupwiseRewrite(LoweringPass):
 
     name = "groupwise-rewrite"
     family = FAMILY
-    # the one-hot depthwise Conv and the gathered planes are sized for the compile-time spatial dims
-    specializes_shapes = True
+    # every emitted node is shape-generic (explicit pads only where they do not follow the input size:
+    # lowering.registry refuses the others on symbolic sizes); the compile checks a second shape
+    specializes_shapes = False
     description = ("Group-wise pruned Conv/Gemm/MatMul -> Gather of kept channels or taps + smaller GEMM "
                    "(per-layer choice by cost model; unused channels folded into producers)")
 

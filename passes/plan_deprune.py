@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sparsecc.dsc import DscBlock, find_dsc_blocks
-from sparsecc.errors import OptionError
+from sparsecc.errors import OptionError, UnsupportedModelError
 from sparsecc.layers import WeightLayer, analyse_layers
 from sparsecc.passmanager import Pass, PassContext, PassResult, Role, Skipped, register_pass
 from sparsecc.plan import SparsityPlan, WeightPlan
@@ -94,6 +94,13 @@ class PlanDeprune(Pass):
     def run(self, ctx: PassContext) -> PassResult:
         model = ctx.model
         layers, _ = analyse_layers(model)
+        if not any(layer.kind == "depthwise" or (layer.kind == "grouped" and layer.weight_shape[1] == 1)
+                   for layer in layers):  # depth multipliers above 1 are listed with their reason below
+            kinds = sorted({layer.kind for layer in layers})
+            raise UnsupportedModelError(
+                f"the model has no depthwise convolution (its weight layers are {', '.join(kinds) or 'none'}): "
+                "DEPrune prunes depthwise convs", where=model.source,
+                fix="use a recipe for plain convolutions: filter-l2, groupwise-50 or hybrid-24")
         by_node = {layer.node: layer for layer in layers}
         blocks, others = find_dsc_blocks(model, layers)
         skipped = [Skipped(o.layer, o.reason) for o in others]

@@ -87,15 +87,25 @@ class PlanFiltersFromZeros(Pass):
 
     def run(self, ctx: PassContext) -> PassResult:
         from sparsecc.dependency import build_channel_groups
+        from sparsecc.dependency.constants import find_constant_channels, fold_constant_channels
         from sparsecc.passes.filter_prune import PlanFilters, group_label
 
         model = ctx.model
-        constants = {n: t for n, t in model.graph.tensors().items() if isinstance(t, gs.Constant)}
         groups = {group_label(g): g for g in build_channel_groups(model) if g.editable() and g.consumers}
+        # zero filters with a bias (BatchNorm folded): constants moved into their readers' biases first
+        found, kept_constants = find_constant_channels(model, list(groups.values()))
+        folded = fold_constant_channels(model, found)
+        if folded:
+            groups = {group_label(g): g for g in build_channel_groups(model) if g.editable() and g.consumers}
+        constants = {n: t for n, t in model.graph.tensors().items() if isinstance(t, gs.Constant)}
+        notes = [f"{folded} constant channel(s) (zero filter, non-zero bias) folded into the layers reading them"] \
+            if folded else []
+        kept = [Skipped("(constant channels)", reason) for reason in kept_constants]
         dead = {label: channels for label, g in groups.items()
                 if len(channels := dead_channels(g, constants)) and len(channels) < g.size}
         if not dead:
-            return PassResult(False, 0, notes=["no channel is dead (no all-zero filter or unread channel)"])
+            return PassResult(folded > 0, folded, kept,
+                              notes + ["no channel is dead (no all-zero filter or unread channel)"])
         before = ctx.plan.copy() if ctx.plan is not None else None
         planner = PlanFilters(metric="l1", ratio=0.5, round_to=1)
         plan = planner._plan(ctx, groups, dead)  # the same coupled masks as plan-filters makes
@@ -106,11 +116,13 @@ class PlanFiltersFromZeros(Pass):
         check = _masking_changes_outputs(model, plan)
         if check:
             ctx.plan = before
-            return PassResult(False, 0, [Skipped(label, f"dead channels not removed: {check}") for label in dead],
-                              notes=["masking the dead channels changes the outputs; no filter is removed"])
+            return PassResult(folded > 0, folded, kept + [Skipped(label, f"dead channels not removed: {check}")
+                                                          for label in dead],
+                              notes=notes + ["masking the dead channels changes the outputs; no filter is removed"])
         ctx.plan = plan
         count = sum(len(c) for c in dead.values())
-        return PassResult(False, 0, notes=[f"{count} dead channel(s) in {len(dead)} group(s) planned for removal"],
+        return PassResult(folded > 0, folded, kept,
+                          notes=notes + [f"{count} dead channel(s) in {len(dead)} group(s) planned for removal"],
                           details={"groups": {label: {"group": groups[label].id, "before": groups[label].size,
                                                       "dead": int(len(c))} for label, c in dead.items()}})
 

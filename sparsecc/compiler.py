@@ -16,21 +16,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-
 from sparsecc import interrupts
-from sparsecc.errors import ModelLoadError, OptionError, OutputError, VerificationError
+from sparsecc.errors import OptionError, OutputError, VerificationError
+from sparsecc.feeds import FeedOptions
+from sparsecc.input_model import check_runs_on_onnxruntime, load_with_feeds, non_finite_warnings
 from sparsecc.inspection import inspect_model
 from sparsecc.log import progress
-from sparsecc.model import Model, load_model
+from sparsecc.model import Model
 from sparsecc.onnx_files import external_data_path, write_model
 from sparsecc.outputs import OutputFolder, final_path, resolve
 from sparsecc.passmanager import Instrument, PassContext, PassManager, PassRecord, Role, steps_of
 from sparsecc.session_files import SessionFiles, release_to_files
 from sparsecc.plan import SparsityPlan
 from sparsecc.recipe import Recipe, load_recipe
-from sparsecc.verify import (VerifyConfig, compare_models, input_specs, lowest_precision, model_float_dtype,
-                             verification_backend)
+from sparsecc.verify import (VerifyConfig, check_second_shape, compare_models, input_specs,
+                             lowest_precision, model_float_dtype, verification_backend)
 from sparsecc.verify_options import verify_config
 
 
@@ -51,7 +51,7 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
                   dump_dir: str | os.PathLike | None = None, plan: str | os.PathLike | None = None,
                   verify: VerifyConfig | Mapping[str, Any] | None = None, force: bool = False,
                   cost_model: str | None = None, timing_cache: str | os.PathLike | None = None,
-                  trace: bool = False) -> CompileResult:
+                  trace: bool = False, inputs: FeedOptions | None = None) -> CompileResult:
     """Compile a model with a recipe and write the outputs.
 
     Args:
@@ -72,6 +72,9 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
         timing_cache: The timing cache file, or "off". Defaults to ``$SPARSECC_TIMING_CACHE``, else
             ``~/.cache/sparsecc/timing-cache.json`` (see :mod:`sparsecc.lowering.timing_cache`).
         trace: Log, after each pass, why each rewrite rule did not fire on each layer. Defaults to False.
+        inputs: Data and value ranges for the inputs that verification and timing feed
+            (:class:`sparsecc.feeds.FeedOptions`); given data fixes the compile shape of its input.
+            Defaults to seeded random values (realistic ones for integer inputs by name).
 
     A failed or interrupted compile leaves the output folder as it was, and removes the folders it created.
     """
@@ -89,10 +92,10 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
     if resolve(Path(out_dir) / "model.onnx") == resolve(model_path):
         raise OutputError("the output would overwrite the input model", where=str(out_dir),
                           fix="choose another output folder")
-    inputs = [model_path, *plan_files(plan), *([recipe.source] if Path(recipe.source).is_file() else [])]
-    with OutputFolder(out_dir, "compile", inputs=inputs, force=force) as folder:
+    input_files = [model_path, *plan_files(plan), *([recipe.source] if Path(recipe.source).is_file() else [])]
+    with OutputFolder(out_dir, "compile", inputs=input_files, force=force) as folder:
         return _compile(model_path, recipe, folder, shapes, disable, dump_dir, plan, verify, passes, started,
-                        PassContextOptions(trace, cost_model, cache))
+                        PassContextOptions(trace, cost_model, cache, inputs))
 
 
 def check_dump_dir(dump_dir: str | os.PathLike | None) -> None:
@@ -109,12 +112,13 @@ class PassContextOptions:
     trace: bool
     cost_model: str | None
     timing_cache: Any
+    inputs: FeedOptions | None = None
 
 
 def _compile(model_path: Path, recipe: Recipe, folder: OutputFolder, shapes, disable, dump_dir, plan,
              verify: VerifyConfig, passes, started: float, options: PassContextOptions) -> CompileResult:
     progress(f"loading {model_path}")
-    original = load_model(model_path, shapes)
+    original = load_with_feeds(model_path, shapes, options.inputs)
     folder.protect(*original.files)  # its external data is never replaced or removed
     original.static_input_shapes()  # dynamic inputs without --shape fail here, before any work
     interrupts.point("loaded")
@@ -150,14 +154,19 @@ def _compile(model_path: Path, recipe: Recipe, folder: OutputFolder, shapes, dis
         specialized = _specialize_input_shapes(original, ctx.model, records, steps)
         # streamed from the graph's arrays; the check below runs the same export, with the weights
         # in the shared temporary file (ONNX Runtime holds one copy of them, not two as from one file)
-        model_files = _write_compiled(staging, ctx)
+        model_files = _write_compiled(staging, ctx, original.fields)
         progress("verifying the compiled model")
         # a pass that lowers the precision (to-fp16) makes the compiled model's float type the one to follow
         final_config = given.for_dtype(lowest_precision([model_float_dtype(original), model_float_dtype(ctx.model)]))
         verification = _final_verification(original, ctx, files.write(ctx.model.graph), final_config, files, records)
+        verification["second_shape"] = (
+            check_second_shape(ctx.masked or original, staging / "model.onnx", final_config, files)
+            if not specialized else {"shapes": None, "passed": None,
+                                     "note": f"input shapes fixed to the compile shapes: {specialized}"})
         report = _build_report(model_path, recipe, original, before, ctx, records, verification, started, verify,
                                inspected)
         report["specialized_input_shapes"] = specialized
+        report["model_fields"] = {name: value for name, value in original.fields.items() if name != "doc_string"}
         report["timing_cache"] = options.timing_cache.describe()
         warnings = non_finite_warnings(original)
         report["summary"]["warnings"] = warnings + report["summary"]["warnings"]
@@ -168,48 +177,6 @@ def _compile(model_path: Path, recipe: Recipe, folder: OutputFolder, shapes, dis
     finally:
         files.close()
     return CompileResult(out, ctx.model, records, report)
-
-
-def check_runs_on_onnxruntime(original: Model, config: VerifyConfig, files: SessionFiles) -> None:
-    """The input model runs on ONNX Runtime at the compile shapes, or a user error names the node.
-
-    Every check runs the graphs on ONNX Runtime, so a model it cannot load or run (a custom-domain op,
-    a kernel larger than its input, mixed float types) is refused here, as the user's, before any pass;
-    a failure after this is sparsecc's. Its outputs are kept for the first check that needs them.
-    """
-    from sparsecc.backends.ort import OnnxRuntimeFailure
-    from sparsecc.verify import run_model
-
-    specs = input_specs(original)
-    for name, _, dtype in specs:
-        if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
-            kind = "strings" if dtype.kind in "OSU" else str(dtype)
-            raise ModelLoadError(f"input '{name}' holds {kind}; sparsecc checks every rewrite on random numbers "
-                                 "and booleans, so it compiles models with numeric inputs only",
-                                 where=original.source, fix="compile the numeric part of the model")
-    try:
-        run_model(original, specs, config, files)
-    except OnnxRuntimeFailure as failure:
-        raise failure.user_error(original.source, original.graph) from None
-
-
-def non_finite_warnings(model: Model) -> list[str]:
-    """A warning naming the weights that hold NaN or infinite values (checks compare them as they are)."""
-    import onnx_graphsurgeon as gs
-
-    found = []
-    for tensor in model.graph.tensors().values():
-        if isinstance(tensor, gs.Constant) and not isinstance(tensor._values, gs.ir.tensor.LazyValues):
-            values = tensor.values
-            # a float64 sum is finite exactly when every float16/32 value is (and needs no copy of the array)
-            if np.issubdtype(values.dtype, np.floating) and values.size and \
-                    not np.isfinite(np.sum(values, dtype=np.float64)):
-                found.append(tensor.name)
-    if not found:
-        return []
-    return [f"the input model's weights hold NaN or infinite values ({', '.join(found[:5])}"
-            f"{f' and {len(found) - 5} more' if len(found) > 5 else ''}): outputs may be NaN or infinite; the "
-            "checks count the same NaN or infinity in both graphs as agreement, any other as a mismatch"]
 
 
 class CanonicalInput(Instrument):
@@ -301,10 +268,11 @@ def _verify_config(recipe: Recipe, given: VerifyConfig | Mapping[str, Any] | Non
     return verify_config(options, where="verification options", base=base)
 
 
-def _write_compiled(staging: Path, ctx: PassContext) -> list[str]:
-    """model.onnx (+ model.onnx.data above protobuf's 2 GB) into the staging folder; their names."""
+def _write_compiled(staging: Path, ctx: PassContext, fields: dict) -> list[str]:
+    """model.onnx (+ model.onnx.data above protobuf's 2 GB) into the staging folder, with the input's
+    model-level fields; their names."""
     try:
-        path = write_model(ctx.model.graph, staging / "model.onnx")
+        path = write_model(ctx.model.graph, staging / "model.onnx", fields=fields)
     except OSError as exc:
         raise OutputError(f"cannot write the compiled model ({exc.strerror})", where=str(final_path(staging.parent)),
                           fix="check free space and permissions") from None

@@ -45,3 +45,17 @@ def conv_geometry(node: gs.Node, input_shape: tuple[int, ...], kernel: tuple[int
                    for a in range(2))
     return ConvGeometry((begin[0], begin[1], end[0], end[1]), strides, dilations, out_hw,
                         tuple(int(d) for d in input_shape), (int(kernel[0]), int(kernel[1])))
+
+
+def padding_depends_on_size(node: gs.Node) -> bool:
+    """True when the Conv's padding follows its input size (auto_pad SAME_* with a stride above 1):
+    explicit pads resolved at one size are then wrong at another."""
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    return auto_pad in ("SAME_UPPER", "SAME_LOWER") and any(int(s) > 1 for s in node.attrs.get("strides", [1]))
+
+
+def symbolic_spatial_dims(tensor: gs.Tensor) -> bool:
+    """True when the tensor's declared shape leaves a spatial dimension (after batch and channel) symbolic."""
+    shape = tensor.shape
+    return shape is not None and any(not isinstance(d, int) or d <= 0 for d in list(shape)[2:])

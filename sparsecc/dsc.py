@@ -39,7 +39,8 @@ class PathStep:
 
     Attributes:
         kind: "elementwise" (per-element op, constants only besides the activation), "swish"
-            (x * Sigmoid(x) or x * HardSigmoid(x)), or "se" (squeeze-excitation).
+            (x * f(x), f a chain of per-element ops: Sigmoid, HardSigmoid, Add -> Clip -> Div ...; the
+            chain's nodes, then the Mul), or "se" (squeeze-excitation).
         nodes: The step's node names.
         output: The tensor after the step.
         se_convs: For "se", the conv layers of the excitation (the first reads the DW channels).
@@ -143,6 +144,9 @@ def _step(g: _Graph, tensor: str) -> PathStep | WeightLayer | str:
         mul = muls[0]
         if {t.name for t in mul.inputs} == {tensor, gate.outputs[0].name}:
             return PathStep("swish", [gate.name, mul.name], mul.outputs[0].name)
+    gated = _self_gated(g, users, tensor)
+    if gated is not None:
+        return gated
     if len(users) == 2 and len(muls) == 1 and ops & _POOLS:
         pool = next(n for n in users if n.op in _POOLS)
         se = _walk_se(g, pool, muls[0], tensor)
@@ -150,6 +154,28 @@ def _step(g: _Graph, tensor: str) -> PathStep | WeightLayer | str:
             return se
         return se
     return f"has {len(users)} consumers ({', '.join(sorted(n.op for n in users))}): not a block"
+
+
+def _self_gated(g: _Graph, users: list[gs.Node], tensor: str) -> PathStep | None:
+    """x * f(x) with f a short chain of per-element ops: an activation written out (HardSwish as
+    x * Clip(x + 3, 0, 6) / 6, SiLU as x * Sigmoid(x), as PaddlePaddle and older exporters write them)."""
+    muls = [n for n in users if n.op == "Mul" and tensor in {t.name for t in n.inputs}]
+    if len(users) != 2 or len(muls) != 1:
+        return None
+    mul = muls[0]
+    node, chain = next(n for n in users if n is not mul), []
+    for _ in range(6):
+        if node.op not in _PER_ELEMENT or len(_variable_inputs(node)) != 1:
+            return None
+        chain.append(node)
+        out = node.outputs[0].name
+        if {t.name for t in mul.inputs} == {tensor, out}:
+            return PathStep("swish", [n.name for n in chain] + [mul.name], mul.outputs[0].name)
+        following = g.consumers.get(out, [])
+        if len(following) != 1 or out in g.outputs:
+            return None
+        node = following[0]
+    return None
 
 
 def _walk_se(g: _Graph, pool: gs.Node, mul: gs.Node, tensor: str) -> PathStep | str:

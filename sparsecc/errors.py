@@ -66,6 +66,10 @@ class VerificationError(SparseccError):
     exit_code = 3
 
 
+class InputError(SparseccError):
+    """The input model cannot run on the inputs sparsecc would verify and time it with."""
+
+
 class BackendUnavailableError(SparseccError):
     """A backend (TensorRT, a GPU) is not installed or not usable here."""
 

@@ -16,6 +16,31 @@ from sparsecc.sparsity.detect import ELEMENT_WISE_MIN_SPARSITY
 from sparsecc.tables import human, text_table
 
 
+def no_weight_layers_error(model: Model, unsupported) -> UnsupportedModelError:
+    """The error for a model without a weight layer sparsecc can work on, saying what it found instead."""
+    if not unsupported:
+        return UnsupportedModelError(
+            "the model has no weight layers (Conv, Gemm, or MatMul with a constant weight) and no other layer "
+            "with weights", where=model.source,
+            fix="sparsecc compiles models whose weights are initializers or Constant nodes; re-export with weights "
+                "as constants (torch.onnx.export does this by default)")
+    counts: dict[str, int] = {}
+    for layer in unsupported:
+        counts[layer.op] = counts.get(layer.op, 0) + 1
+    found = ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
+    reasons = "; ".join(f"{u.node} ({u.op}): {u.reason}" for u in unsupported[:3])
+    if len(unsupported) > 3:
+        reasons += f"; and {len(unsupported) - 3} more"
+    if all(u.quantized for u in unsupported):
+        fix = ("every weight layer is quantized; sparsecc prunes float weights: compile the float model, then "
+               "quantize the compiled one")
+    else:
+        fix = ("sparsecc prunes Conv (1-D, 2-D, 3-D), Gemm and MatMul layers outside control-flow bodies; every "
+               "weight of this model is in a layer of the kinds above, so there is nothing to compile")
+    return UnsupportedModelError(f"the model has no weight layer sparsecc can prune: it has {found}, each left "
+                                 f"as it is ({reasons})", where=model.source, fix=fix)
+
+
 def inspect_model(model: Model, cache: dict | None = None) -> dict[str, Any]:
     """Per weight layer: kind, shapes, MACs, parameters, sparsity, detected pattern; and totals.
 
@@ -30,17 +55,7 @@ def inspect_model(model: Model, cache: dict | None = None) -> dict[str, Any]:
     layers, unsupported = analyse_layers(model)
     plugin_macs = plugin_node_macs(model)
     if not layers and not plugin_macs:
-        reasons = "; ".join(f"{u.node} ({u.op}): {u.reason}" for u in unsupported[:3])
-        if len(unsupported) > 3:
-            reasons += f"; and {len(unsupported) - 3} more like these"
-        raise UnsupportedModelError(
-            "the model has no weight layers (Conv, Gemm, or MatMul with a constant weight)"
-            + (f"; these were found but cannot be used: {reasons}" if reasons else ""),
-            where=model.source,
-            fix=("every weight layer is quantized; sparsecc prunes float weights: compile the float model, "
-                 "then quantize the compiled one" if unsupported and all(u.quantized for u in unsupported) else
-                 "sparsecc compiles models whose weights are initializers or Constant nodes; re-export with "
-                 "weights as constants (torch.onnx.export does this by default)"))
+        raise no_weight_layers_error(model, unsupported)
     tensors = model.graph.tensors()
     rows = []
     for layer in layers:

@@ -3,7 +3,7 @@
 A weight layer is a Conv, a Gemm, or a MatMul one of whose inputs is a
 constant 2-D weight. Layers are classified the way the pruning passes need:
 
-- ``conv``: standard convolution (group 1, kernel larger than 1x1)
+- ``conv``: standard convolution (group 1, kernel larger than 1x1), of 1, 2 or 3 spatial dims
 - ``pointwise``: 1x1 convolution, group 1
 - ``depthwise``: group == C_in == C_out
 - ``grouped``: any other group > 1
@@ -22,9 +22,22 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from sparsecc.graphutil import optional_input
 from sparsecc.model import Model
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+# Layers with weights whose units are coupled over time or heads: listed, never pruned.
+SEQUENCE_WEIGHT_OPS = {
+    "LSTM": "recurrent layer: every hidden unit feeds every gate at the next time step, so removing or "
+            "skipping weights needs the recurrence rewritten; left as it is",
+    "GRU": "recurrent layer: every hidden unit feeds every gate at the next time step, so removing or "
+           "skipping weights needs the recurrence rewritten; left as it is",
+    "RNN": "recurrent layer: every hidden unit feeds itself at the next time step; left as it is",
+    "Attention": "fused attention: its heads and projections are one op; left as it is",
+    "MultiHeadAttention": "fused attention: its heads and projections are one op; left as it is",
+}
+# Control-flow ops whose bodies (subgraphs) may hold weight layers.
+CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
 # Layers of quantized graphs (QOperator and integer formats): listed, never pruned.
 QUANTIZED_WEIGHT_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm",
                         "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
@@ -51,6 +64,11 @@ class WeightLayer:
     input_shape: tuple[int, ...] | None = None
     output_shape: tuple[int, ...] | None = None
     shared_with: list[str] = field(default_factory=list)
+
+    @property
+    def spatial_rank(self) -> int:
+        """Spatial dimensions of a Conv's kernel (1 for Conv1d, 2 for Conv2d, 3 for Conv3d); 0 for a GEMM."""
+        return len(self.weight_shape) - 2 if self.op == "Conv" else 0
 
     @property
     def params(self) -> int:
@@ -128,6 +146,12 @@ def find_weight_layers(model: Model, shapes: dict[str, tuple[int, ...]] | None =
     layers: list[WeightLayer] = []
     unsupported: list[Unsupported] = []
     for node in model.graph.nodes:
+        if node.op in SEQUENCE_WEIGHT_OPS and any(isinstance(t, gs.Constant) for t in node.inputs[1:3]):
+            unsupported.append(Unsupported(_node_label(node), node.op, SEQUENCE_WEIGHT_OPS[node.op]))
+            continue
+        if node.op in CONTROL_FLOW_OPS:
+            unsupported.extend(_layers_in_bodies(node))
+            continue
         if node.op in QUANTIZED_WEIGHT_OPS:
             unsupported.append(Unsupported(_node_label(node), node.op, "quantized layer (integer weights): "
                                            "sparsecc prunes float weights only; left as it is", quantized=True))
@@ -143,6 +167,26 @@ def find_weight_layers(model: Model, shapes: dict[str, tuple[int, ...]] | None =
         layers.append(layer)
     _mark_shared(layers)
     return layers, unsupported
+
+
+def _layers_in_bodies(node: gs.Node, where: str = "") -> list[Unsupported]:
+    """Weight layers inside the bodies of a control-flow node, each listed with why it is left alone."""
+    found = []
+    for attr, value in node.attrs.items():
+        for body in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(body, gs.Graph):
+                continue
+            place = f"{where}{attr} of {node.op} '{_node_label(node)}'"
+            for inner in body.nodes:
+                if inner.op in CONTROL_FLOW_OPS:
+                    found.extend(_layers_in_bodies(inner, f"{place} > "))
+                elif inner.op in WEIGHT_OPS + tuple(SEQUENCE_WEIGHT_OPS) and \
+                        any(isinstance(t, gs.Constant) and t.values.ndim >= 2 for t in inner.inputs):
+                    found.append(Unsupported(_node_label(inner), inner.op,
+                                             f"inside the {place}: which branch or how many iterations run is "
+                                             "decided at run time, so layers in control-flow bodies are left "
+                                             "as they are"))
+    return found
 
 
 def _static(shape):
@@ -170,11 +214,11 @@ def _classify(node: gs.Node, label: str, unsupported: list[Unsupported]) -> Weig
                                            _dequantized(weight)))
             return None
         values = weight.values
-        if values.ndim != 4:
-            unsupported.append(Unsupported(label, node.op, f"{values.ndim - 2}-D convolution; only 2-D "
-                                                           "convolutions are weight layers for now"))
+        if values.ndim not in (3, 4, 5):
+            unsupported.append(Unsupported(label, node.op, f"{values.ndim - 2}-D convolution; 1-D, 2-D and 3-D "
+                                                           "convolutions are weight layers"))
             return None
-        bias = node.inputs[2].name if len(node.inputs) > 2 and not node.inputs[2].is_empty() else None
+        bias = getattr(optional_input(node, 2), "name", None)
         return WeightLayer(label, "Conv", classify_conv(node, values), weight.name, tuple(values.shape),
                            bias=bias, group=int(node.attrs.get("group", 1)),
                            input=node.inputs[0].name, output=node.outputs[0].name)
@@ -188,7 +232,7 @@ def _classify(node: gs.Node, label: str, unsupported: list[Unsupported]) -> Weig
                                                            f"it comes from {_weight_source(weight)}",
                                            _dequantized(weight)))
             return None
-        bias = node.inputs[2].name if len(node.inputs) > 2 and not node.inputs[2].is_empty() else None
+        bias = getattr(optional_input(node, 2), "name", None)
         return WeightLayer(label, "Gemm", "gemm", weight.name, tuple(weight.values.shape), bias=bias,
                            trans_b=bool(int(node.attrs.get("transB", 0))),
                            input=node.inputs[0].name, output=node.outputs[0].name)

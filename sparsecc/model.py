@@ -12,14 +12,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import onnx_graphsurgeon as gs
 
 from sparsecc.errors import ModelLoadError, ShapeError
 from sparsecc.model_files import external_data_files, inline_nested_external_data
-# clamp_ir_version lives with the file format; imported here too, for its old address
-from sparsecc.onnx_files import clamp_ir_version, read_onnx, read_weights
+# model_fields, apply_model_fields and clamp_ir_version live with the file format; imported here too
+from sparsecc.onnx_files import (DEFAULT_DOMAINS, apply_model_fields, clamp_ir_version, model_fields, read_onnx,
+                                 read_weights)
+
+if TYPE_CHECKING:
+    from sparsecc.feeds import FeedOptions
 
 # Default-domain opsets sparsecc has been written and tested against.
 SUPPORTED_OPSETS = range(9, 23)
@@ -27,7 +32,6 @@ SUPPORTED_OPSETS = range(9, 23)
 # from the oldest ONNX Runtime runs, so that the conversion is verified like every other pass.
 CANONICAL_OPSET = 17
 UPGRADABLE_OPSETS = range(7, SUPPORTED_OPSETS.start)
-DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 @dataclass
@@ -39,20 +43,27 @@ class Model:
         source: Where the model came from (a path, or a description), for messages.
         input_shapes: Concrete shape of every graph input, used for analysis
             (MACs, shapes of weight layers) and for verification inputs.
+        fields: Model-level fields of the input file (:func:`model_fields`), written into
+            every model saved from this one.
+        feeds: The inputs verification and timing use (user data, value ranges); None for
+            the defaults of :mod:`sparsecc.feeds`.
     """
 
     graph: gs.Graph
     source: str = "<memory>"
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     files: tuple[Path, ...] = ()  # the files it was read from (the .onnx and its external data)
+    fields: dict = field(default_factory=dict)
+    feeds: "FeedOptions | None" = None
 
     def copy(self) -> "Model":
-        return Model(self.graph.copy(), self.source, dict(self.input_shapes), self.files)
+        return Model(self.graph.copy(), self.source, dict(self.input_shapes), self.files, self.fields, self.feeds)
 
     def to_onnx(self) -> onnx.ModelProto:
-        """Export to an ONNX ModelProto that ONNX Runtime accepts."""
+        """Export to an ONNX ModelProto that ONNX Runtime accepts, with the input's model-level fields."""
         self.graph.cleanup().toposort()
         proto = gs.export_onnx(self.graph)
+        apply_model_fields(proto, self.fields)
         clamp_ir_version(proto)
         return proto
 
@@ -73,7 +84,7 @@ class Model:
 
         path = Path(path)
         with OutputFiles() as files:
-            write_model(self.graph, files.stage_folder(path.parent) / path.name)
+            write_model(self.graph, files.stage_folder(path.parent) / path.name, fields=self.fields)
             files.commit()
         return path
 
@@ -254,7 +265,7 @@ def load_model(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | Non
     del proto  # the graph's constants still refer to it until their arrays are read
     _check_weight_bytes(model.graph, where)
     try:
-        read_weights(model.graph, path.parent)
+        read_weights(model.graph, path.resolve().parent)  # never relative to the current folder
     except (OSError, ValueError, EOFError) as exc:
         fix = ("keep the .data file(s) the model names next to the .onnx file" if isinstance(exc, OSError)
                else "re-export the model: a weight's data does not match its shape (a truncated or foreign .data "
@@ -310,7 +321,7 @@ def model_from_proto(proto: onnx.ModelProto, source: str = "<memory>",
     except Exception as exc:
         raise ModelLoadError(f"the graph cannot be imported ({type(exc).__name__}: {exc})", where=source,
                              fix="re-export the model with a current exporter") from None
-    model = Model(graph, source)
+    model = Model(graph, source, fields=model_fields(proto))
     model.input_shapes = resolve_input_shapes(graph, shapes or {}, source)
     check_input_sizes(graph, model.input_shapes, source)
     return model

@@ -49,6 +49,41 @@ def clamp_ir_version(proto: onnx.ModelProto) -> None:
     proto.ir_version = max(needed, min(proto.ir_version, ORT_MAX_IR_VERSION))
 
 
+# The default ONNX domain, by both of its names.
+DEFAULT_DOMAINS = ("", "ai.onnx")
+# Model-level fields of the input file that its users read (class names in metadata_props, the
+# producer, the doc string); onnx-graphsurgeon keeps only the graph, so they are carried beside it.
+MODEL_SCALAR_FIELDS = ("producer_name", "producer_version", "domain", "model_version", "doc_string")
+
+
+def model_fields(proto: onnx.ModelProto) -> dict:
+    """The model-level fields of ``proto`` to carry into every model written from it."""
+    fields = {name: getattr(proto, name) for name in MODEL_SCALAR_FIELDS if getattr(proto, name)}
+    if proto.metadata_props:
+        fields["metadata_props"] = [(p.key, p.value) for p in proto.metadata_props]
+    other = [(o.domain, o.version) for o in proto.opset_import if o.domain not in DEFAULT_DOMAINS]
+    if other:
+        fields["opset_imports"] = other
+    return fields
+
+
+def apply_model_fields(proto: onnx.ModelProto, fields: dict | None) -> None:
+    """Write the fields :func:`model_fields` read back into ``proto`` (opset imports of other domains
+    are added where the graph no longer declares them)."""
+    for name in MODEL_SCALAR_FIELDS:
+        if name in (fields or {}):
+            setattr(proto, name, fields[name])
+    if (fields or {}).get("metadata_props"):
+        del proto.metadata_props[:]
+        for key, value in fields["metadata_props"]:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+    declared = {o.domain for o in proto.opset_import}
+    for domain, version in (fields or {}).get("opset_imports", []):
+        if domain not in declared:
+            proto.opset_import.append(onnx.helper.make_opsetid(domain, version))
+
+
 def _nbytes(constant: gs.Constant) -> int:
     values = constant._values  # LazyValues know their size without loading
     return int(values.nbytes)
@@ -70,13 +105,14 @@ def _as_numpy(dtype) -> np.dtype | None:
             return None
 
 
-def export_skeleton(graph: gs.Graph, threshold: int = INLINE_THRESHOLD
+def export_skeleton(graph: gs.Graph, threshold: int = INLINE_THRESHOLD, fields: dict | None = None
                     ) -> tuple[onnx.ModelProto, list[tuple[onnx.TensorProto, np.ndarray]]]:
     """Export the graph with its initializers above ``threshold`` bytes left empty.
 
     Returns the proto and, for each emptied initializer, its TensorProto (name, dims and
     dtype set, no data) with the array that holds its values. Nothing is copied: the arrays
-    are the graph's own.
+    are the graph's own. ``fields`` (:func:`model_fields`) are the model-level
+    fields to write. Defaults to none.
     """
     graph.cleanup().toposort()
     large = {name: t for name, t in graph.tensors().items()
@@ -91,6 +127,7 @@ def export_skeleton(graph: gs.Graph, threshold: int = INLINE_THRESHOLD
     finally:
         for name, tensor in large.items():
             tensor._values = arrays[name]
+    apply_model_fields(proto, fields)
     clamp_ir_version(proto)
     emptied = []
     for init in proto.graph.initializer:
@@ -104,7 +141,8 @@ def export_skeleton(graph: gs.Graph, threshold: int = INLINE_THRESHOLD
     return proto, emptied
 
 
-def write_model(graph: gs.Graph, path: str | os.PathLike, external: bool | None = None) -> Path:
+def write_model(graph: gs.Graph, path: str | os.PathLike, external: bool | None = None,
+                fields: dict | None = None) -> Path:
     """Write the graph to ``path``, streaming the weights (no serialised copy of them).
 
     Args:
@@ -112,8 +150,10 @@ def write_model(graph: gs.Graph, path: str | os.PathLike, external: bool | None 
         path: The .onnx file; with external data, ``<name>.data`` is written beside it.
         external: Weights in ``<name>.data``; None decides by size (external above ~2 GB,
             which protobuf cannot hold). Defaults to None.
+        fields: Model-level fields to write (metadata_props, producer, doc string ...; see
+            :func:`model_fields`). Defaults to none.
     """
-    proto, emptied = export_skeleton(graph)
+    proto, emptied = export_skeleton(graph, fields=fields)
     return write_skeleton(proto, emptied, path, external)
 
 
@@ -221,7 +261,9 @@ def read_weights(graph: gs.Graph, base_dir: str | os.PathLike | None) -> None:
     """
     from onnx.external_data_helper import uses_external_data
 
-    for tensor in graph.tensors().values():
+    from sparsecc.graphutil import all_tensors
+
+    for tensor in all_tensors(graph):
         if not isinstance(tensor, gs.Constant) or not isinstance(tensor._values, gs.ir.tensor.LazyValues):
             continue
         if isinstance(tensor._values, gs.ir.tensor.SparseValues):

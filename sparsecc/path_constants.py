@@ -19,23 +19,26 @@ from sparsecc.dsc import DscBlock
 from sparsecc.model import Model
 
 
-def step_constants(model: Model, nodes: dict[str, gs.Node], step, values: np.ndarray, source: str,
-                   dtype) -> np.ndarray:
+def step_constants(model: Model, nodes: dict[str, gs.Node], step, values: np.ndarray, dtype) -> np.ndarray:
     """A per-element step evaluated by ONNX Runtime on a [1, M, 1, 1] tensor (the graph's own ops)."""
     from sparsecc.backends.ort import OrtBackend
 
     graph = gs.Graph(opset=model.opset())
     x = gs.Variable("x", dtype=dtype, shape=[1, values.size, 1, 1])
     y = gs.Variable("y", dtype=dtype)
-    if step.kind == "swish":
-        gate = nodes[step.nodes[0]]
-        g_out = gs.Variable("g", dtype=dtype)
-        graph.nodes = [gs.Node(gate.op, attrs=dict(gate.attrs), inputs=[x], outputs=[g_out]),
-                       gs.Node("Mul", inputs=[x, g_out], outputs=[y])]
+    if step.kind == "swish":  # x * f(x), f a chain of per-element ops (Sigmoid; Add 3 -> Clip -> Div 6 ...)
+        current, chain = x, []
+        for index, name in enumerate(step.nodes[:-1]):
+            node = nodes[name]
+            out = gs.Variable(f"g{index}", dtype=dtype)
+            chain.append(gs.Node(node.op, attrs=dict(node.attrs), outputs=[out], inputs=[
+                current if not isinstance(t, gs.Constant) and not t.is_empty() else t for t in node.inputs]))
+            current = out
+        graph.nodes = chain + [gs.Node("Mul", inputs=[x, current], outputs=[y])]
     else:
         node = nodes[step.nodes[0]]
-        inputs = [x if (t.name == source or (not isinstance(t, gs.Constant) and not t.is_empty())) else t
-                  for t in node.inputs]
+        # the one variable input is the activation, wherever it stands (PaddlePaddle writes scale * x)
+        inputs = [x if not isinstance(t, gs.Constant) and not t.is_empty() else t for t in node.inputs]
         graph.nodes = [gs.Node(node.op, attrs=dict(node.attrs), inputs=inputs, outputs=[y])]
     graph.inputs, graph.outputs = [x], [y]
     session = OrtBackend(threads=1).load(Model(graph, "dead-channel constant").to_bytes())
@@ -57,12 +60,11 @@ def path_constants(model: Model, block: DscBlock, values: np.ndarray, dtype) -> 
     input-dependent gate. Returns why not, as a string, when the path has ops after it.
     """
     nodes = {n.name: n for n in model.graph.nodes}
-    current, source = values, None
+    current = values
     for index, step in enumerate(block.path):
         if step.kind == "se":
             if index != len(block.path) - 1:
                 return "ops between the squeeze-excitation and PW2"
             return Reach(current, step)
-        current = step_constants(model, nodes, step, current, source or nodes[step.nodes[0]].inputs[0].name, dtype)
-        source = step.output
+        current = step_constants(model, nodes, step, current, dtype)
     return Reach(current)

@@ -382,8 +382,16 @@ class LayerSelector:
             else:
                 selected.append(layer)
         if not selected:
-            raise OptionError(f"the layer selector {self.describe()} matches no weight layer", where=source,
-                              fix="run `sparsecc inspect` to see the layer names and kinds")
+            if not layers:
+                raise OptionError(f"the layer selector {self.describe()} matches no weight layer: the model has "
+                                  "none this pass can prune", where=source,
+                                  fix="run `sparsecc inspect` to see the layers it has and why each is left alone")
+            why = "; ".join(f"'{name}': {reason}" for name, reason in left_out[:4])
+            more = f" and {len(left_out) - 4} more" if len(left_out) > 4 else ""
+            raise OptionError(f"the layer selector {self.describe()} selects none of the model's {len(layers)} "
+                              f"weight layer(s) ({why}{more})", where=source,
+                              fix="name the layers to prune in the recipe's layers: block (e.g. names: [...] or "
+                                  "exclude_first_last: false)")
         for layer in selected:  # only layers named explicitly get here with a shared weight
             if layer.shared_with:
                 raise PlanError(

@@ -37,6 +37,14 @@ def render_compile_markdown(report: dict[str, Any]) -> str:
     if agreement:
         lines += ["", f"Pruning changes the function on purpose: against the unpruned original the worst output "
                       f"differs by {agreement['worst_relative_error']:.3g} x its max |value|."]
+    second = verification.get("second_shape") or {}
+    if second.get("shapes"):
+        lines += ["", f"The input model leaves input dimensions symbolic, so the compiled model was run again at "
+                      f"{second['shapes']} (ONNX Runtime, default optimisations): "
+                      f"**{'passed' if second.get('passed') else second['note']}**."]
+    fields = report.get("model_fields") or {}
+    if fields:
+        lines += ["", f"Model-level fields carried over from the input: {', '.join(sorted(fields))}."]
     if report.get("specialized_input_shapes"):
         lines += ["", "A rewrite depends on the input sizes, so the compiled model takes exactly the shapes it was "
                       f"verified at: {report['specialized_input_shapes']}."]

@@ -65,7 +65,28 @@ def infer_shapes(model: Model, wanted: set[str] | None = None) -> dict[str, tupl
     produced = {out for node in proto.graph.node for out in node.output}
     missing = sorted(((wanted or set()) & produced) - set(shapes))
     if missing:
-        shapes.update(_measure_shapes(proto, emptied, input_shapes, missing))
+        shapes.update(_measure_shapes(proto, emptied, input_shapes, missing, model.feeds))
+    return shapes
+
+
+def symbolic_shapes(model: Model) -> dict[str, list]:
+    """Shape of every tensor ONNX shape inference can follow at the model's *declared* input shapes.
+
+    Dimensions the inputs leave symbolic stay symbolic (a name, or None where inference has none), so
+    the shapes can be written back into the graph without fixing the model to one input size.
+    """
+    proto, _ = export_skeleton(model.graph)
+    try:
+        inferred = shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:  # best effort: tensors it cannot follow keep no shape (ONNX Runtime infers them)
+        return {}
+    shapes = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
+        tensor_type = value.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            continue
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                              else (d.dim_param or None) for d in tensor_type.shape.dim]
     return shapes
 
 
@@ -77,8 +98,12 @@ def _shape_backend(proto: onnx.ModelProto):
     return reference_backend_for(proto) if custom_nodes(proto) else OrtBackend(optimization="none")
 
 
-def _measure_shapes(proto: onnx.ModelProto, emptied, input_shapes, names: list[str]) -> dict[str, tuple[int, ...]]:
-    """Run the graph once on zeros with ``names`` exposed as outputs, and read their shapes."""
+def _measure_shapes(proto: onnx.ModelProto, emptied, input_shapes, names: list[str], feeds=None
+                    ) -> dict[str, tuple[int, ...]]:
+    """Run the graph once with ``names`` exposed as outputs, and read their shapes. The inputs are those
+    verification feeds (``feeds``: the user's data and ranges; realistic integers by name)."""
+    from sparsecc.feeds import make_feeds
+
     existing = {o.name for o in proto.graph.output}
     for name in names:
         if name not in existing:
@@ -87,8 +112,8 @@ def _measure_shapes(proto: onnx.ModelProto, emptied, input_shapes, names: list[s
     try:
         with SessionFiles() as files:  # loaded by path: ONNX Runtime reads the weights once
             session = _shape_backend(proto).load(files.write(proto, emptied))
-            outputs = session.run({spec.name: np.zeros(input_shapes[spec.name], spec.dtype)
-                                   for spec in session.inputs})
+            specs = [(spec.name, input_shapes[spec.name], spec.dtype) for spec in session.inputs]
+            outputs = session.run(make_feeds(specs, 0, options=feeds)[0])
             values = [outputs[name] for name in names]
             del session, outputs
     except Exception as exc:  # ONNX Runtime raises its own types; all mean "cannot run at these shapes"

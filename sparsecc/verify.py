@@ -121,26 +121,27 @@ class VerifyResult:
         return data
 
 
+class InputSpecs(list):
+    """``(name, shape, dtype)`` of each input, with the :class:`~sparsecc.feeds.FeedOptions` that say
+    what to feed them (user data, value ranges; None for the defaults)."""
+
+    def __init__(self, specs=(), options=None):
+        super().__init__(specs)
+        self.options = options
+
+
 def random_feeds(specs, seed: int, iterations: int = 1) -> list[dict[str, np.ndarray]]:
-    """Seeded inputs: standard normal floats; integers in {0, 1} (valid token ids and indices)."""
-    rng = np.random.default_rng(seed)
-    feeds = []
-    for _ in range(iterations):
-        feed = {}
-        for name, shape, dtype in specs:
-            if np.issubdtype(dtype, np.floating):
-                feed[name] = rng.standard_normal(shape).astype(dtype)
-            elif dtype == np.bool_:
-                feed[name] = rng.integers(0, 2, shape).astype(np.bool_)
-            else:
-                feed[name] = rng.integers(0, 2, shape).astype(dtype)
-        feeds.append(feed)
-    return feeds
+    """Seeded inputs (:func:`sparsecc.feeds.make_feeds`): the data and ranges the user gave, realistic
+    values for integer inputs by name, else standard normal floats and integers in {0, 1}."""
+    from sparsecc.feeds import make_feeds
+
+    return make_feeds(specs, seed, iterations, getattr(specs, "options", None))
 
 
-def input_specs(model: Model) -> list[tuple[str, tuple[int, ...], np.dtype]]:
-    shapes = model.static_input_shapes()
-    return [(t.name, shapes[t.name], np.dtype(t.dtype)) for t in model.graph.inputs]
+def input_specs(model: Model, shapes: dict[str, tuple[int, ...]] | None = None) -> InputSpecs:
+    """The inputs of the model at its compile shapes (or at ``shapes``), with what to feed them."""
+    shapes = shapes or model.static_input_shapes()
+    return InputSpecs([(t.name, shapes[t.name], np.dtype(t.dtype)) for t in model.graph.inputs], model.feeds)
 
 
 def verification_backend(*models: Model) -> str:
@@ -222,7 +223,9 @@ def compare_models(reference: Model | bytes | str | os.PathLike, candidate: Mode
 
 
 def _inputs_key(config: VerifyConfig, specs) -> tuple:
-    return config.seed, config.iterations, tuple((n, tuple(s), str(d)) for n, s, d in specs)
+    options = getattr(specs, "options", None)  # user data and ranges (InputSpecs)
+    return (config.seed, config.iterations, tuple((n, tuple(s), str(d)) for n, s, d in specs),
+            options.key() if options is not None else None)
 
 
 def run_model(model: Model, specs, config: VerifyConfig, files: SessionFiles) -> None:
@@ -363,6 +366,63 @@ def _agreement(name: str, ref: np.ndarray, cand: np.ndarray, config: VerifyConfi
     passed = max_err <= config.atol + config.rtol * max_ref
     return OutputAgreement(name, max_err, max_ref, relative, tuple(int(i) for i in index),
                            float(ref64[index]), float(cand64[index]), passed, ref.dtype.name)
+
+
+def optimized_outputs(path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The outputs of a model file on ONNX Runtime with its default graph optimisations, as users run it
+    (they fold shapes the model declares in value_info: a fixed size there breaks other sizes)."""
+    import onnxruntime as ort
+
+    from sparsecc.backends.ort import create_session, run_session
+
+    session = create_session(str(path), ort.SessionOptions(), ["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, run_session(session, names, feeds)))
+
+
+def check_second_shape(reference: Model, compiled, config: VerifyConfig, files: SessionFiles) -> dict:
+    """Compare the compiled model with ``reference`` at second input shapes, where the input model leaves
+    a dimension symbolic (:func:`sparsecc.feeds.second_shapes`): the compiled model must keep accepting
+    every size the input model accepts.
+
+    Returns a dict for the report: ``shapes`` (None when every dim is fixed), ``passed`` (None when not
+    checked) and a ``note``.
+
+    Raises:
+        VerificationError: the compiled model fails, or disagrees, where the reference runs.
+    """
+    from sparsecc.errors import VerificationError
+    from sparsecc.feeds import second_shapes
+
+    shapes = second_shapes({t.name: t.shape for t in reference.graph.inputs}, reference.static_input_shapes())
+    if shapes is None:
+        return {"shapes": None, "passed": None, "note": "every input dimension is fixed"}
+    shown = {name: list(shape) for name, shape in shapes.items()}
+    if verification_backend(reference) != "onnxruntime":
+        return {"shapes": shown, "passed": None, "note": "not checked: the graph has sparsecc-domain nodes"}
+    feeds = random_feeds(input_specs(reference, shapes), config.seed + 1)[0]
+    try:
+        expected = optimized_outputs(files.write(reference.graph), feeds)
+    except Exception as exc:  # the input model rejects these sizes: nothing for the compiled one to keep
+        reason = " ".join(str(exc).split())[:200]
+        return {"shapes": shown, "passed": None, "note": f"not checked: the input model does not run at these "
+                                                         f"shapes ({reason})"}
+    try:
+        got = optimized_outputs(compiled, feeds)
+    except Exception as exc:
+        raise VerificationError(
+            f"the compiled model fails at input shapes {shown}, which the input model accepts (its symbolic "
+            f"dimensions must stay symbolic): {' '.join(str(exc).split())[:300]}", where=reference.source,
+            fix="run with --dump-dir to find the pass that fixed a size; --disable-pass NAME skips it") from None
+    agreements = worst_agreements([expected], [got], config)
+    result = VerifyResult(all(a.passed for a in agreements.values()), config.atol, config.rtol,
+                          list(agreements.values()), dtype=config.dtype)
+    if not result.passed:
+        raise VerificationError(f"at input shapes {shown} the compiled model does not match: "
+                                f"{result.describe_worst()}", where=reference.source,
+                                fix="run with --dump-dir to find the pass; --disable-pass NAME skips it")
+    return {"shapes": shown, "passed": True, "note": "outputs match",
+            "worst_relative_error": result.to_dict()["worst_relative_error"]}
 
 
 def _same_non_finite(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:

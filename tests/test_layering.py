@@ -22,10 +22,11 @@ LAYERS = [
     ["sparsecc.errors", "sparsecc.log", "sparsecc.tables", "sparsecc.environment", "sparsecc.graphutil",
      "sparsecc.weight_origins", "sparsecc.extensions", "sparsecc.data", "sparsecc.sparsity", "sparsecc.plugins",
      "sparsecc.conv_geometry", "sparsecc.precision", "sparsecc.limits", "sparsecc.interrupts", "sparsecc.locks",
-     "sparsecc.outputs", "sparsecc.polygraphy_guard"],
+     "sparsecc.outputs", "sparsecc.polygraphy_guard", "sparsecc.feeds"],
     ["sparsecc.onnx_files", "sparsecc.model_files", "sparsecc.session_files", "sparsecc.model"],  # files and the model
     ["sparsecc.backends"],  # runtimes
-    ["sparsecc.shapes", "sparsecc.verify", "sparsecc.verify_options"],  # graphs run on a runtime
+    ["sparsecc.shapes", "sparsecc.verify", "sparsecc.verify_options",
+     "sparsecc.input_model"],  # graphs run on a runtime
     ["sparsecc.layers", "sparsecc.dsc", "sparsecc.dependency", "sparsecc.plan", "sparsecc.path_constants",
      "sparsecc.counting"],  # analysis
     # measuring, reporting a model; the decision policy reads measurements

@@ -16,6 +16,14 @@ import numpy as np
 
 from sparsecc.backends.base import Backend, Session, TensorSpec
 
+
+def quiet_onnxruntime() -> None:
+    """ONNX Runtime logs at error level: its optimisers' warnings (``UnsqueezeElimination cannot remove
+    node ...``) come from the default logger, which session options do not reach."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
     "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
@@ -50,6 +58,19 @@ def refuse_plugin_nodes(model, cause: Exception | None = None) -> None:
             where=str(model) if isinstance(model, (str, Path)) else "<ONNX bytes>",
             fix="run it with --backend tensorrt (sparsecc build / validate), or use the portable model from before "
                 "the lower-tensorrt pass on ONNX Runtime") from cause
+
+
+def is_broadcast_scale(array) -> bool:
+    """A per-channel tensor shaped to broadcast over trailing axes ([C, 1, 1], a layer scale).
+
+    ONNX Runtime's optimisers (BASIC and above) rewrite such a tensor when they move a Transpose
+    through the Mul that reads it (a channels-last block: ... -> Transpose -> Mul by [C, 1, 1]); handed
+    in through ``SessionOptions.add_initializer`` it was seen to stay in its old layout, and the Mul
+    then failed with a broadcast error. These tensors are small, so they are left in the model file,
+    where the optimiser may rewrite them.
+    """
+    shape = getattr(array, "shape", ())
+    return len(shape) >= 2 and shape[0] > 1 and all(d == 1 for d in shape[1:])
 
 
 class OnnxRuntimeFailure(RuntimeError):
@@ -115,6 +136,7 @@ def create_session(source, options, providers: list[str]):
     """The one place sparsecc makes ONNX Runtime sessions: a load failure is an :class:`OnnxRuntimeFailure`."""
     import onnxruntime as ort
 
+    quiet_onnxruntime()
     if options is not None:
         options.log_severity_level = max(options.log_severity_level, 4)  # its errors reach the user as ours
     try:
@@ -143,11 +165,14 @@ def user_model(where: str, graph=None):
 def add_initializers(options, initializers: list[tuple[str, Any]] | None) -> list:
     """Give ONNX Runtime these (name, array) weights from memory (``SessionOptions.add_initializer``,
     no copy); the OrtValues returned must outlive the session. Arrays that are not aligned and
-    C-contiguous (a weight mapped at an odd offset of its file) are left for it to read from the file."""
+    C-contiguous (a weight mapped at an odd offset of its file), and per-channel broadcast tensors
+    (:func:`is_broadcast_scale`), are left for it to read from the file."""
     import onnxruntime as ort
 
     values = []
     for name, array in initializers or []:
+        if is_broadcast_scale(array):
+            continue  # read from the file: see is_broadcast_scale
         if isinstance(array, np.ndarray) and array.flags.aligned and array.flags.c_contiguous and array.size:
             value = ort.OrtValue.ortvalue_from_numpy(array)
             options.add_initializer(name, value)
@@ -205,6 +230,7 @@ class OrtBackend(Backend):
         """
         import onnxruntime as ort
 
+        quiet_onnxruntime()
         options = ort.SessionOptions()
         values = add_initializers(options, initializers)
         options.intra_op_num_threads = self.threads

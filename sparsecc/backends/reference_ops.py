@@ -318,6 +318,9 @@ class OrtReferencesBackend(Backend):
             imports = [o for o in proto.opset_import if o.domain != DOMAIN]
             del proto.opset_import[:]
             proto.opset_import.extend(imports + [onnx.helper.make_opsetid(EXTENSIONS_DOMAIN, 1)])
+        from sparsecc.backends.ort import quiet_onnxruntime
+
+        quiet_onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.log_severity_level = 3

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparsecc.commands._common import add_shape_option, print_json
+from sparsecc.commands._common import add_input_options, add_shape_option, feed_options, print_json
 
 
 def register(subparsers) -> None:
@@ -18,6 +18,7 @@ def register(subparsers) -> None:
     parser.add_argument("--runs", type=int, default=20, help="timed rounds. Default: 20")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first. Default: 5")
     add_shape_option(parser)
+    add_input_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=run)
 
@@ -39,7 +40,8 @@ def run(args) -> int:
     shapes = parse_shape_overrides(args.shape)
     with user_model(" or ".join(args.models)):  # ONNX Runtime refusing a model given here is the user's to fix
         result = bench_models(args.models, args.backend, shapes=shapes, runs=args.runs, warmup=args.warmup,
-                              progress=progress, options=backend_options(args.backend, args, "bench", shapes))
+                              progress=progress, options=backend_options(args.backend, args, "bench", shapes),
+                              inputs=feed_options(args))
     if args.json:
         print_json(result)
     else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparsecc.commands._common import add_shape_option, print_json
+from sparsecc.commands._common import add_input_options, add_shape_option, feed_options, print_json
 
 
 def register(subparsers) -> None:
@@ -13,6 +13,7 @@ def register(subparsers) -> None:
                                                                "(sparsecc recipes lists them). Default: none")
     parser.add_argument("-o", "--output", default="out", help="output folder. Default: out")
     add_shape_option(parser)
+    add_input_options(parser)
     parser.add_argument("--plan", help="start from this plan.json (e.g. from fine-tuning elsewhere)")
     parser.add_argument("--disable-pass", action="append", default=[], metavar="NAME",
                         help="do not run this pass (repeatable)")
@@ -53,7 +54,8 @@ def run(args) -> int:
     result = compile_model(args.model, recipe, args.output, shapes=parse_shape_overrides(args.shape),
                            disable=args.disable_pass, dump_dir=args.dump_dir, plan=args.plan,
                            verify={k: v for k, v in given.items() if v is not None}, force=args.force,
-                           cost_model=args.cost_model, timing_cache=args.timing_cache, trace=args.trace)
+                           cost_model=args.cost_model, timing_cache=args.timing_cache, trace=args.trace,
+                           inputs=feed_options(args))
     if args.json:
         print_json(result.report)
         return 0
@@ -65,6 +67,9 @@ def run(args) -> int:
         print(f"  warning: {warning}")
     print(f"  verified against the {result.report['verification']['against']}: worst relative error "
           f"{exact['worst_relative_error']:.3g}")
+    second = result.report["verification"].get("second_shape") or {}
+    if second.get("shapes"):
+        print(f"  checked again at {second['shapes']}: " + ("passed" if second.get("passed") else second["note"]))
     skipped = result.report["skipped"]
     if skipped:
         print(f"  {len(skipped)} layer(s) left as they were (reasons in report.md)")

@@ -23,14 +23,15 @@ The package: :mod:`~sparsecc.dependency.types` (groups, uses, layouts),
 :mod:`~sparsecc.dependency.rules` (the op table: which rule handles each op),
 :mod:`~sparsecc.dependency.analysis` (the walk, :func:`build_channel_groups`) with its rules in
 :mod:`~sparsecc.dependency.rules_weights`, :mod:`~sparsecc.dependency.rules_per_channel` and
-:mod:`~sparsecc.dependency.rules_layout`, :mod:`~sparsecc.dependency.walk` (graph helpers), and
-:mod:`~sparsecc.dependency.edits` (:func:`reindex_channels`, :func:`reindex_groups`, ...).
+:mod:`~sparsecc.dependency.rules_layout`, :mod:`~sparsecc.dependency.walk` (graph helpers),
+:mod:`~sparsecc.dependency.edits` (:func:`reindex_channels`, :func:`reindex_groups`, :func:`regroup`, ...) and
+:mod:`~sparsecc.dependency.constants` (constant channels folded into their readers).
 """
 
 from sparsecc.dependency.analysis import build_channel_groups
-from sparsecc.dependency.edits import consumer_weights, producer_weights, reindex_channels, reindex_groups
+from sparsecc.dependency.edits import consumer_weights, producer_weights, regroup, reindex_channels, reindex_groups
 from sparsecc.dependency.rules import OP_RULES, register_op_rule
 from sparsecc.dependency.types import ChannelGroup, ChannelUse
 
-__all__ = ["ChannelUse", "ChannelGroup", "build_channel_groups", "reindex_channels", "reindex_groups",
+__all__ = ["ChannelUse", "ChannelGroup", "build_channel_groups", "reindex_channels", "reindex_groups", "regroup",
            "producer_weights", "consumer_weights", "OP_RULES", "register_op_rule"]

@@ -7,7 +7,7 @@ import onnx_graphsurgeon as gs
 
 from sparsecc.dependency.walk import node_key
 from sparsecc.dependency.types import ChannelGroup
-from sparsecc.errors import PlanError, ShapeError
+from sparsecc.errors import PlanError
 from sparsecc.model import Model
 
 
@@ -101,6 +101,12 @@ def reindex_groups(model: Model, edits: list[tuple[ChannelGroup, np.ndarray]]) -
                 renumber.setdefault(use.tensor, []).append(block)
                 continue
             maps.setdefault((use.tensor, use.axis), []).append(block)
+    stale = sorted({name for name, _ in maps} - set(constants)) + sorted(set(renumber) - set(constants))
+    if stale:
+        # an edit between the analysis and this call replaced these tensors: editing the rest would
+        # leave the model inconsistent
+        raise RuntimeError(f"the channel groups name tensors no longer in the graph ({stale[:3]}): build the "
+                           "groups again after the last edit of the graph")
     for (name, axis), blocks in maps.items():
         tensor = constants[name]
         order = _new_order(blocks, tensor.values.shape[axis])
@@ -117,6 +123,25 @@ def reindex_groups(model: Model, edits: list[tuple[ChannelGroup, np.ndarray]]) -
         if any(removed.values()):
             _decrease_count(graph, nodes[node_name], kind, name, removed)
     _refresh_shapes(model)
+
+
+def regroup(model: Model, edits: list[tuple[ChannelGroup, np.ndarray]]) -> list[tuple[ChannelGroup, np.ndarray]]:
+    """The same edits on channel groups found again now, after edits of the graph that replaced or added
+    constants the groups name (a bias folded into a layer): each group is found again by the node whose
+    weight makes its channels. Only for edits that keep every layer's channel count."""
+    from sparsecc.dependency.analysis import build_channel_groups
+
+    def makers(group: ChannelGroup) -> set[str]:
+        return {u.node for u in group.producers if u.kind == "weight"}
+
+    fresh = build_channel_groups(model)
+    found = []
+    for group, indices in edits:
+        again = next((g for g in fresh if makers(g) & makers(group) and g.size == group.size), None)
+        if again is None:
+            raise RuntimeError(f"channel group '{group.id}' is not found again after the edits of the graph")
+        found.append((again, indices))
+    return found
 
 
 def _new_order(blocks: list[tuple[int, int, np.ndarray]], size: int) -> np.ndarray:
@@ -169,18 +194,20 @@ def _decrease_count(graph: gs.Graph, node: gs.Node, kind: str, name: str, remove
 
 
 def _refresh_shapes(model: Model) -> None:
-    """Drop the now stale intermediate shapes and infer them again (ORT trips on stale value_info)."""
-    from sparsecc.shapes import infer_shapes
+    """Drop the now stale intermediate shapes and infer them again (ORT trips on stale value_info).
+
+    They are inferred at the model's declared input shapes, so symbolic dimensions (batch, image size)
+    stay symbolic: ONNX Runtime folds shapes it reads from value_info, and a fixed batch there would
+    break the model at any other batch.
+    """
+    from sparsecc.shapes import symbolic_shapes
 
     graph = model.graph
     keep = {id(t) for t in list(graph.inputs) + list(graph.outputs)}
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and id(tensor) not in keep:
             tensor.shape = None
-    try:
-        shapes = infer_shapes(model)
-    except ShapeError:
-        return
+    shapes = symbolic_shapes(model)
     for name, tensor in graph.tensors().items():
         # gs exports a value_info only with a dtype; shapes of dtype-less tensors stay for ORT to infer
         if isinstance(tensor, gs.Variable) and name in shapes and id(tensor) not in keep and tensor.dtype:

@@ -6,6 +6,7 @@ import onnx_graphsurgeon as gs
 
 from sparsecc.dependency.types import Layout, Segment
 from sparsecc.dependency.walk import node_key
+from sparsecc.graphutil import optional_input
 
 
 class WeightRules:
@@ -22,7 +23,7 @@ class WeightRules:
             x = None
         w = weight.values
         group = int(node.attrs.get("group", 1))
-        bias = node.inputs[2] if len(node.inputs) > 2 and not node.inputs[2].is_empty() else None
+        bias = optional_input(node, 2)
         transpose = node.op == "ConvTranspose"
         in_axis, out_axis = (0, 1) if transpose else (1, 0)
         c_in = w.shape[in_axis] * (1 if transpose else group)
@@ -91,6 +92,6 @@ class WeightRules:
         out = Layout(rank - 1, rank, 1, (Segment(space, 0, w.shape[n_axis]),))
         if self.check_private(node, b, out):
             self.add_uses(out, node, b.name, n_axis, "weight", consumer=False)
-        if node.op == "Gemm" and len(node.inputs) > 2 and not node.inputs[2].is_empty():
+        if node.op == "Gemm" and optional_input(node, 2) is not None:
             self.constant_operand(node, node.inputs[2], out)
         self.set_output(node, out)

@@ -26,9 +26,15 @@ FAMILY = "groupwise"
 
 
 def conv_kept_rows(weight: np.ndarray, group: int) -> np.ndarray:
-    """[groups, C_in/groups, kh, kw]: whether any output channel of the group reads that im2col row."""
-    c_out, c_in_g, kh, kw = weight.shape
-    return np.any(weight.reshape(group, c_out // group, c_in_g, kh, kw) != 0, axis=1)
+    """[groups, C_in/groups, *kernel]: whether any output channel of the group reads that im2col row
+    (a Conv of any spatial rank: Conv1d [.., k], Conv2d [.., kh, kw], Conv3d [.., kd, kh, kw])."""
+    c_out, c_in_g = weight.shape[:2]
+    return np.any(weight.reshape(group, c_out // group, c_in_g, *weight.shape[2:]) != 0, axis=1)
+
+
+def _conv_out_elements(view: LayerToLower) -> int:
+    """Output elements of a Conv layer, from its known output shape (any spatial rank)."""
+    return int(np.prod(view.out_shape))
 
 
 def gemm_kept_features(layer, weight: np.ndarray) -> np.ndarray:
@@ -40,11 +46,8 @@ def dense_candidate(view: LayerToLower) -> Candidate:
     """The layer as it is (re-emitted with its own weight)."""
     node, weight = view.node, view.weight
     if node.op == "Conv":
-        c_out, c_in_g, kh, kw = weight.shape
-        geometry = conv_geometry(node, view.in_shape, (kh, kw))
-        out_elems = view.in_shape[0] * c_out * geometry.out_hw[0] * geometry.out_hw[1]
         return Candidate("dense", lambda em, x, y: emit_conv(em, x, y, node, weight, view.bias),
-                         out_elems * c_in_g * kh * kw, 0, 1)
+                         _conv_out_elements(view) * int(np.prod(weight.shape[1:])), 0, 1)
     k, n = gemm_weight_kn(view.layer, weight).shape
     rows = int(np.prod(view.in_shape[:-1])) if view.in_shape else 1
     return Candidate("dense", lambda em, x, y: emit_gemm(em, x, y, node, weight), rows * k * n, 0, 1)
@@ -56,8 +59,9 @@ def _channel_gather(view: LayerToLower) -> Candidate | str:
 
 def _conv_channel_gather(view: LayerToLower) -> Candidate | str:
     node, weight, in_shape, group = view.node, view.weight, view.in_shape, view.layer.group
-    c_out, c_in_g, kh, kw = weight.shape
-    used = conv_kept_rows(weight, group).any(axis=(2, 3))  # [g, C/g]: channel read by some kept tap
+    c_out, c_in_g = weight.shape[:2]
+    taps = int(np.prod(weight.shape[2:]))
+    used = conv_kept_rows(weight, group).reshape(group, c_in_g, -1).any(axis=2)  # [g, C/g]: read by a kept tap
     counts = used.sum(axis=1)
     if used.all():
         return "every input channel is read by some kept group"
@@ -67,13 +71,11 @@ def _conv_channel_gather(view: LayerToLower) -> Candidate | str:
     local = [np.flatnonzero(used[gi]) for gi in range(group)]
     small = np.concatenate([weight[gi * (c_out // group):(gi + 1) * (c_out // group)][:, local[gi]]
                             for gi in range(group)])
-    geometry = conv_geometry(node, in_shape, (kh, kw))
-    out_elems = in_shape[0] * c_out * geometry.out_hw[0] * geometry.out_hw[1]
-    copied = in_shape[0] * channels.size * in_shape[2] * in_shape[3]
+    copied = in_shape[0] * channels.size * int(np.prod(in_shape[2:]))
     return Candidate("channel-gather",
                      lambda em, x, y: emit_conv(em, emit_gather(em, x, channels, 1, "channels"), y, node, small,
                                                 view.bias),
-                     out_elems * int(counts[0]) * kh * kw, copied, 2)
+                     _conv_out_elements(view) * int(counts[0]) * taps, copied, 2)
 
 
 def _gemm_feature_gather(view: LayerToLower) -> Candidate | str:
@@ -94,6 +96,8 @@ def _gemm_feature_gather(view: LayerToLower) -> Candidate | str:
 
 def _tap_gather(view: LayerToLower) -> Candidate | str:
     weight, in_shape = view.weight, view.in_shape
+    if weight.ndim != 4:
+        return f"{weight.ndim - 2}-D convolution: tap-gather emits 2-D Convs (channel-gather covers any rank)"
     c_out, c_in_g, kh, kw = weight.shape
     if kh * kw == 1:
         return "1x1 kernel: there are no taps to gather (channel-gather covers it)"

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from sparsecc.conv_geometry import padding_depends_on_size, symbolic_spatial_dims
 from sparsecc.layers import WeightLayer
 
 # ONNX Runtime CPU, 2 threads (tools/bench_groupwise.py profiles): a 3x3 Conv runs ~20 ps per MAC.
@@ -104,6 +105,11 @@ class Lowering:
         """The candidate for ``layer`` (with this lowering's name and calibration), or why none."""
         if layer.node.op not in self.ops:
             return f"{self.name} lowers {sorted(self.ops)}, not {layer.node.op}"
+        if layer.node.op == "Conv" and padding_depends_on_size(layer.node) and \
+                symbolic_spatial_dims(layer.node.inputs[0]):
+            # emitted Convs carry explicit pads; the model must keep running at every input size
+            return ("auto_pad SAME with a stride above 1 pads by the input size, which is symbolic here: explicit "
+                    "pads would be right at the compile size only")
         proposal = self.propose(layer)
         if isinstance(proposal, Candidate):
             proposal.name = self.name

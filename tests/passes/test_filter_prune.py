@@ -184,16 +184,16 @@ def test_lookalike_layers_are_listed_not_dropped():
     nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
              helper.make_node("Conv", ["r0", "w1"], ["y"], name="head"),
-             helper.make_node("Conv", ["s", "w1d"], ["y1"], name="conv1d"),
+             helper.make_node("Conv", ["s", "w4d"], ["y1"], name="conv4d"),
              helper.make_node("Gemm", ["a", "wa"], ["y2"], name="gemm_ta", transA=1)]
-    inits = [init("w0", randn(8, 4, 3, 3)), init("w1", randn(4, 8, 1, 1)), init("w1d", randn(8, 4, 3)),
+    inits = [init("w0", randn(8, 4, 3, 3)), init("w1", randn(4, 8, 1, 1)), init("w4d", randn(8, 4, 3, 3, 3, 3)),
              init("wa", randn(8, 4))]
-    model = model_from_proto(make_model(nodes, [("x", [1, 4, 6, 6]), ("s", [1, 4, 10]), ("a", [8, 1])],
-                                        [("y", [1, 4, 6, 6]), ("y1", [1, 8, 8]), ("y2", [1, 4])], inits))
+    model = model_from_proto(make_model(nodes, [("x", [1, 4, 6, 6]), ("s", [1, 4, 4, 4, 4, 4]), ("a", [8, 1])],
+                                        [("y", [1, 4, 6, 6]), ("y1", [1, 8, 2, 2, 2, 2]), ("y2", [1, 4])], inits))
     ctx, records = run(model, [make_pass("plan-filters", ratio=0.5, round_to=1, layers=ALL_LAYERS)])
     skipped = [(s.layer, s.reason) for s in records["plan-filters"].result.skipped]
-    assert ("conv1d", "Conv not a weight layer: 1-D convolution; only 2-D convolutions are weight layers "
-                      "for now") in skipped
+    assert ("conv4d", "Conv not a weight layer: 4-D convolution; 1-D, 2-D and 3-D convolutions are weight "
+                      "layers") in skipped
     assert ("gemm_ta", "Gemm not a weight layer: transA=1 (input transposed) is not handled") in skipped
     assert len(np.flatnonzero(~ctx.plan.entries["w0"].mask.reshape(8, -1).any(axis=1))) == 4
 

@@ -330,7 +330,7 @@ def test_global_threshold_plan():
 
 def test_selector_matching_nothing_and_bad_options():
     model = model_from_proto(_conv_model())
-    with pytest.raises(OptionError, match="matches no weight layer"):
+    with pytest.raises(OptionError, match="selects none of the model.s"):
         make_pass("plan-groupwise", keep=0.5, layers={"regex": "^nothing$"}).run(PassContext(model))
     with pytest.raises(OptionError, match="strictly between 0 and 1"):
         make_pass("plan-groupwise", keep=1.5)

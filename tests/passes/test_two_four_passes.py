@@ -191,29 +191,29 @@ def test_permute_targets_follow_the_selector():
 
 
 def lookalike_model():
-    """A 2-D conv chain plus a 1-D conv and a Gemm with transA=1: look like weight layers, are not."""
+    """A 2-D conv chain plus a 4-D conv and a Gemm with transA=1: look like weight layers, are not."""
     nodes = [
         helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
         helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
         helper.make_node("Conv", ["r1", "w2"], ["y"], name="head"),
-        helper.make_node("Conv", ["s", "w1d"], ["y1"], name="conv1d"),
+        helper.make_node("Conv", ["s", "w4d"], ["y1"], name="conv4d"),
         helper.make_node("Gemm", ["a", "wa"], ["y2"], name="gemm_ta", transA=1),
     ]
     inits = [init("w0", randn(8, 4, 3, 3)), init("b0", randn(8)), init("w1", randn(16, 8, 3, 3)),
-             init("b1", randn(16)), init("w2", randn(4, 16, 1, 1)), init("w1d", randn(8, 4, 3)),
+             init("b1", randn(16)), init("w2", randn(4, 16, 1, 1)), init("w4d", randn(8, 4, 3, 3, 3, 3)),
              init("wa", randn(8, 4))]
-    return make_model(nodes, [("x", [1, 4, 6, 6]), ("s", [1, 4, 10]), ("a", [8, 1])],
-                      [("y", [1, 4, 6, 6]), ("y1", [1, 8, 8]), ("y2", [1, 4])], inits)
+    return make_model(nodes, [("x", [1, 4, 6, 6]), ("s", [1, 4, 4, 4, 4, 4]), ("a", [8, 1])],
+                      [("y", [1, 4, 6, 6]), ("y1", [1, 8, 2, 2, 2, 2]), ("y2", [1, 4])], inits)
 
 
 @pytest.mark.parametrize("name", ["plan-24", "check-24"])
 def test_lookalike_layers_are_listed_not_dropped(name):
     ctx, records = _run(lookalike_model(), [make_pass(name)])
     skipped = {s.layer: s.reason for s in records[name].result.skipped}
-    assert skipped["conv1d"] == ("Conv not a weight layer: 1-D convolution; only 2-D convolutions are weight "
-                                 "layers for now")
+    assert skipped["conv4d"] == ("Conv not a weight layer: 4-D convolution; 1-D, 2-D and 3-D convolutions are "
+                                 "weight layers")
     assert skipped["gemm_ta"] == "Gemm not a weight layer: transA=1 (input transposed) is not handled"
     if name == "plan-24":
         assert sorted(ctx.plan.entries) == ["w0", "w1", "w2"]
