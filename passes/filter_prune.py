@@ -186,10 +186,12 @@ class PlanFilters(Pass):
         details = {"groups": per_group, "removed": gone, "total": total}
         if speed is not None:
             details["speed_target"] = speed.details
+        met = speed is not None and speed.details["result"].get("already_met", False)
         return PassResult(False, 0, skipped,
                           notes=[f"{gone} of {total} channels in {len(candidates)} group(s) planned for removal "
                                  f"({self.metric}, {how}, kept counts multiples of {self.round_to})"]
-                          + (speed.notes if speed is not None else []), details=details)
+                          + (speed.notes if speed is not None else []), details=details,
+                          empty_plan_reason=speed.notes[0] if met else "")
 
     def _to_target(self, ctx: PassContext, candidates: dict[str, ChannelGroup], scores: dict[str, np.ndarray]):
         """The channels to remove to meet the speed target (:func:`sparsecc.latency.plan_to_target`)."""

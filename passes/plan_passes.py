@@ -51,10 +51,13 @@ class ApplyPlan(Pass):
     description = "Zero the pruned weights of the plan (the masked original; changes outputs on purpose)"
 
     def requires(self, ctx: PassContext) -> None:
-        # an empty plan from a detecting planner is a dense model compiled as it is; from a pruning
-        # planner it means every candidate was blocked, which the user must hear about
+        # an empty plan from a detecting planner, or one that says why nothing needs pruning (a speed target
+        # already met), is a dense model compiled as it is; from a pruning planner otherwise it means every
+        # candidate was blocked, which the user must hear about
         planner = last_planner(ctx.history)
-        if ctx.plan is None or (not len(ctx.plan) and planner is not None and not planner.detects):
+        intended = planner is not None and (planner.detects or (planner.result is not None
+                                                                and bool(planner.result.empty_plan_reason)))
+        if ctx.plan is None or (not len(ctx.plan) and planner is not None and not intended):
             raise nothing_planned_error(ctx.history, where=ctx.model.source)
 
     def run(self, ctx: PassContext) -> PassResult:

@@ -270,7 +270,22 @@ def allocate(groups: Sequence[GroupOptions], layers: Sequence[LayerCost], budget
         ran += 1
     kept = _repair(problem, kept, budget)
     kept = _fill(problem, kept, budget)
+    single = _single_move(problem, largest, budget)
+    if single is not None and problem.value(single) > problem.value(kept) + 1e-12 * max(1.0, abs(problem.value(kept))):
+        kept = single  # the budget is close to dense: one group cut alone loses less than the staged answer
     return result(kept, problem.seconds(kept) <= budget * (1 + 1e-9), ran)
+
+
+def _single_move(problem: _Problem, largest: dict[str, int], budget: float) -> dict[str, int] | None:
+    """The dense counts with one group cut, as little as meets ``budget``, losing the least importance;
+    None when no one group reaches it. (Near dense, the staged knapsack's rounded costs can make it cut
+    more than a budget this close needs, and growing back one step at a time cannot undo a coarse cut.)"""
+    best, best_lost = None, None
+    for gid, count, lost, saved in _moves(problem, largest, down=True):
+        kept = {**largest, gid: count}
+        if saved > 0 and problem.seconds(kept) <= budget and (best_lost is None or lost < best_lost):
+            best, best_lost = kept, lost
+    return best
 
 
 def _stage(problem: _Problem, ids: list[str], kept: dict[str, int], target: float, resolution: int) -> dict[str, int]:

@@ -25,6 +25,11 @@ def speed_target_lines(report: dict[str, Any]) -> list[str]:
         return []
     speed = record["details"]["speed_target"]
     result = speed["result"]
+    if result.get("already_met"):
+        return ["", "## Speed target", "", result["summary"], "",
+                f"Latency tables: {speed['layers_timed']} layers, {_timer(speed['timer'])}; the timed layers take "
+                f"{speed['tables_dense_ms']} ms unpruned. No allocation was made: every channel group keeps all its "
+                "channels."]
     lines = ["", "## Speed target", "", report["summary"].get("speed_target", ""), "",
              f"Latency tables: {speed['layers_timed']} layers, {_timer(speed['timer'])}; the timed layers take "
              f"{speed['tables_dense_ms']} ms unpruned. Rounds (the allocation for a budget, the pruned copy measured "

@@ -15,6 +15,11 @@ What ``plan-filters`` does with ``target_speedup`` or ``target_latency``:
    by what was measured (a model is more than its tables: other ops, caches) for a few rounds.
    The round whose measured speedup reaches the target with the most importance kept is taken.
 
+A target the unpruned model already meets removes nothing: a latency target at or above its latency
+(measured first with a measuring timer, the tables' sum otherwise), or a speedup within the 1% by which a
+measured speedup may fall short of its target (``REACHED``: the unpruned model, at 1x, would count as
+reaching it, and it keeps all the importance).
+
 The result reports the target, what the tables predicted, what was measured (with its interval
 and the load) and the ideal (MAC ratio), for every round.
 """
@@ -203,8 +208,17 @@ def plan_to_target(model: Model, candidates: Mapping[str, ChannelGroup], scores:
         "tables_dense_ms": round(dense_seconds * 1e3, 4), "rounds": []}
     measuring = timer.measured and target.rounds > 0
     dense_macs = _macs(model)
-    speedup = _planned_speedup(target, dense_seconds)
-    share, rounds, dense_ms = 1.0 / speedup, [], None
+    dense_ms = None
+    if measuring and target.latency_ms is not None:
+        # the latency target is on the measured scale: time the unpruned model first (paired with itself)
+        dense_ms = _measure(model, model, cache, _pairs(dense_seconds))["cpu_ms"][0]
+    speedup = _planned_speedup(target, dense_seconds, dense_ms)
+    if speedup * REACHED <= 1.0:
+        met = _already_met(target, speedup, dense_ms if dense_ms is not None else dense_seconds * 1e3, measuring)
+        details.update(chosen_round=0, result=met)
+        kept = {label: np.arange(group.size, dtype=np.int64) for label, group in candidates.items()}
+        return TargetResult(kept, details, [met["summary"]])
+    share, rounds = 1.0 / speedup, []
     for index in range(max(1, target.rounds if measuring else 1)):
         found = _unseen_allocation(options, costs, share, dense_seconds, rounds, speedup)
         if found is None:
@@ -216,10 +230,6 @@ def plan_to_target(model: Model, candidates: Mapping[str, ChannelGroup], scores:
         if measuring:
             evidence = _measure(model, pruned, cache, _pairs(dense_seconds))
             row["measured"] = evidence
-            dense_ms = dense_ms or evidence["cpu_ms"][0]
-            if target.latency_ms is not None and index == 0:
-                # the latency target is on the measured scale: now that the dense model was timed, it is a speedup
-                speedup = max(1.0 + 1e-6, dense_ms / _latency_goal(target, dense_ms))
             row["target_speedup"] = round(speedup, 4)
         rounds.append((row, allocation, kept))
         if progress:
@@ -291,15 +301,32 @@ def _corrected_share(rounds: list, dense_seconds: float, speedup: float) -> floa
     return float(np.clip(share, least, 1.0))
 
 
-def _planned_speedup(target: SpeedTarget, dense_seconds: float) -> float:
-    """The speedup the allocation first aims at: the target's, ramped by ``share``; a latency target is
-    first taken on the tables' scale (corrected once the dense model is measured)."""
-    goal = target.speedup if target.speedup is not None else max(1.0 + 1e-6, dense_seconds * 1e3 / target.latency_ms)
-    return 1.0 / (1.0 - target.share * (1.0 - 1.0 / goal))
+def _planned_speedup(target: SpeedTarget, dense_seconds: float, dense_ms: float | None = None) -> float:
+    """The speedup to plan for: the target's, ramped by ``share``. A latency target is taken against the
+    measured unpruned model (``dense_ms``) when there is one, else on the tables' scale (their dense sum);
+    at or under 1 when the unpruned model already meets it."""
+    if target.speedup is not None:
+        return 1.0 / (1.0 - target.share * (1.0 - 1.0 / target.speedup))
+    dense = dense_ms if dense_ms is not None else dense_seconds * 1e3
+    return dense / (dense - target.share * (dense - target.latency_ms))
 
 
-def _latency_goal(target: SpeedTarget, dense_ms: float) -> float:
-    return dense_ms - target.share * (dense_ms - target.latency_ms)
+def _already_met(target: SpeedTarget, speedup: float, dense_ms: float, measured: bool) -> dict[str, Any]:
+    """The result for a target the unpruned model meets: a latency at or above its own, or a speedup within
+    the share ``REACHED`` by which a measured speedup may fall short of its target (a round that measured 1.0x
+    would count as reaching it, and the unpruned model keeps the most importance)."""
+    scale = "measured CPU time, 1 thread" if measured else "on the latency tables' scale"
+    if target.latency_ms is not None:
+        goal_ms = dense_ms / speedup  # the target latency, ramped by ``share``
+        relation = "<=" if dense_ms <= goal_ms else f"within {1 - REACHED:.0%} of"
+        why = f"dense {dense_ms:.3f} ms {relation} target {goal_ms:.4g} ms, {scale}"
+    else:
+        why = (f"{speedup:.4g}x is within the {1 - REACHED:.0%} a speedup may fall short of its target, so the "
+               "unpruned model (1x) reaches it")
+    summary = f"speed target {target.describe()}: the model already meets the target ({why}); nothing removed"
+    return {"target": target.describe(), "target_speedup": round(speedup, 4), "already_met": True,
+            "dense_ms": round(dense_ms, 5), "predicted": 1.0, "ideal": 1.0, "feasible": True, "round": 0,
+            "reached": True, "summary": summary}
 
 
 def _round_row(index: int, share: float, allocation: Allocation, dense_seconds: float, dense_macs: int,
@@ -379,8 +406,11 @@ def _summary(result: dict[str, Any], target: SpeedTarget) -> str:
                 f"(not measured), ideal {result['ideal']}x")
     low, high = result["achieved_interval"]
     verdict = "reached" if result["reached"] else "NOT reached"
+    # the speedup is the median of the paired runs' ratios; the two times are each model's own median run,
+    # so they need not divide to it
     return (f"speed target {result['target']} (= {result['target_speedup']:.3f}x): {verdict}: achieved "
-            f"{result['achieved']:.3f}x [{low:.3f}, {high:.3f}] (CPU time, 1 thread, paired; wall clock "
-            f"{result['wall']:.3f}x; {result['dense_ms']:.3f} -> {result['pruned_ms']:.3f} ms; load "
+            f"{result['achieved']:.3f}x [{low:.3f}, {high:.3f}] (median of paired CPU-time ratios, 1 thread; wall "
+            f"clock {result['wall']:.3f}x; median CPU time per run: unpruned {result['dense_ms']:.3f} ms, pruned "
+            f"{result['pruned_ms']:.3f} ms; load "
             f"{result['load']['before'][0]:.2f}->{result['load']['after'][0]:.2f}), predicted {result['predicted']}x, "
             f"ideal {result['ideal']}x")

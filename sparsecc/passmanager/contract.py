@@ -49,13 +49,18 @@ class Skipped:
 
 @dataclass
 class PassResult:
-    """What a pass did. ``modified`` must be honest: False means the graph is unchanged."""
+    """What a pass did. ``modified`` must be honest: False means the graph is unchanged.
+
+    ``empty_plan_reason``, from a planner: why the empty plan it made is the answer rather than a failure
+    (a speed target the model already meets), so ``apply-plan`` compiles the model as it is. Defaults to none.
+    """
 
     modified: bool
     rewrites: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    empty_plan_reason: str = ""
 
 
 @dataclass

@@ -254,3 +254,84 @@ def test_a_compile_from_the_timing_cache_reproduces_the_model(tmp_path, monkeypa
     speed = next(p for p in second.report["passes"] if p["name"] == "plan-filters")["details"]["speed_target"]
     assert all(t["source"] == "timing cache" for t in speed["tables"].values())
     assert all(r["measured"]["source"] == "timing cache" for r in speed["rounds"])
+
+
+def _conv_widths(model) -> dict[str, int]:
+    return {n.name: int(n.inputs[1].values.shape[0]) for n in model.graph.nodes if n.op == "Conv"}
+
+
+@pytest.mark.parametrize("options", [{"target_latency": 1e3}, {"target_speedup": 1.001}],
+                         ids=["latency-above-dense", "speedup-1.001"])
+def test_a_target_the_model_already_meets_removes_nothing_and_says_so(tmp_path, options):
+    """A latency at or above the unpruned model's, or a speedup within the 1% a reached target may fall short
+    by, is met by the unpruned model: the plan is empty and the compile goes on with the model as it is."""
+    model = export(residual_net(), tmp_path / "net.onnx")
+    dense_widths = _conv_widths(model)
+    ctx, records = compile_passes(model, [make_pass("plan-filters", metric="l2", layers={"exclude_first_last": False},
+                                                    **options),
+                                          make_pass("apply-plan"), make_pass("remove-filters")])
+    plan = records["plan-filters"].result
+    assert plan.details["removed"] == 0 and not len(ctx.applied_plans[-1])
+    assert _conv_widths(ctx.model) == dense_widths
+    result = plan.details["speed_target"]["result"]
+    assert result["already_met"] and result["ideal"] == 1.0
+    note = next(n for n in plan.notes if n.startswith("speed target"))
+    assert "the model already meets the target" in note and note.endswith("nothing removed")
+    if "target_latency" in options:
+        assert f"<= target {options['target_latency']:g} ms" in note
+
+
+def test_a_target_just_past_the_tolerance_still_prunes(tmp_path):
+    model = export(residual_net(), tmp_path / "net.onnx")
+    _, records = compile_passes(model, [make_pass("plan-filters", metric="l2", target_speedup=1.02,
+                                                  layers={"exclude_first_last": False})])
+    result = records["plan-filters"].result.details["speed_target"]["result"]
+    assert not result.get("already_met") and result["predicted"] >= 1.02
+    assert records["plan-filters"].result.details["removed"] > 0
+
+
+def test_already_met_compile_report_says_nothing_removed(tmp_path, cli):
+    path = tmp_path / "net.onnx"
+    export(residual_net(), path)
+    out = tmp_path / "out"
+    result = cli("compile", path, "--recipe", "filter-l2", "--target-latency", "1000", "--cost-model", "analytic",
+                 "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "the model already meets the target" in result.stdout and "nothing removed" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["macs_after"] == report["summary"]["macs_before"]
+    assert "nothing removed" in (out / "report.md").read_text()
+
+
+def test_measured_summary_labels_its_times():
+    """The speedup is the median of paired ratios; the two times are each model's median run: both labelled."""
+    from sparsecc.latency.target import _summary
+
+    result = {"target": "0.5 ms", "target_speedup": 1.2, "achieved": 1.25, "achieved_interval": [1.2, 1.3],
+              "reached": True, "wall": 1.22, "dense_ms": 0.83, "pruned_ms": 0.83, "predicted": 1.3, "ideal": 1.4,
+              "load": {"before": [1.0], "after": [1.1]}}
+    line = _summary(result, SpeedTarget(latency_ms=0.5))
+    assert "median of paired CPU-time ratios" in line
+    assert "median CPU time per run: unpruned 0.830 ms, pruned 0.830 ms" in line
+
+
+def test_measured_latency_target_is_taken_against_the_measured_dense_model(tmp_path, monkeypatch):
+    """With the measured timer a latency target is compared with the unpruned model's measured time (here a
+    stand-in measurement, so nothing depends on this machine's speed): above it, nothing is removed."""
+    import sparsecc.latency.target as target_module
+
+    timed = []
+
+    def fake_measure(dense, pruned, cache, pairs):
+        timed.append(pruned is dense)
+        return {"cpu_ms": [2.0, 2.0]}
+
+    monkeypatch.setattr(target_module, "_measure", fake_measure)
+    monkeypatch.setattr(target_module, "build_tables", lambda layers, timer, progress=None: {})
+    model = export(residual_net(), tmp_path / "net.onnx")
+    ctx = PassContext(model)
+    records = PassManager([make_pass("constants-to-initializers"), make_pass("fold-batchnorm"),
+                           make_pass("plan-filters", target_latency=3.0)], verify=EXACT).run(ctx).records
+    result = records[-1].result.details["speed_target"]["result"]
+    assert timed == [True] and result["already_met"] and result["dense_ms"] == 2.0
+    assert "dense 2.000 ms <= target 3 ms, measured CPU time" in result["summary"]
