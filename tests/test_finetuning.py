@@ -357,3 +357,25 @@ def test_the_former_module_name_still_imports_the_fine_tuning_api():
 
     assert former.MaskKeeper is st.MaskKeeper and former.plan_for_module is st.plan_for_module
     assert former.export_onnx is st.export_pruned_onnx and "export_onnx" in former.__all__
+
+
+def test_a_speed_target_the_model_already_meets_plans_nothing_for_fine_tuning():
+    """Nothing to prune is the answer here, not an error; the report says why."""
+    report: dict = {}
+    plan = st.plan_for_module(_model(), _recipe("plan-filters: {target_speedup: 1.001, timer: analytic}"), EXAMPLE,
+                              report=report)
+    assert not len(plan)
+    assert report["already_met"] and report["summary"].endswith("nothing removed")
+    with pytest.raises(PlanError, match="planned no weight"):  # an empty plan for any other reason is still refused
+        st.plan_for_module(_model(), _recipe("plan-filters: {ratio: 0.5, layers: {names: [/stem/stem.0/Conv]}}"), EXAMPLE)
+
+
+def test_a_later_schedule_step_may_mask_parameters_the_first_did_not():
+    model = _model()
+    keeper = st.MaskKeeper(model, {})  # e.g. a first step that had nothing to prune
+    mask = torch.ones_like(model.mid.weight, dtype=torch.bool)
+    mask[:4] = False
+    keeper.update({"mid.weight": mask})
+    assert float(model.mid.weight.detach()[:4].abs().max()) == 0.0 and keeper.sparsity() == 0.25
+    with pytest.raises(PlanError, match="not a parameter of the module"):
+        keeper.update({"no.such.weight": mask})

@@ -94,6 +94,8 @@ def run(args) -> int:
 
 def speed_line(result: dict) -> str:
     """The speed target's outcome in one line (measured on the pruned export before fine-tuning)."""
+    if result.get("already_met"):
+        return result["summary"]
     if "achieved" not in result:
         return (f"speed target {result['target']}: predicted {result['predicted']}x (not measured), "
                 f"ideal {result['ideal']}x")

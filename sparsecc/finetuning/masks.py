@@ -98,6 +98,7 @@ def plan_for_module(module, recipe, example=None, fraction: float = 1.0, timing_
 
     from sparsecc.lowering import open_timing_cache
     from sparsecc.model import clamp_ir_version, load_model
+    from sparsecc.nothing_planned import last_planner
     from sparsecc.passes.canonicalize import Canonicalize
     from sparsecc.passmanager import PassContext, PassManager, make_pass
 
@@ -114,6 +115,10 @@ def plan_for_module(module, recipe, example=None, fraction: float = 1.0, timing_
     if report is not None and "speed_target" in ctx.details_of("plan-filters"):
         report.update(ctx.details_of("plan-filters")["speed_target"]["result"])
     if ctx.plan is None or not len(ctx.plan):
+        planner = last_planner(ctx.history)
+        if ctx.plan is not None and planner is not None and planner.result is not None \
+                and planner.result.empty_plan_reason:
+            return ctx.plan  # nothing to prune, by design (a speed target the model already meets at this step)
         raise PlanError("the recipe planned no weight of this model", where="plan_for_module",
                         fix="check the recipe's layer selection against `sparsecc inspect` of the export")
     return ctx.plan
@@ -171,8 +176,7 @@ class MaskKeeper:
     """
 
     def __init__(self, module, masks: dict[str, "torch.Tensor"], optimizer=None):
-        params = dict(unwrapped(module).named_parameters())
-        self._params = {name: params[name] for name in masks}
+        self._params = dict(unwrapped(module).named_parameters())  # a later step may mask more of them
         self.optimizer = optimizer
         self._handles: list = []
         self._attach(dict(masks))
@@ -205,7 +209,7 @@ class MaskKeeper:
         merged = dict(self.masks)
         for name, mask in masks.items():
             if name not in self._params:
-                raise PlanError(f"the new masks name '{name}', which the keeper does not hold",
+                raise PlanError(f"the new masks name '{name}', which is not a parameter of the module",
                                 where="MaskKeeper.update", fix="make every plan of a schedule for the same model")
             merged[name] = mask & merged[name] if name in merged else mask
         self._attach(merged)
