@@ -295,7 +295,7 @@ def _final_verification(original: Model, ctx: PassContext, compiled: Path, confi
     reference = masked if masked is not None else original
     backend = verification_backend(reference, ctx.model)
     if masked is not None and not _changed_after_last_mask(records):
-        result = {"against": "each exact pass, against the graph before it (nothing changed the graph after "
+        result = {"against": "graph before each exact pass (nothing changed the graph after "
                              "the last apply-plan, so the compiled model is the masked original)",
                   "exact": _exact_pass_checks(records, config)}
     else:

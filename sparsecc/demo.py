@@ -215,6 +215,7 @@ def _run_variants(out: Path, model_name: str, checkpoint: Path, shapes: dict, va
 def _noise_statement(load: dict[str, Any] | None, rows: list[dict[str, Any]], threads: int) -> str:
     """How far to trust the speed column: the load, and the variants whose figure is noise."""
     from sparsecc.measure import too_busy
+    from sparsecc.measure.readout import SAME_WORK_TOLERANCE, same_work
 
     if load is None:
         return "nothing was timed"
@@ -229,13 +230,45 @@ def _noise_statement(load: dict[str, Any] | None, rows: list[dict[str, Any]], th
         words.append("The machine was loaded: wall-clock speedups include waiting for a core; the CPU-time "
                      "speedups (work done) are the figures to trust.")
     timed = [r for r in rows if r.get("speedup_ci") and r["kind"] != "dense"]
-    same = [r["variant"] for r in timed if r.get("ideal") == 1.0]
-    level_with = [r["variant"] for r in timed if r["speedup_ci"][0] <= 1.0 <= r["speedup_ci"][1]]
+    same = [r for r in timed if same_work(r.get("ideal"))]
     if same:
-        words.append(f"Same work as dense (ideal 1.0x), so any speed figure away from 1 is noise: {', '.join(same)}.")
-    if level_with:
-        words.append(f"No measurable difference from dense (the 90% interval includes 1): {', '.join(level_with)}.")
+        words.append(f"Same work as dense (ideal within {SAME_WORK_TOLERANCE:.0%} of 1x), so any speed figure away "
+                     f"from 1 is noise: {', '.join(r['variant'] for r in same)}.")
+        words.extend(sentence for r in same for sentence in _same_work_findings(r))
+    measures = (("wall clock", "wall-clock", "speedup_ci"), ("CPU time", "CPU-time", "cpu_speedup_ci"))
+    for measure, adjective, key in measures:
+        level_with = [r["variant"] for r in timed if _includes_one(r.get(key))]
+        if level_with:
+            words.append(f"No measurable difference from dense by {measure} (the 90% {adjective} interval includes "
+                         f"1): {', '.join(level_with)}.")
     return " ".join(words)
+
+
+def _includes_one(interval: list[float] | None) -> bool:
+    return interval is not None and interval[0] <= 1.0 <= interval[1]
+
+
+def _same_work_findings(row: dict[str, Any]) -> list[str]:
+    """What a variant doing dense's work measured away from 1, named as noise; a CPU-time gap as disturbance."""
+    from sparsecc.measure.readout import SAME_WORK_TOLERANCE
+
+    # the work differs from dense's by under the tolerance, so a figure further from 1 than that is not the work
+    away = [(measure, key) for measure, key in (("wall clock", "speedup"), ("CPU time", "cpu_speedup"))
+            if row.get(key) is not None and row.get(key + "_ci") and abs(row[key] - 1.0) >= SAME_WORK_TOLERANCE]
+    if not away:
+        return []
+    figures = " and ".join(f"{measure} {_figure(row, key)}" for measure, key in away)
+    findings = [f"{row['variant']} measured {figures}: noise, not a speedup."]
+    if ("CPU time", "cpu_speedup") in away and not _includes_one(row["cpu_speedup_ci"]):
+        findings.append(f"The CPU-time interval of {row['variant']} excludes 1 although the work is the same: a sign "
+                        "the measurement was disturbed (other jobs, CPU frequency changes); run the demo again on a "
+                        "quieter machine.")
+    return findings
+
+
+def _figure(row: dict[str, Any], key: str) -> str:
+    low, high = row[key + "_ci"]
+    return f"{row[key]:.2f}x [{low:.2f}, {high:.2f}]"
 
 
 # passes that make a graph for TensorRT: its plugin nodes do not run on ONNX Runtime, where the demo times

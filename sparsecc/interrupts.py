@@ -27,6 +27,8 @@ from typing import Iterator
 
 TEST_HOOK = "SPARSECC_TEST_SIGNAL"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# What each signal's handler is when nobody set one (None: set outside Python).
+_DEFAULT_HANDLERS = {signal.SIGINT: (signal.default_int_handler,), signal.SIGTERM: (signal.SIG_DFL, None)}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -75,18 +77,18 @@ def exit_code(exc: BaseException) -> int:
 def handling() -> Iterator[None]:
     """Turn SIGINT and SIGTERM into :class:`Interrupted` for the duration (nested uses share one).
 
-    Only in the main thread, and only over Python's default handlers: a program that embeds
-    sparsecc and handles signals itself keeps its own handlers.
+    Only in the main thread, and each signal only over Python's default handler for it: a program
+    that embeds sparsecc and handles a signal itself keeps its handler, and an ignored SIGINT stays
+    ignored (a shell starts background jobs so), while SIGTERM is still handled there.
     """
     global _handling_depth
-    install = (_handling_depth == 0 and threading.current_thread() is threading.main_thread()
-               and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-               and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None))
+    install = _handling_depth == 0 and threading.current_thread() is threading.main_thread()
     if install:
         _received.clear()
         _point_counts.clear()
         for signum in SIGNALS:
-            _saved_handlers[signum] = signal.signal(signum, _handler)
+            if signal.getsignal(signum) in _DEFAULT_HANDLERS[signum]:
+                _saved_handlers[signum] = signal.signal(signum, _handler)
     _handling_depth += 1
     try:
         yield

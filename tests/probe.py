@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -66,11 +67,16 @@ def summary() -> dict:
             "not_clean": [o.case for o in RECORDS if not o.clean]}
 
 
-def run_subprocess(*args, env: dict | None = None, timeout: int = 600) -> tuple[int, str, str]:
-    """``python -m sparsecc.cli ARGS`` as a user runs it (the timing cache off unless ``env`` says)."""
+def run_subprocess(*args, env: dict | None = None, timeout: int = 600,
+                   as_background_job: bool = False) -> tuple[int, str, str]:
+    """``python -m sparsecc.cli ARGS`` as a user runs it (the timing cache off unless ``env`` says).
+
+    ``as_background_job`` starts it with SIGINT ignored, as a shell starts ``COMMAND &``.
+    """
     full_env = {**os.environ, **TINY_ENV, **(env or {})}
+    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if as_background_job else None
     result = subprocess.run([sys.executable, "-m", "sparsecc.cli", *map(str, args)], capture_output=True, text=True,
-                            timeout=timeout, env=full_env)
+                            timeout=timeout, env=full_env, preexec_fn=ignore_sigint)
     return result.returncode, result.stdout, result.stderr
 
 

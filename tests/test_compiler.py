@@ -81,7 +81,7 @@ def test_final_exact_check_never_compares_the_model_with_itself(tmp_path):
     model = save(conv_bn_relu_fc(batch=1), tmp_path / "m.onnx")
     report = compile_model(model, "24-only", tmp_path / "out").report
     verification = report["verification"]
-    assert verification["against"].startswith("each exact pass")
+    assert verification["against"].startswith("graph before each exact pass")
     assert verification["exact"]["passed"]
     checked = verification["exact"]["passes"]
     ran = [p["name"] for p in report["passes"] if p.get("verification", {}).get("mode") == "exact"]

@@ -89,17 +89,61 @@ def test_the_demo_runs_the_recipes_that_fit_the_model_and_says_which_it_leaves_o
         assert {"none", "groupwise-50", "filter-l1", "detect"} <= set(chosen)
 
 
+def _timed(variant, kind, ideal, wall, wall_ci, cpu, cpu_ci):
+    return {"variant": variant, "kind": kind, "ideal": ideal, "speedup": wall, "speedup_ci": wall_ci,
+            "cpu_speedup": cpu, "cpu_speedup_ci": cpu_ci}
+
+
+_HEAVY = {"before": [7.5, 7, 7], "after": [7.9, 7, 7], "cores": 2, "level": "heavy", "per_core": 3.95}
+_QUIET = {"before": [0.3, 0.3, 0.3], "after": [0.4, 0.3, 0.3], "cores": 2, "level": "quiet", "per_core": 0.2}
+
+
 def test_the_noise_statement_names_figures_that_mean_nothing():
     from sparsecc.demo import _noise_statement
 
-    load = {"before": [7.5, 7, 7], "after": [7.9, 7, 7], "cores": 2, "level": "heavy", "per_core": 3.95}
-    rows = [{"variant": "none", "kind": "dense", "speedup_ci": [1.0, 1.0], "ideal": 1.0},
-            {"variant": "zeros", "kind": "detect", "speedup_ci": [0.6, 0.8], "ideal": 1.0},
-            {"variant": "groupwise-50", "kind": "one-shot", "speedup_ci": [0.9, 1.3], "ideal": 1.4},
-            {"variant": "filter-l1", "kind": "one-shot", "speedup_ci": [1.3, 1.5], "ideal": 1.6}]
-    text = _noise_statement(load, rows, 2)
+    rows = [_timed("none", "dense", 1.0, 1.0, [1.0, 1.0], 1.0, [1.0, 1.0]),
+            _timed("zeros", "detect", 1.0, 0.7, [0.6, 0.8], 0.98, [0.95, 1.02]),
+            _timed("groupwise-50", "one-shot", 1.4, 1.1, [0.9, 1.3], 1.3, [1.2, 1.4]),
+            _timed("filter-l1", "one-shot", 1.6, 1.4, [1.3, 1.5], 1.5, [1.4, 1.6])]
+    text = _noise_statement(_HEAVY, rows, 2)
     assert "too busy to trust any speed figure" in text and "7.50 -> 7.90 on 2 cores" in text
-    assert "too busy" not in _noise_statement(load, rows, 1)  # one thread: CPU time still holds at 4 per core
-    assert "Same work as dense (ideal 1.0x), so any speed figure away from 1 is noise: zeros." in text
-    assert "No measurable difference from dense (the 90% interval includes 1): groupwise-50." in text
+    assert "too busy" not in _noise_statement(_HEAVY, rows, 1)  # one thread: CPU time still holds at 4 per core
+    assert "Same work as dense (ideal within 1% of 1x), so any speed figure away from 1 is noise: zeros." in text
+    assert "zeros measured wall clock 0.70x [0.60, 0.80] and CPU time 0.98x [0.95, 1.02]: noise" in text
+    # each measure speaks for itself: zeros' wall-clock interval excludes 1, its CPU-time interval does not
+    assert "No measurable difference from dense by wall clock (the 90% wall-clock interval includes 1): " \
+           "groupwise-50." in text
+    assert "No measurable difference from dense by CPU time (the 90% CPU-time interval includes 1): zeros." in text
+    assert "disturbed" not in text  # zeros' CPU time is level with dense, as the same work should be
     assert "filter-l1" not in text
+
+
+def test_the_noise_statement_never_contradicts_the_table():
+    """Same work within the tolerance (ideal 1.0008x): wall clock level with dense, CPU time clearly below it."""
+    from sparsecc.demo import _noise_statement
+
+    rows = [_timed("none", "dense", 1.0, 1.0, [1.0, 1.0], 1.0, [1.0, 1.0]),
+            _timed("groupwise-75", "one-shot", 1.0008, 1.14, [0.96, 1.36], 0.74, [0.55, 0.92])]
+    text = _noise_statement(_QUIET, rows, 1)
+    assert "so any speed figure away from 1 is noise: groupwise-75." in text
+    assert "groupwise-75 measured wall clock 1.14x [0.96, 1.36] and CPU time 0.74x [0.55, 0.92]: noise, " \
+           "not a speedup." in text
+    assert "The CPU-time interval of groupwise-75 excludes 1 although the work is the same: a sign the " \
+           "measurement was disturbed" in text
+    assert "(the 90% wall-clock interval includes 1): groupwise-75." in text
+    assert "CPU-time interval includes 1" not in text  # 0.74x [0.55, 0.92] does not include 1
+
+
+def test_same_work_means_within_one_percent_of_dense():
+    from sparsecc.demo import _noise_statement
+    from sparsecc.measure.readout import SAME_WORK_TOLERANCE, same_work
+
+    assert SAME_WORK_TOLERANCE == 0.01
+    assert same_work(1.0) and same_work(1.0008) and same_work(0.995) and not same_work(1.02) and not same_work(None)
+    rows = [_timed("close", "one-shot", 1.009, 1.005, [0.99, 1.02], 1.002, [0.99, 1.01]),
+            _timed("apart", "one-shot", 1.05, 1.04, [1.02, 1.06], 1.05, [1.03, 1.07])]
+    text = _noise_statement(_QUIET, rows, 1)
+    assert "noise: close." in text and "apart" not in text
+    # measured within the tolerance of 1, as the same work should: no figure is called noise, nothing disturbed
+    assert "close measured" not in text and "disturbed" not in text
+    assert "(the 90% CPU-time interval includes 1): close." in text

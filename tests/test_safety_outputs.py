@@ -162,6 +162,24 @@ def test_an_interrupt_at_any_point_leaves_the_folder_as_before_or_complete(tmp_p
                   "interrupted", problems))
 
 
+@pytest.mark.parametrize("point", ["pass", "staged"])
+def test_a_background_job_handles_sigterm_and_keeps_sigint_ignored(tmp_path, model, earlier, point):
+    # A shell starts `sparsecc compile ... &` with SIGINT ignored: SIGTERM must still clean up.
+    before = snapshot(earlier)
+    code, _, err = run_subprocess("compile", model, "-r", "detect", "-o", earlier, "--force", as_background_job=True,
+                                  env={"SPARSECC_TEST_SIGNAL": f"{point}:TERM"})
+    after = snapshot(earlier)
+    if POINTS[point] == "before":
+        problems = lost(before, after) + sorted(set(after) - set(before))
+    else:
+        problems = complete_outputs(earlier) + lost(before, after, keep=["notes.txt"])
+    check(Outcome(f"TERM-at-{point}-in-background", "interrupts", code, err, (143,), "interrupted", problems))
+    code, _, err = run_subprocess("compile", model, "-r", "detect", "-o", earlier, "--force", as_background_job=True,
+                                  env={"SPARSECC_TEST_SIGNAL": f"{point}:INT"})
+    check(Outcome(f"ignored-INT-at-{point}-in-background", "interrupts", code, err, (0,),
+                  lost=complete_outputs(earlier)))
+
+
 @pytest.mark.parametrize("signal_name", ["INT", "TERM"])
 def test_an_interrupt_inside_onnx_runtimes_python_callback_does_not_abort(tmp_path, signal_name):
     plugin = save(plugin_model(), tmp_path / "plugin.onnx")

@@ -12,6 +12,15 @@ from typing import Any
 from sparsecc.measure.evidence import RatioEvidence, too_busy
 
 WIDE = 0.2  # an interval wider than 20% of its estimate is called wide
+# An ideal speedup (MAC ratio) within 1% of 1 counts as the same work as the baseline: a difference that small
+# is a few MACs in one layer, far below what a timing interval here can resolve (they span several percent),
+# so a measured figure away from 1 for such a variant is noise, not the work it removed.
+SAME_WORK_TOLERANCE = 0.01
+
+
+def same_work(ideal: float | None) -> bool:
+    """Whether a candidate with this ideal speedup does (within :data:`SAME_WORK_TOLERANCE`) the baseline's work."""
+    return ideal is not None and abs(ideal - 1.0) < SAME_WORK_TOLERANCE
 
 
 def readout(evidence: RatioEvidence, ideal: float | None = None) -> dict[str, Any]:
@@ -33,9 +42,13 @@ def readout(evidence: RatioEvidence, ideal: float | None = None) -> dict[str, An
     elif load.level != "quiet":
         notes.append(f"The machine was {load.level} ({where}): wall-clock times include waiting for a core; the "
                      "CPU-time ratio (one thread, work done) is the figure to trust.")
-    if ideal is not None and abs(ideal - 1.0) < 1e-9:
-        notes.append("The candidate does the same work as the baseline (ideal 1.0x): a figure away from 1 is noise "
-                     "or memory layout, not a speedup.")
+    if same_work(ideal):
+        notes.append(f"The candidate does the same work as the baseline (ideal {ideal:.4g}x, within "
+                     f"{SAME_WORK_TOLERANCE:.0%} of 1): a figure away from 1 is noise or memory layout, not a speedup.")
+        if cpu.side(1.0) != "straddles":
+            notes.append(f"The CPU-time interval [{cpu.low:.3f}, {cpu.high:.3f}] excludes 1 although the work is the "
+                         "same: a sign the measurement was disturbed (other jobs, CPU frequency changes); measure "
+                         "again on a quieter machine.")
     if wall.side(1.0) == "straddles":
         notes.append(f"No measurable difference in wall clock: the {wall.confidence:.0%} interval "
                      f"[{wall.low:.3f}, {wall.high:.3f}] includes 1.")

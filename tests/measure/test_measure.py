@@ -215,3 +215,17 @@ def test_replications_that_disagree_widen_the_interval():
     combined = combine(runs)
     assert combined.evidence["pruned"].pairs == 20 and combined.schedule == "interleaved x2"
     assert combined.verdict("pruned", 1.1).outcome == "faster" and len(combined.wall_ms["dense"]) == 20
+
+
+def test_readout_calls_a_figure_for_the_same_work_noise_and_a_cpu_gap_a_disturbance():
+    from sparsecc.measure.readout import readout
+
+    evidence = _evidence(Interval(1.14, 0.96, 1.36), Interval(0.74, 0.55, 0.92))
+    notes = readout(evidence, ideal=1.0008)["notes"]
+    assert any("same work as the baseline (ideal 1.001x, within 1% of 1)" in note for note in notes)
+    assert any("excludes 1 although the work is the same" in note and "disturbed" in note for note in notes)
+    level = readout(_evidence(Interval(1.14, 0.96, 1.36), Interval(1.01, 0.97, 1.04)), ideal=1.0)["notes"]
+    assert any("same work" in note for note in level) and not any("disturbed" in note for note in level)
+    # a real difference in work: CPU time below 1 is a slowdown, not a disturbance
+    assert not any("same work" in note or "disturbed" in note
+                   for note in readout(evidence, ideal=1.3)["notes"])
