@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from sparsecc.nothing_planned import last_planner, nothing_planned_error
+from sparsecc.nothing_planned import empty_plan_intended, last_planner, nothing_planned_error
 from sparsecc.layers import find_weight_layers
 from sparsecc.passmanager import Pass, PassContext, PassResult, Role, Skipped, register_pass
 from sparsecc.plan import SparsityPlan, apply_plan, merge_into, plan_from_zeros
@@ -55,9 +55,7 @@ class ApplyPlan(Pass):
         # already met), is a dense model compiled as it is; from a pruning planner otherwise it means every
         # candidate was blocked, which the user must hear about
         planner = last_planner(ctx.history)
-        intended = planner is not None and (planner.detects or (planner.result is not None
-                                                                and bool(planner.result.empty_plan_reason)))
-        if ctx.plan is None or (not len(ctx.plan) and planner is not None and not intended):
+        if ctx.plan is None or (not len(ctx.plan) and planner is not None and not empty_plan_intended(ctx.history)):
             raise nothing_planned_error(ctx.history, where=ctx.model.source)
 
     def run(self, ctx: PassContext) -> PassResult:

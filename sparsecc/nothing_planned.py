@@ -27,6 +27,19 @@ def last_planner(history) -> object | None:
     return None
 
 
+def empty_plan_reason(history) -> str:
+    """Why the last planner planned nothing on purpose (a speed target the model already meets), or ""."""
+    planner = last_planner(history)
+    return planner.result.empty_plan_reason if planner is not None and planner.result is not None else ""
+
+
+def empty_plan_intended(history) -> bool:
+    """Whether an empty plan is an answer rather than a failure: the last planner only detects zeros, or it
+    said why nothing needs pruning."""
+    planner = last_planner(history)
+    return planner is not None and (planner.detects or bool(empty_plan_reason(history)))
+
+
 def nothing_planned_error(history, where: str | None = None) -> PlanError:
     """A PlanError naming the planner, how many candidates it had, why each was left out, and the fix."""
     planner = last_planner(history)

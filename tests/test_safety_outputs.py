@@ -145,19 +145,24 @@ POINTS = {"loaded": "before", "verify": "before", "pass": "before", "written": "
           "commit": "complete"}
 
 
+def _interrupted_compile(model, earlier, point: str, signal_name: str, **options) -> tuple[int, str, list[str]]:
+    """Compile into ``earlier`` with a signal sent at ``point``: exit code, stderr, what is wrong with the folder
+    (changed when the point is before the commit; incomplete, or the user's file lost, when after)."""
+    before = snapshot(earlier)
+    code, _, err = run_subprocess("compile", model, "-r", "detect", "-o", earlier, "--force",
+                                  env={"SPARSECC_TEST_SIGNAL": f"{point}:{signal_name}"}, **options)
+    after = snapshot(earlier)
+    if POINTS[point] == "before":
+        return code, err, lost(before, after) + sorted(set(after) - set(before))
+    problems = complete_outputs(earlier) + lost(before, after, keep=["notes.txt"])
+    return code, err, problems + ([] if after != before else ["nothing was replaced"])
+
+
 @pytest.mark.parametrize("signal_name", ["INT", "TERM"])
 @pytest.mark.parametrize("point", list(POINTS))
 def test_an_interrupt_at_any_point_leaves_the_folder_as_before_or_complete(tmp_path, model, earlier, point,
                                                                            signal_name):
-    before = snapshot(earlier)
-    code, _, err = run_subprocess("compile", model, "-r", "detect", "-o", earlier, "--force",
-                                  env={"SPARSECC_TEST_SIGNAL": f"{point}:{signal_name}"})
-    after = snapshot(earlier)
-    if POINTS[point] == "before":
-        problems = lost(before, after) + sorted(set(after) - set(before))
-    else:
-        problems = complete_outputs(earlier) + lost(before, after, keep=["notes.txt"])
-        problems += [] if after != before else ["nothing was replaced"]
+    code, err, problems = _interrupted_compile(model, earlier, point, signal_name)
     check(Outcome(f"{signal_name}-at-{point}", "interrupts", code, err, (130 if signal_name == "INT" else 143,),
                   "interrupted", problems))
 
@@ -165,17 +170,9 @@ def test_an_interrupt_at_any_point_leaves_the_folder_as_before_or_complete(tmp_p
 @pytest.mark.parametrize("point", ["pass", "staged"])
 def test_a_background_job_handles_sigterm_and_keeps_sigint_ignored(tmp_path, model, earlier, point):
     # A shell starts `sparsecc compile ... &` with SIGINT ignored: SIGTERM must still clean up.
-    before = snapshot(earlier)
-    code, _, err = run_subprocess("compile", model, "-r", "detect", "-o", earlier, "--force", as_background_job=True,
-                                  env={"SPARSECC_TEST_SIGNAL": f"{point}:TERM"})
-    after = snapshot(earlier)
-    if POINTS[point] == "before":
-        problems = lost(before, after) + sorted(set(after) - set(before))
-    else:
-        problems = complete_outputs(earlier) + lost(before, after, keep=["notes.txt"])
+    code, err, problems = _interrupted_compile(model, earlier, point, "TERM", as_background_job=True)
     check(Outcome(f"TERM-at-{point}-in-background", "interrupts", code, err, (143,), "interrupted", problems))
-    code, _, err = run_subprocess("compile", model, "-r", "detect", "-o", earlier, "--force", as_background_job=True,
-                                  env={"SPARSECC_TEST_SIGNAL": f"{point}:INT"})
+    code, err, _ = _interrupted_compile(model, earlier, point, "INT", as_background_job=True)
     check(Outcome(f"ignored-INT-at-{point}-in-background", "interrupts", code, err, (0,),
                   lost=complete_outputs(earlier)))
 

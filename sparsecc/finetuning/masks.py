@@ -98,7 +98,7 @@ def plan_for_module(module, recipe, example=None, fraction: float = 1.0, timing_
 
     from sparsecc.lowering import open_timing_cache
     from sparsecc.model import clamp_ir_version, load_model
-    from sparsecc.nothing_planned import last_planner
+    from sparsecc.nothing_planned import empty_plan_reason
     from sparsecc.passes.canonicalize import Canonicalize
     from sparsecc.passmanager import PassContext, PassManager, make_pass
 
@@ -115,9 +115,7 @@ def plan_for_module(module, recipe, example=None, fraction: float = 1.0, timing_
     if report is not None and "speed_target" in ctx.details_of("plan-filters"):
         report.update(ctx.details_of("plan-filters")["speed_target"]["result"])
     if ctx.plan is None or not len(ctx.plan):
-        planner = last_planner(ctx.history)
-        if ctx.plan is not None and planner is not None and planner.result is not None \
-                and planner.result.empty_plan_reason:
+        if ctx.plan is not None and empty_plan_reason(ctx.history):
             return ctx.plan  # nothing to prune, by design (a speed target the model already meets at this step)
         raise PlanError("the recipe planned no weight of this model", where="plan_for_module",
                         fix="check the recipe's layer selection against `sparsecc inspect` of the export")
