@@ -125,6 +125,36 @@ def test_a_wrong_rewrite_at_a_tight_tolerance_is_still_a_failure():
     assert precision_explanation(loose) is None  # the tolerance was not below float32's precision
 
 
+# -- --target-speedup / --target-latency -----------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["compile", "finetune"])
+@pytest.mark.parametrize("option,value,phrase", [("--target-speedup", "0.5", "is not above 1"),
+                                                 ("--target-speedup", "1", "is not above 1"),
+                                                 ("--target-speedup", "5000", "is not below 1000"),
+                                                 ("--target-speedup", "nan", "is not a number"),
+                                                 ("--target-speedup", "fast", "is not a number"),
+                                                 ("--target-latency", "0", "is not a positive, finite"),
+                                                 ("--target-latency", "inf", "is not a positive, finite")])
+def test_a_bad_speed_target_names_the_flag_the_user_typed(capsys, tmp_path, model_path, command, option, value,
+                                                          phrase):
+    extra = ["--data", "digits"] if command == "finetune" else []
+    code, _, err = _run(capsys, command, model_path, "--recipe", "filter-l2", *extra, option, value,
+                        "-o", tmp_path / "out")
+    assert code == 2, err
+    assert f"argument {option}: '{value}' {phrase}" in err  # the flag, the value given, what is wrong
+    assert f"e.g. {option} " in err  # what to do
+    assert "plan-filters" not in err and "target_speedup" not in err and "target_latency" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_speed_target_in_a_recipe_file_names_the_pass_option(capsys, tmp_path, model_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\npasses:\n  - plan-filters: {target_speedup: 0.5}\n  - apply-plan\n")
+    code, _, err = _run(capsys, "compile", model_path, "-r", recipe, "-o", tmp_path / "out")
+    assert code == 2 and "plan-filters: target_speedup: target speedup 0.5 is not above 1" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 # -- dynamic-shape hint ---------------------------------------------------------------------------
 
 def test_the_dynamic_shape_hint_proposes_a_realistic_image_size(capsys, tmp_path):
