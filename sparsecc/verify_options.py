@@ -68,15 +68,17 @@ def refuse_unusable_tolerances(config: VerifyConfig, where: str | None) -> None:
     rounds max |output| to within eps x max |output|, so rtol < eps demands bit-identical outputs unless
     atol makes up for it. The outputs' scale is not known before they are computed: an atol < eps is below
     one unit in the last place of any output of magnitude 1 or more, and an rtol says the same at any scale,
-    so both below eps are refused. Tolerances above this floor that are still too tight for a model's outputs
-    are known only once they are computed (:func:`raise_if_too_tight`, exit 3).
+    so both below eps are refused; both exactly 0 is the one exception, a request for bit-identical outputs
+    (a ``none`` recipe, a rewrite that only moves data) said in so many words. Tolerances above this floor that
+    are still too tight for a model's outputs are known only once they are computed (:func:`raise_if_too_tight`,
+    exit 3).
 
     Raises:
         OptionError: atol and rtol are both below the float type's epsilon.
     """
     dtype = config.dtype or "float32"
     eps = epsilon(dtype)
-    if config.atol >= eps or config.rtol >= eps:
+    if config.atol >= eps or config.rtol >= eps or (config.atol == 0.0 and config.rtol == 0.0):
         return
     least = f"{eps:.2g}"
     default = DTYPE_TOLERANCES.get(dtype, DTYPE_TOLERANCES["float32"])[1]
@@ -84,7 +86,7 @@ def refuse_unusable_tolerances(config: VerifyConfig, where: str | None) -> None:
         f"atol {config.atol:g} and rtol {config.rtol:g} are both below {dtype}'s resolution (epsilon {eps:.3g}, one "
         f"unit in the last place at 1.0): on outputs of magnitude 1 or more the check could pass only bit-identical "
         f"results, and exact rewrites that reorder floating-point sums (BatchNorm folded into a Conv) differ by a few "
-        f"units in the last place", where=where,
+        f"units in the last place (to ask for bit-identical outputs, give 0 and 0)", where=where,
         fix=f"give --rtol {least} or more, the smallest meaningful value (relative to max |output|, it holds at any "
             f"scale; {dtype}'s default, {default:g}, leaves room for the rounding of exact rewrites), or --atol "
             f"{least} or more; in a recipe, verify: {{rtol: {default:.1e}}}")

@@ -105,7 +105,7 @@ def test_recipe_verify_block_goes_through_the_same_checks(capsys, tmp_path, mode
         verify_config({"iterations": 0})
 
 
-@pytest.mark.parametrize("atol,rtol", [("1e-30", "0"), ("0", "0"), ("1e-8", "1e-9")])
+@pytest.mark.parametrize("atol,rtol", [("1e-30", "0"), ("0", "1e-30"), ("1e-8", "1e-9")])
 def test_tolerances_below_float32_resolution_are_refused_before_any_work(capsys, tmp_path, model_path, atol, rtol):
     code, _, err = _run(capsys, "compile", model_path, "-o", tmp_path / "out", "--atol", atol, "--rtol", rtol)
     assert code == 2, err
@@ -115,10 +115,28 @@ def test_tolerances_below_float32_resolution_are_refused_before_any_work(capsys,
     assert not (tmp_path / "out").exists()
 
 
+def test_zero_tolerances_ask_for_bit_identical_outputs(capsys, tmp_path):
+    # a model whose compile changes no arithmetic (no BatchNorm to fold) passes a check of bit-identical outputs
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])], [weight])
+    path = tmp_path / "matmul.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    code, _, err = _run(capsys, "compile", path, "-o", tmp_path / "out", "--recipe", "none", "--atol", "0",
+                        "--rtol", "0")
+    assert code == 0, err
+    assert (tmp_path / "out" / "model.onnx").exists()
+
+
 def test_the_resolution_a_tolerance_is_held_to_is_the_model_float_type():
     refuse_unusable_tolerances(VerifyConfig(1e-5, 1e-4, dtype="float32"), where=None)  # float32's defaults
     refuse_unusable_tolerances(VerifyConfig(0.0, 1.2e-7, dtype="float32"), where=None)  # one ulp: the least
     refuse_unusable_tolerances(VerifyConfig(0.0, 1e-12, dtype="float64"), where=None)
+    refuse_unusable_tolerances(VerifyConfig(0.0, 0.0, dtype="float32"), where=None)  # bit-identical, asked for
     refuse_unusable_tolerances(VerifyConfig(1e-3, 0.0, dtype="float16"), where=None)  # float16's default atol
     with pytest.raises(OptionError, match="(?s)below float16's resolution.*--rtol 0.00098 or more"):
         refuse_unusable_tolerances(VerifyConfig(1e-5, 1e-4, dtype="float16"), where=None)

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("--atol", help="absolute tolerance of the numerical checks, a number >= 0: an output "
                                        "passes when max |diff| <= atol + rtol x max |output|. Both below the model "
                                        "float type's epsilon (float32: 1.2e-07) are refused: only bit-identical "
-                                       "outputs could pass. Default: the recipe's verify:, else the float type's "
+                                       "outputs could pass (0 and 0 asks for those). Default: the recipe's verify:, else the float type's "
                                        "(float32: 1e-5)")
     parser.add_argument("--rtol", help="tolerance relative to max |output| of the numerical checks, a number >= 0 "
                                        "(see --atol). Default: the recipe's verify:, else the float type's "
