@@ -31,7 +31,7 @@ from sparsecc.plan import SparsityPlan
 from sparsecc.recipe import Recipe, load_recipe
 from sparsecc.verify import (VerifyConfig, check_second_shape, compare_models, input_specs,
                              lowest_precision, model_float_dtype, verification_backend)
-from sparsecc.verify_options import verify_config
+from sparsecc.verify_options import refuse_unusable_tolerances, verify_config
 
 
 @dataclass
@@ -86,6 +86,7 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
         raise OptionError(f"unknown cost model '{cost_model}'", fix="use --cost-model measured or analytic")
     check_dump_dir(dump_dir)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    tolerances_from = _tolerance_origin(recipe, verify)
     verify = _verify_config(recipe, verify)
     passes = recipe.build_passes()
     cache = open_timing_cache(timing_cache)
@@ -95,7 +96,7 @@ def compile_model(model_path: str | os.PathLike, recipe: str | Recipe = "none", 
     input_files = [model_path, *plan_files(plan), *([recipe.source] if Path(recipe.source).is_file() else [])]
     with OutputFolder(out_dir, "compile", inputs=input_files, force=force) as folder:
         return _compile(model_path, recipe, folder, shapes, disable, dump_dir, plan, verify, passes, started,
-                        PassContextOptions(trace, cost_model, cache, inputs))
+                        PassContextOptions(trace, cost_model, cache, inputs), tolerances_from)
 
 
 def check_dump_dir(dump_dir: str | os.PathLike | None) -> None:
@@ -116,7 +117,8 @@ class PassContextOptions:
 
 
 def _compile(model_path: Path, recipe: Recipe, folder: OutputFolder, shapes, disable, dump_dir, plan,
-             verify: VerifyConfig, passes, started: float, options: PassContextOptions) -> CompileResult:
+             verify: VerifyConfig, passes, started: float, options: PassContextOptions,
+             tolerances_from: str) -> CompileResult:
     progress(f"loading {model_path}")
     original = load_with_feeds(model_path, shapes, options.inputs)
     folder.protect(*original.files)  # its external data is never replaced or removed
@@ -124,6 +126,7 @@ def _compile(model_path: Path, recipe: Recipe, folder: OutputFolder, shapes, dis
     interrupts.point("loaded")
     given = verify
     verify = verify.for_model(original)  # tolerances not given follow the model's float type
+    refuse_unusable_tolerances(verify, where=tolerances_from)  # its float type is known only now
     model = original.copy()  # shares the weight arrays with the original until a pass replaces them
     ctx = PassContext(model, trace=options.trace, cost_model=options.cost_model,
                       timing_cache=options.timing_cache)
@@ -257,6 +260,14 @@ def _specialize_input_shapes(original: Model, model: Model, records: list[PassRe
             tensor.shape = list(shape)
             fixed[tensor.name] = list(shape)
     return fixed
+
+
+def _tolerance_origin(recipe: Recipe, given: VerifyConfig | Mapping[str, Any] | None) -> str:
+    """Where the tolerances came from, for messages: what was given (the command line) or the recipe."""
+    options = asdict(given) if isinstance(given, VerifyConfig) else dict(given or {})
+    if options.get("atol") is not None or options.get("rtol") is not None:
+        return "verification options (--atol/--rtol)"
+    return f"verify: of recipe '{recipe.name}' ({recipe.source})"
 
 
 def _verify_config(recipe: Recipe, given: VerifyConfig | Mapping[str, Any] | None) -> VerifyConfig:

@@ -309,6 +309,8 @@ def _plot(summary: dict[str, Any], path: Path) -> dict[str, Any]:
     except ImportError:
         return {"file": None, "note": "matplotlib is not installed: no tradeoff.png "
                                       "(pip install 'sparsecc[plots]')"}
+    from sparsecc.plot_labels import annotate_points
+
     rows = [r for r in summary["rows"] if r["status"] == "ok" and "median_ms" in r]
     styles = {"dense": ("black", "s"), "fine-tuned": ("tab:green", "o"), "one-shot": ("tab:gray", "x"),
               "detect": ("tab:blue", "+")}
@@ -320,15 +322,16 @@ def _plot(summary: dict[str, Any], path: Path) -> dict[str, Any]:
         axes.errorbar([r["median_ms"] for r in chosen], [100 * r["top1"] for r in chosen],
                       xerr=[[r["median_ms"] - r["q25_ms"] for r in chosen], [r["q75_ms"] - r["median_ms"] for r in chosen]],
                       fmt=marker, color=color, label=kind, capsize=3)
-        for r in chosen:
-            axes.annotate(r["variant"], (r["median_ms"], 100 * r["top1"]), fontsize=7, xytext=(4, 3),
-                          textcoords="offset points")
     axes.axhline(100 * summary["chance_top1"], color="tab:red", linestyle=":", label="chance")
     axes.set_xlabel("median latency, ms (batch 1, ONNX Runtime CPU; bars: q25-q75)")
     axes.set_ylabel(f"top-1, % ({summary['eval_samples']} held-out images)")
     axes.set_title(f"sparsecc demo: {summary['model']}, accuracy vs latency")
     axes.legend(fontsize=8)
     figure.tight_layout()
+    plotted = [r for r in rows if r["kind"] in styles]
+    # variants close in latency and accuracy would print their names over each other at one offset
+    annotate_points(axes, [r["median_ms"] for r in plotted], [100 * r["top1"] for r in plotted],
+                    [r["variant"] for r in plotted], fontsize=7)
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return {"file": path.name, "note": None}

@@ -2,7 +2,9 @@
 
 A recipe's ``verify:`` block, ``--atol/--rtol`` on the command line and
 ``compile_model(verify=...)`` all go through :func:`verify_config`, so each
-bad value gets the same message (what, where, fix) and exit status 2.
+bad value gets the same message (what, where, fix) and exit status 2; once the
+model's float type is known, :func:`refuse_unusable_tolerances` refuses (exit 2,
+before any pass runs) tolerances that type cannot honour.
 
 :func:`precision_explanation` recognises a failed check whose tolerance is
 below what the output's floating-point type can hold: an exact rewrite that
@@ -18,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from sparsecc.errors import OptionError
+from sparsecc.precision import epsilon
 from sparsecc.verify import DTYPE_TOLERANCES, VerifyConfig, VerifyResult
 
 VERIFY_KEYS = ("atol", "rtol", "seed", "iterations")
@@ -57,9 +60,41 @@ def verify_config(options: Mapping[str, Any] | None, where: str | None = None,
     return VerifyConfig(**values)
 
 
+def refuse_unusable_tolerances(config: VerifyConfig, where: str | None) -> None:
+    """Refuse tolerances that no check at ``config``'s float type can honour (``config`` resolved for the
+    model, :meth:`VerifyConfig.for_model`), before any work.
+
+    A check passes when ``max |diff| <= atol + rtol x max |output|``. A float type of machine epsilon eps
+    rounds max |output| to within eps x max |output|, so rtol < eps demands bit-identical outputs unless
+    atol makes up for it. The outputs' scale is not known before they are computed: an atol < eps is below
+    one unit in the last place of any output of magnitude 1 or more, and an rtol says the same at any scale,
+    so both below eps are refused; both exactly 0 is the one exception, a request for bit-identical outputs
+    (a ``none`` recipe, a rewrite that only moves data) said in so many words. Tolerances above this floor that
+    are still too tight for a model's outputs are known only once they are computed (:func:`raise_if_too_tight`,
+    exit 3).
+
+    Raises:
+        OptionError: atol and rtol are both below the float type's epsilon.
+    """
+    dtype = config.dtype or "float32"
+    eps = epsilon(dtype)
+    if config.atol >= eps or config.rtol >= eps or (config.atol == 0.0 and config.rtol == 0.0):
+        return
+    least = f"{eps:.2g}"
+    default = DTYPE_TOLERANCES.get(dtype, DTYPE_TOLERANCES["float32"])[1]
+    raise OptionError(
+        f"atol {config.atol:g} and rtol {config.rtol:g} are both below {dtype}'s resolution (epsilon {eps:.3g}, one "
+        f"unit in the last place at 1.0): on outputs of magnitude 1 or more the check could pass only bit-identical "
+        f"results, and exact rewrites that reorder floating-point sums (BatchNorm folded into a Conv) differ by a few "
+        f"units in the last place (to ask for bit-identical outputs, give 0 and 0)", where=where,
+        fix=f"give --rtol {least} or more, the smallest meaningful value (relative to max |output|, it holds at any "
+            f"scale; {dtype}'s default, {default:g}, leaves room for the rounding of exact rewrites), or --atol "
+            f"{least} or more; in a recipe, verify: {{rtol: {default:.1e}}}")
+
+
 def _tolerance(key: str, value: Any, where: str | None) -> float:
     fix = (f"give {key} as a number >= 0, e.g. --{key} {'1e-5' if key == 'atol' else '1e-4'} "
-           "(0 demands bit-identical outputs)")
+           "(0 leaves the check to the other tolerance)")
     if isinstance(value, bool):
         raise OptionError(f"{key} must be a number, not {value!r}", where=where, fix=fix)
     try:

@@ -22,7 +22,7 @@ LAYERS = [
     ["sparsecc.errors", "sparsecc.log", "sparsecc.tables", "sparsecc.environment", "sparsecc.graphutil",
      "sparsecc.weight_origins", "sparsecc.extensions", "sparsecc.data", "sparsecc.sparsity", "sparsecc.plugins",
      "sparsecc.conv_geometry", "sparsecc.precision", "sparsecc.limits", "sparsecc.interrupts", "sparsecc.locks",
-     "sparsecc.outputs", "sparsecc.polygraphy_guard", "sparsecc.feeds"],
+     "sparsecc.outputs", "sparsecc.polygraphy_guard", "sparsecc.feeds", "sparsecc.plot_labels"],
     ["sparsecc.onnx_files", "sparsecc.model_files", "sparsecc.session_files", "sparsecc.model"],  # files and the model
     ["sparsecc.backends"],  # runtimes
     ["sparsecc.shapes", "sparsecc.verify", "sparsecc.verify_options",

@@ -17,8 +17,8 @@ from onnx import helper
 
 import sparsecc
 from sparsecc.errors import OptionError, PlanError
-from sparsecc.verify import OutputAgreement, VerifyResult
-from sparsecc.verify_options import precision_explanation, verify_config
+from sparsecc.verify import OutputAgreement, VerifyConfig, VerifyResult
+from sparsecc.verify_options import precision_explanation, refuse_unusable_tolerances, verify_config
 
 
 @pytest.fixture
@@ -105,9 +105,65 @@ def test_recipe_verify_block_goes_through_the_same_checks(capsys, tmp_path, mode
         verify_config({"iterations": 0})
 
 
-def test_a_tolerance_below_float32_precision_is_not_called_a_bug(capsys, tmp_path, model_path):
-    code, _, err = _run(capsys, "compile", model_path, "-o", tmp_path / "out", "--atol", "0", "--rtol", "0")
-    assert code == 3
+@pytest.mark.parametrize("atol,rtol", [("1e-30", "0"), ("0", "1e-30"), ("1e-8", "1e-9")])
+def test_tolerances_below_float32_resolution_are_refused_before_any_work(capsys, tmp_path, model_path, atol, rtol):
+    code, _, err = _run(capsys, "compile", model_path, "-o", tmp_path / "out", "--atol", atol, "--rtol", rtol)
+    assert code == 2, err
+    assert f"atol {float(atol):g} and rtol {float(rtol):g} are both below float32's resolution" in err
+    assert "--rtol 1.2e-07 or more, the smallest meaningful value" in err and "(--atol/--rtol)" in err
+    assert "compiled" not in err and "pass '" not in err  # no pass ran
+    assert not (tmp_path / "out").exists()
+
+
+def test_zero_tolerances_ask_for_bit_identical_outputs(capsys, tmp_path):
+    # a model whose compile changes no arithmetic (no BatchNorm to fold) passes a check of bit-identical outputs
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])], [weight])
+    path = tmp_path / "matmul.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    code, _, err = _run(capsys, "compile", path, "-o", tmp_path / "out", "--recipe", "none", "--atol", "0",
+                        "--rtol", "0")
+    assert code == 0, err
+    assert (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_the_resolution_a_tolerance_is_held_to_is_the_model_float_type():
+    refuse_unusable_tolerances(VerifyConfig(1e-5, 1e-4, dtype="float32"), where=None)  # float32's defaults
+    refuse_unusable_tolerances(VerifyConfig(0.0, 1.2e-7, dtype="float32"), where=None)  # one ulp: the least
+    refuse_unusable_tolerances(VerifyConfig(0.0, 1e-12, dtype="float64"), where=None)
+    refuse_unusable_tolerances(VerifyConfig(0.0, 0.0, dtype="float32"), where=None)  # bit-identical, asked for
+    refuse_unusable_tolerances(VerifyConfig(1e-3, 0.0, dtype="float16"), where=None)  # float16's default atol
+    with pytest.raises(OptionError, match="(?s)below float16's resolution.*--rtol 0.00098 or more"):
+        refuse_unusable_tolerances(VerifyConfig(1e-5, 1e-4, dtype="float16"), where=None)
+    with pytest.raises(OptionError, match="below bfloat16's resolution"):
+        refuse_unusable_tolerances(VerifyConfig(1e-3, 1e-3, dtype="bfloat16"), where=None)
+    with pytest.raises(OptionError, match="r.yaml"):
+        refuse_unusable_tolerances(VerifyConfig(0.0, 1e-9, dtype="float32"), where="verify: of recipe 'r' (r.yaml)")
+
+
+def _conv_bn(path):
+    """x -> Conv(16 -> 32, 3x3) -> BatchNorm -> y, its own seeded weights: folding the BatchNorm moves the 2048
+    outputs by 3-4 float32 ulps of max |y| (3.4 here, 3.2-4.4 over six seeds)."""
+    rng = np.random.default_rng(0)
+    normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1], name="conv0"),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"], name="bn0")]
+    inits = [init("W", normal(32, 16, 3, 3)), init("gamma", normal(32) + 2), init("beta", normal(32)),
+             init("mean", normal(32)), init("var", rng.random(32).astype(np.float32) + 0.5)]
+    return save(make_model(nodes, [("x", [1, 16, 8, 8])], [("y", [1, 32, 8, 8])], inits), path)
+
+
+def test_a_tolerance_below_float32_precision_is_not_called_a_bug(capsys, tmp_path):
+    # the smallest tolerance accepted (one ulp), below the few ulps that folding BatchNorm moves the outputs by:
+    # known only once they are computed
+    code, _, err = _run(capsys, "compile", _conv_bn(tmp_path / "m.onnx"), "-o", tmp_path / "out", "--atol", "0",
+                        "--rtol", "1.2e-7")
+    assert code == 3, err
     assert "below float32's precision" in err and "ulp" in err and "--rtol" in err
     assert "bug" not in err
     assert not (tmp_path / "out").exists()
@@ -123,6 +179,36 @@ def test_a_wrong_rewrite_at_a_tight_tolerance_is_still_a_failure():
     assert precision_explanation(result(3e-7, "int64")) is None
     loose = VerifyResult(False, 1e-5, 1e-3, [OutputAgreement("y", 2e-3, 1.0, 2e-3, (0,), 1, 1, False, "float32")])
     assert precision_explanation(loose) is None  # the tolerance was not below float32's precision
+
+
+# -- --target-speedup / --target-latency -----------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["compile", "finetune"])
+@pytest.mark.parametrize("option,value,phrase", [("--target-speedup", "0.5", "is not above 1"),
+                                                 ("--target-speedup", "1", "is not above 1"),
+                                                 ("--target-speedup", "5000", "is not below 1000"),
+                                                 ("--target-speedup", "nan", "is not a number"),
+                                                 ("--target-speedup", "fast", "is not a number"),
+                                                 ("--target-latency", "0", "is not a positive, finite"),
+                                                 ("--target-latency", "inf", "is not a positive, finite")])
+def test_a_bad_speed_target_names_the_flag_the_user_typed(capsys, tmp_path, model_path, command, option, value,
+                                                          phrase):
+    extra = ["--data", "digits"] if command == "finetune" else []
+    code, _, err = _run(capsys, command, model_path, "--recipe", "filter-l2", *extra, option, value,
+                        "-o", tmp_path / "out")
+    assert code == 2, err
+    assert f"argument {option}: '{value}' {phrase}" in err  # the flag, the value given, what is wrong
+    assert f"e.g. {option} " in err  # what to do
+    assert "plan-filters" not in err and "target_speedup" not in err and "target_latency" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_speed_target_in_a_recipe_file_names_the_pass_option(capsys, tmp_path, model_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\npasses:\n  - plan-filters: {target_speedup: 0.5}\n  - apply-plan\n")
+    code, _, err = _run(capsys, "compile", model_path, "-r", recipe, "-o", tmp_path / "out")
+    assert code == 2 and "plan-filters: target_speedup: target speedup 0.5 is not above 1" in err, err
+    assert not (tmp_path / "out").exists()
 
 
 # -- dynamic-shape hint ---------------------------------------------------------------------------

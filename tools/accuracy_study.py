@@ -369,18 +369,20 @@ def plots(study: dict, out: Path) -> None:
     except ImportError:
         print("matplotlib is not installed: no plots", file=sys.stderr)
         return
+    from sparsecc.plot_labels import annotate_points
+
     dense = study["rows"][0]
     for family in ("group-wise", "filters", "2:4", "deprune", "torch-pruning"):
         rows = [r for r in study["rows"] if r["family"] == family and "error" not in r and "median_ms" in r]
         if not rows:
             continue
         figure, axes = plt.subplots(figsize=(7, 4.5))
+        labelled = []  # (latency, top-1, label) of every point drawn
         for r in rows:
             for key, marker, color in (("top1_one_shot", "x", "tab:gray"), ("top1", "o", "tab:green")):
                 if r.get(key) is not None:
                     axes.plot(r["median_ms"], 100 * r[key], marker, color=color)
-                    axes.annotate(r["label"], (r["median_ms"], 100 * r[key]), fontsize=6, xytext=(3, 2),
-                                  textcoords="offset points")
+                    labelled.append((r["median_ms"], 100 * r[key], r["label"]))
         axes.plot(dense["median_ms"], 100 * dense["top1"], "s", color="black", label="dense")
         axes.plot([], [], "x", color="tab:gray", label="one-shot")
         axes.plot([], [], "o", color="tab:green", label="fine-tuned")
@@ -390,6 +392,9 @@ def plots(study: dict, out: Path) -> None:
         axes.set_title(f"{family}: {study['model']} on {study['data']}")
         axes.legend(fontsize=8)
         figure.tight_layout()
+        if labelled:  # labels of points close together do not overlap
+            xs, ys, texts = zip(*labelled)
+            annotate_points(axes, xs, ys, texts, fontsize=6)
         figure.savefig(out / f"{family.replace(':', '')}.png", dpi=110)
         plt.close(figure)
 

@@ -39,10 +39,41 @@ def print_json(data: Any) -> None:
 
 def add_speed_target_options(parser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--target-speedup", type=float, metavar="X",
-                       help="filter recipes: remove filters until the model runs X times faster on the target "
-                            "(latency tables measured on ONNX Runtime CPU, a knapsack keeping the most importance "
-                            "per ms saved, the result measured and reported); the recipe's ratio is not used")
-    group.add_argument("--target-latency", type=float, metavar="MS",
-                       help="filter recipes: remove filters until one run takes MS milliseconds (CPU time at one "
-                            "thread on ONNX Runtime CPU)")
+    group.add_argument("--target-speedup", type=_target_speedup, metavar="X",
+                       help="filter recipes: remove filters until the model runs X times faster on the target, "
+                            "1 < X < 1000 (latency tables measured on ONNX Runtime CPU, a knapsack keeping the most "
+                            "importance per ms saved, the result measured and reported); the recipe's ratio is not "
+                            "used")
+    group.add_argument("--target-latency", type=_target_latency, metavar="MS",
+                       help="filter recipes: remove filters until one run takes MS milliseconds, MS > 0 (CPU time "
+                            "at one thread on ONNX Runtime CPU)")
+
+
+# A bad speed target is refused where the flag is parsed (exit 2, before any work), in the flag's
+# words; the pass option's own message (plan-filters: target_speedup) is for recipe files.
+def _target_speedup(text: str) -> float:
+    from sparsecc.latency.target import speedup_problem
+
+    return _checked_number(text, speedup_problem, "give how many times faster, e.g. --target-speedup 2 for twice "
+                                                  "as fast (half the time); for a time in ms use --target-latency")
+
+
+def _target_latency(text: str) -> float:
+    from sparsecc.latency.target import latency_problem
+
+    return _checked_number(text, latency_problem, "give the time of one run in milliseconds, e.g. --target-latency "
+                                                  "5; for a ratio use --target-speedup")
+
+
+def _checked_number(text: str, problem_of, fix: str) -> float:
+    """``text`` as a float, or an argparse error (usage, exit 2) that says what is wrong and what to do."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = text
+    problem = problem_of(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}; {fix}")
+    return value

@@ -9,6 +9,7 @@ model (used where a timing is inconclusive; a measured compile builds it when fi
 from __future__ import annotations
 
 from sparsecc.commands._common import print_json
+from sparsecc.tables import text_table, unique_prefixes, wrap_column
 
 
 def register(subparsers) -> None:
@@ -70,24 +71,36 @@ def _calibrate(cache, args) -> int:
 
 def _show(cache, args) -> int:
     from sparsecc.measure.cached import describe_entry
-    from sparsecc.tables import text_table
 
     rows = [{"key": key, **describe_entry(entry)} for key, entry in sorted(cache.entries.items())]
     if args.json:
         print_json({"path": str(cache.path), "entries": rows})
         return 0
     print(f"{cache.path}: {len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
+    # entries that measured the same kind of thing read alike: the key is what tells them apart
+    ids = unique_prefixes([r["key"] for r in rows])
     evidence = [r for r in rows if r["form"] == "evidence"]
     if evidence:
-        print(text_table([[r["what"], r["subject"][:70], r["cpu"], r["wall"], r["pairs"], r["threads"],
-                           f"{r['load']} ({r['load_before']}->{r['load_after']})", r["taken_at"]] for r in evidence],
-                         ["what", "measured", "CPU speedup [90% CI]", "wall speedup [90% CI]", "pairs", "threads",
-                          "load", "taken"]))
+        print(_evidence_table(evidence, ids))
     for r in rows:
         if r["form"] == "calibration":
-            print(f"calibration ({r['threads']} thread(s), {r['load']}, {r['taken_at']}): {r['subject']}")
-    older = sum(r["form"] == "older" for r in rows)
+            print(f"calibration {ids[r['key']]} ({r['threads']} thread(s), {r['load']}, {r['taken_at']}): "
+                  f"{r['subject']}")
+    older = [ids[r["key"]] for r in rows if r["form"] == "older"]
     if older:
-        print(f"{older} older entr{'y' if older == 1 else 'ies'} without evidence (never reused; "
-              "`sparsecc cache clear` removes them)")
+        print(f"{len(older)} older entr{'y' if len(older) == 1 else 'ies'} without evidence ({', '.join(older)}; "
+              "never reused; `sparsecc cache clear` removes them)")
+    if rows:
+        print("key: the start of each entry's key, enough to tell the entries apart (--json lists whole keys)")
     return 0
+
+
+SUBJECT_WIDTH = 60  # what was measured, wrapped (never cut) so the table stays readable in a terminal
+
+
+def _evidence_table(rows: list[dict], ids: dict[str, str]) -> str:
+    table = [[ids[r["key"]], r["what"], r["subject"], r["cpu"], r["wall"], r["pairs"], r["threads"],
+              f"{r['load']} ({r['load_before']}->{r['load_after']})", r["taken_at"]] for r in rows]
+    return text_table(wrap_column(table, 2, SUBJECT_WIDTH),
+                      ["key", "what", "measured", "CPU speedup [90% CI]", "wall speedup [90% CI]", "pairs", "threads",
+                       "load", "taken"])

@@ -20,8 +20,14 @@ def register(subparsers) -> None:
                         help="do not run this pass (repeatable)")
     parser.add_argument("--dump-dir", metavar="DIR", help="write the graph after each pass into DIR")
     # read as text: checked with the recipe's verify: block, by the same rules and messages
-    parser.add_argument("--atol", help="absolute tolerance of the numerical checks (a number >= 0)")
-    parser.add_argument("--rtol", help="tolerance relative to max |output| of the numerical checks (a number >= 0)")
+    parser.add_argument("--atol", help="absolute tolerance of the numerical checks, a number >= 0: an output "
+                                       "passes when max |diff| <= atol + rtol x max |output|. Both below the model "
+                                       "float type's epsilon (float32: 1.2e-07) are refused: only bit-identical "
+                                       "outputs could pass (0 and 0 asks for those). Default: the recipe's verify:, else the float type's "
+                                       "(float32: 1e-5)")
+    parser.add_argument("--rtol", help="tolerance relative to max |output| of the numerical checks, a number >= 0 "
+                                       "(see --atol). Default: the recipe's verify:, else the float type's "
+                                       "(float32: 1e-4)")
     parser.add_argument("--force", action="store_true",
                         help="write into an output folder that is not empty (the outputs replace theirs)")
     parser.add_argument("--cost-model", choices=["measured", "analytic"],

@@ -41,9 +41,32 @@ from sparsecc.latency.tables import LayerTable
 from sparsecc.latency.timers import TIMERS, make_timer
 from sparsecc.model import Model
 
-__all__ = ["SpeedTarget", "TargetResult", "plan_to_target", "allowed_counts", "group_steps"]
+__all__ = ["SpeedTarget", "TargetResult", "plan_to_target", "allowed_counts", "group_steps", "speedup_problem",
+           "latency_problem"]
 
+MAX_SPEEDUP = 1e3  # a larger target is a typo (or a latency given as a speedup), not a plan
 REACHED = 0.99  # a measured speedup within 1% under the target counts as reaching it (the intervals are wider)
+
+
+def speedup_problem(value: Any) -> str | None:
+    """What is wrong with ``value`` as a target speedup (None: nothing). The one rule for the pass option
+    ``target_speedup`` and the ``--target-speedup`` flag, each of which says it in its own words."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return "is not a number"
+    if value <= 1.0:
+        return "is not above 1 (a speedup is how many times faster the model runs; 1 is the model as it is)"
+    if value >= MAX_SPEEDUP:
+        return f"is not below {MAX_SPEEDUP:g} (the largest target sparsecc plans for)"
+    return None
+
+
+def latency_problem(value: Any) -> str | None:
+    """What is wrong with ``value`` as a target latency in ms (None: nothing); see :func:`speedup_problem`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return "is not a number"
+    if not 0.0 < value < math.inf:
+        return "is not a positive, finite number of milliseconds"
+    return None
 
 
 @dataclass(frozen=True)
@@ -80,11 +103,11 @@ class SpeedTarget:
         if (self.speedup is None) == (self.latency_ms is None):
             raise OptionError("give one of target_speedup and target_latency", where=where,
                               fix="e.g. --target-speedup 2, or --target-latency 5 (ms)")
-        if self.speedup is not None and not (isinstance(self.speedup, (int, float)) and 1.0 < self.speedup < 1e3):
-            raise OptionError(f"target speedup {self.speedup!r} is not a number above 1",
+        if self.speedup is not None and speedup_problem(self.speedup):
+            raise OptionError(f"target speedup {self.speedup!r} {speedup_problem(self.speedup)}",
                               where=f"{where}: target_speedup", fix="e.g. 2 for twice as fast")
-        if self.latency_ms is not None and not (isinstance(self.latency_ms, (int, float)) and self.latency_ms > 0):
-            raise OptionError(f"target latency {self.latency_ms!r} ms is not a positive number",
+        if self.latency_ms is not None and latency_problem(self.latency_ms):
+            raise OptionError(f"target latency {self.latency_ms!r} {latency_problem(self.latency_ms)}",
                               where=f"{where}: target_latency", fix="give milliseconds, e.g. 5")
         if not 0.0 < self.share <= 1.0:
             raise OptionError(f"target share {self.share!r} is not in (0, 1]", where=f"{where}: target_share")

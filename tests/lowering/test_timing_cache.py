@@ -232,6 +232,27 @@ def test_cli_cache_show_path_clear(tmp_path, cli):
     assert off.returncode == 2 and "off" in off.stderr
 
 
+def test_cli_cache_show_tells_apart_entries_that_read_alike(tmp_path, cli):
+    """Every speed-target entry measured "dense vs pruned", and two layer entries differ only at the end of a
+    long description: each entry is listed with a key no other starts with, and its description whole."""
+    cache = TimingCache(tmp_path / "cache.json")
+    model_pair = {"what": "speed-target model", "baseline": "dense", "candidate": "pruned"}
+    layer = {"op": "Conv", "lowering": "tap-gather", "baseline": "dense", "in": [1, 64, 56, 56], "dtype": "float32"}
+    keys = {"0123456789abcdef0000": model_pair, "0123456789abcdef1111": model_pair,
+            "fedcba9876543210aaaa": {**layer, "out": [1, 64, 56, 56]},
+            "fedcba9876543210bbbb": {**layer, "out": [1, 64, 28, 28]}}
+    for key, what in keys.items():
+        cache.put(key, entry_for(evidence(FASTER), what))
+    cache.save()
+    text = cli("cache", "show", "--timing-cache", cache.path, check=True).stdout
+    listed = [line for line in text.splitlines() if line.startswith(("0123", "fedc"))]
+    assert [line.split()[0] for line in listed] == ["0123456789abcdef0", "0123456789abcdef1",
+                                                    "fedcba9876543210a", "fedcba9876543210b"]
+    assert "out=[1, 64, 56, 56]" in text and "out=[1, 64, 28, 28]" in text  # not cut off
+    continued = [line for line in text.splitlines() if line.startswith(" ") and "=" in line]
+    assert len(continued) == 2  # the two long descriptions go on over a second line: the table stays narrow
+
+
 def test_cli_timing_cache_and_cost_model_options(tmp_path, cli):
     model = _three_convs(tmp_path / "m.onnx")
     cache = tmp_path / "cache.json"
