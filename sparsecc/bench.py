@@ -21,6 +21,9 @@ from sparsecc.backends.base import Session
 
 DEFAULT_RUNS = 20
 DEFAULT_WARMUP = 5
+# a pair on ONNX Runtime: the rounds split over up to this many sets of new sessions, at least this many each
+BENCH_REPLICATIONS = 3
+MIN_RUNS_PER_REPLICATION = 10
 
 
 @dataclass
@@ -107,6 +110,7 @@ def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2
     from sparsecc.counting import count_work
     from sparsecc.environment import environment
     from sparsecc.measure import MeasureSettings, measure
+    from sparsecc.measure.runner import combine
     from sparsecc.measure.readout import readout
     from sparsecc.model import load_model
     from sparsecc.verify import input_specs, random_feeds
@@ -123,33 +127,45 @@ def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2
         threads = 1  # what the trust rule reads: the host thread that waits on the device
     engine = get_backend(backend, **options)
     labels = ["baseline", "candidate"][: len(paths)] if len(paths) == 2 else ["model"]
-    models, sessions, feeds, info = {}, {}, {}, {}
+    models, feeds, info = {}, {}, {}
     for label, path in zip(labels, paths):
         model = load_model(path, shapes)
         model.feeds = inputs
         models[label] = model
     if len(paths) == 2:
         check_same_interface(models["baseline"], models["candidate"])
-    for label, path in zip(labels, paths):
-        model = models[label]
-        info[label] = count_work(_weights_as_initializers(model))
-        sessions[label] = engine.load(Path(path))
-        feeds[label] = random_feeds(input_specs(model), seed=0)[0]
+    for label in labels:
+        info[label] = count_work(_weights_as_initializers(models[label]))
+        feeds[label] = random_feeds(input_specs(models[label]), seed=0)[0]
+    # a pair on ONNX Runtime is timed in replications, each with new sessions, combined by a two-level
+    # bootstrap: one pair of sessions agrees with itself more closely than two benches minutes apart do
+    replications = 1
+    if backend == "ort" and len(paths) == 2:
+        replications = min(BENCH_REPLICATIONS, max(1, runs // MIN_RUNS_PER_REPLICATION))
+    each = -(-runs // replications)
     if progress:
-        progress(f"timing {runs} paired rounds after {warmup} warm-up")
-    runners = {label: (lambda s=sessions[label], f=feeds[label]: s.run(f)) for label in labels}
-    measured = measure(runners, labels[0], None, threads, spinning=False,
-                       settings=MeasureSettings.fixed(runs, warmup))
-    # Device time (CUDA events) where the backend has a device clock, beside the host wall-clock.
-    device_ms = {}
-    for label, session in sessions.items():
-        samples = [session.device_time_ms(feeds[label]) for _ in range(runs)]
-        if all(s is not None for s in samples):
-            device_ms[label] = round(statistics.median(samples), 4)
+        progress(f"timing {each * replications} paired rounds ({replications} x {each} with new sessions) after "
+                 f"{warmup} warm-up" if replications > 1 else f"timing {runs} paired rounds after {warmup} warm-up")
+    measurements, device_ms = [], {}
+    for replication in range(replications):
+        sessions = {label: engine.load(Path(path)) for label, path in zip(labels, paths)}
+        try:
+            runners = {label: (lambda s=sessions[label], f=feeds[label]: s.run(f)) for label in labels}
+            measurements.append(measure(runners, labels[0], None, threads, spinning=False,
+                                        settings=MeasureSettings.fixed(each, warmup)))
+            if replication == replications - 1:
+                device_ms = _device_times(sessions, feeds, each)
+        finally:
+            for session in sessions.values():
+                session.close()
+    measured = combine(measurements)  # one measurement as it is
     result: dict[str, Any] = {
-        "backend": engine.describe(), "environment": environment(), "runs": runs, "warmup": warmup,
+        "backend": engine.describe(), "environment": environment(), "runs": each * replications,
+        "replications": replications, "warmup": warmup,
         "clock": "host wall clock and process CPU time around each run; baseline and candidate paired and "
-                 "interleaved (order alternating), speedup = median of per-pair ratios with a 90% bootstrap interval",
+                 "interleaved (order alternating), speedup = median of per-pair ratios with a 90% bootstrap interval"
+                 + (f" over {replications} replications with new sessions (two-level bootstrap)" if replications > 1
+                    else ""),
         "load": measured.load.to_dict(),
         "models": {label: {"path": str(path), "macs": info[label].macs, "params": info[label].weight_params,
                            **_timing(label, measured)} for label, path in zip(labels, paths)},
@@ -164,9 +180,17 @@ def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2
         figures = readout(measured.evidence["candidate"], ideal)
         result.update(figures, ideal=round(ideal, 4), efficiency=round(figures["speedup"] / ideal, 4),
                       ratio_of_medians=round(base["median_ms"] / cand["median_ms"], 4))
-    for session in sessions.values():
-        session.close()
     return result
+
+
+def _device_times(sessions, feeds, runs: int) -> dict[str, float]:
+    """Device time (CUDA events) where the backend has a device clock, beside the host wall-clock."""
+    device_ms = {}
+    for label, session in sessions.items():
+        samples = [session.device_time_ms(feeds[label]) for _ in range(runs)]
+        if all(s is not None for s in samples):
+            device_ms[label] = round(statistics.median(samples), 4)
+    return device_ms
 
 
 def _timing(label: str, measured) -> dict[str, Any]:

@@ -11,7 +11,9 @@ cache, so every rule here is tested without timing anything.
    :func:`keep_or_undo`): a Gather and a smaller GEMM against the dense layer, DR sub-GEMMs
    against the depthwise conv, a plugin against the native layer.
 3. **An inconclusive timing defers to the analytic model** (calibrated on this machine where a
-   calibration exists), and the decision says so; it never defaults to "undo".
+   calibration exists), and the decision says so; it never defaults to "undo". Between lowerings,
+   an estimate must clear the threshold by the timing's margin: a layer that neither the timing nor
+   the model can call faster keeps its baseline, so noise in a calibration does not flip it.
 """
 
 from __future__ import annotations
@@ -105,20 +107,28 @@ def needs_estimates(options: list[Option]) -> bool:
     return any(o.verdict is None or not o.verdict.conclusive for o in options)
 
 
-def _why(option: Option, threshold: float, analytic: str) -> str:
+def _needed(option: Option, threshold: float, estimate_margin: float) -> float:
+    """What an estimate must reach: the threshold, raised by the margin when a timing was tried and
+    could not decide (the estimate then stands in for a measurement too close to call)."""
+    return threshold * (1.0 + estimate_margin) if option.verdict is not None else threshold
+
+
+def _why(option: Option, threshold: float, analytic: str, estimate_margin: float) -> str:
     if option.verdict is not None and option.verdict.conclusive:
         return f"{option.name}: {option.verdict.reason}"
     lead = f"{option.name}: timing inconclusive ({option.verdict.reason}), so the {analytic} estimates " \
         if option.verdict is not None else f"{option.name}: the {analytic} estimates "
-    return lead + f"{option.estimate:.3f}x (needs {threshold:.3g}x)"
+    return lead + f"{option.estimate:.3f}x (needs {_needed(option, threshold, estimate_margin):.3g}x)"
 
 
-def choose(baseline: str, options: list[Option], threshold: float, analytic: str = ANALYTIC) -> Decision:
+def choose(baseline: str, options: list[Option], threshold: float, analytic: str = ANALYTIC,
+           estimate_margin: float = 0.0) -> Decision:
     """The option to take instead of ``baseline`` (or the baseline), among alternatives that each cost something.
 
     An option with a conclusive timing is judged by it; one without (untimed, or its interval
-    straddles ``threshold``) by its analytic estimate, which must then be given. Options that
-    pass by a conclusive timing come before those that pass by the estimate; among equals the
+    straddles ``threshold``) by its analytic estimate, which must then be given. An estimate that
+    stands in for an inconclusive timing must reach ``threshold * (1 + estimate_margin)``. Options
+    that pass by a conclusive timing come before those that pass by the estimate; among equals the
     larger speedup wins.
 
     Raises:
@@ -132,10 +142,10 @@ def choose(baseline: str, options: list[Option], threshold: float, analytic: str
         else:
             if option.estimate is None:
                 raise ValueError(f"option {option.name!r} has no conclusive timing and no analytic estimate")
-            ok, speedup = option.estimate >= threshold, option.estimate
+            ok, speedup = option.estimate >= _needed(option, threshold, estimate_margin), option.estimate
         if ok:
             passed.append((timed, speedup, option))
-    reasons = "; ".join(_why(o, threshold, analytic) for o in options)
+    reasons = "; ".join(_why(o, threshold, analytic, estimate_margin) for o in options)
     if not passed:
         return Decision(baseline, _decided_by(options, analytic), f"{baseline} kept: {reasons}" if options
                         else f"{baseline}: no alternative", fallback=_fell_back(options))

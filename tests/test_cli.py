@@ -157,3 +157,17 @@ def test_shared_initializer_in_a_pruning_recipe_is_refused(cli, tmp_path):
 def test_internal_errors_are_distinguished(cli):
     result = cli("compile")
     _assert_clean_failure(result, "no model given")
+
+
+def test_bench_pair_is_timed_in_replications_with_new_sessions(cli, model_path, tmp_path):
+    # one pair of sessions agrees with itself more closely than two benches minutes apart do, so the
+    # rounds are split over new sessions and the interval takes in how much the sets differ
+    out = tmp_path / "o"
+    cli("compile", model_path, "-o", out, "--shape", "x:1x4x6x6", check=True)
+    data = json.loads(cli("bench", model_path, out / "model.onnx", "--shape", "x:1x4x6x6", "--runs", "25",
+                          "--warmup", "1", "--json", check=True).stdout)
+    assert data["replications"] == 2 and data["runs"] == 26 and data["models"]["candidate"]["runs"] == 26
+    assert "2 replications with new sessions" in data["clock"]
+    single = json.loads(cli("bench", model_path, "--shape", "x:1x4x6x6", "--runs", "25", "--warmup", "1", "--json",
+                            check=True).stdout)
+    assert single["replications"] == 1 and single["models"]["model"]["runs"] == 25

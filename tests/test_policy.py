@@ -89,3 +89,17 @@ def test_a_difference_smaller_than_the_margin_is_too_close_to_call():
     decision = choose("dense", [Option("tap-gather", verdict, 1.3)], 1.1)
     assert decision.choice == "tap-gather" and decision.fallback and decision.by == "analytic model"
     assert not judge(evidence((1.13, 1.12, 1.20)), 1.1).conclusive  # above 1.1, but not by the margin
+
+
+def test_an_estimate_standing_in_for_an_inconclusive_timing_must_clear_the_margin():
+    # the calibration behind a fallback estimate is measured too: an estimate at the threshold is too
+    # close to call, and the layer keeps its baseline instead of flipping with the calibration's noise
+    verdict = judge(evidence(STRADDLES), 1.1)
+    for estimate, expected in ((1.10, "dense"), (1.15, "dense"), (1.16, "tap-gather")):
+        decision = choose("dense", [Option("tap-gather", verdict, estimate)], 1.1, estimate_margin=0.05)
+        assert decision.choice == expected, estimate
+    assert "needs 1.16x" in choose("dense", [Option("tap-gather", verdict, 1.12)], 1.1, estimate_margin=0.05).reason
+    # an estimate with no timing behind it (the analytic cost model) needs only the threshold
+    assert choose("dense", [Option("tap-gather", None, 1.10)], 1.1, estimate_margin=0.05).choice == "tap-gather"
+    # the whole-model check has no margin on its estimate: a trade-off is not undone for want of one
+    assert keep_or_undo(verdict, 1.02).choice == "keep"

@@ -15,7 +15,9 @@ def register(subparsers) -> None:
     parser.add_argument("--backend", default="ort", choices=names,
                         help="; ".join(f"{n}: {BACKENDS[n].description}" for n in names) + ". Default: ort")
     add_backend_options(parser, "bench")
-    parser.add_argument("--runs", type=int, default=20, help="timed rounds. Default: 20")
+    parser.add_argument("--runs", type=int, default=20,
+                        help="timed rounds (a pair on ort: split over up to 3 sets of new sessions of at least 10 "
+                             "rounds each, rounded up to a multiple). Default: 20")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first. Default: 5")
     add_shape_option(parser)
     add_input_options(parser)

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from sparsecc.lowering.calibration import Calibration, build_calibration, calibration_fields
+from sparsecc.lowering.calibration import Calibration, build_calibration, calibration_fields, layer_geometry
 from sparsecc.lowering.layer_model import analytic_seconds, layer_graph
 from sparsecc.lowering.registry import Candidate
 from sparsecc.lowering.timing_cache import TimingCache, graph_signature
 from sparsecc.measure import MeasureSettings, judge
 from sparsecc.measure.cached import FROM_CACHE, compare_through_cache, load_now
-from sparsecc.measure.evidence import too_busy
+from sparsecc.measure.evidence import MARGIN, too_busy
 from sparsecc.policy import ANALYTIC, Decision, Option, choose, needs_estimates
 
 # one layer: at least 20 pairs (a bootstrap interval of a median needs them), more while an interval
@@ -73,7 +73,7 @@ class AnalyticCost:
 
     def estimate(self, candidates: list[Candidate]) -> None:
         for candidate in candidates:
-            factor = self.calibration.factor(candidate.name) if self.calibration else 1.0
+            factor = self.calibration.factor(candidate.name, candidate.geometry) if self.calibration else 1.0
             candidate.estimate_s = analytic_seconds(candidate) * factor
 
 
@@ -160,9 +160,13 @@ def choose_lowering(candidates: list[Candidate], min_gain: float, cost, op: str,
 
     A lowering must beat the baseline by ``min_gain``: by a conclusive timing where there is one,
     else (no timing, or an interval that straddles the threshold) by the analytic estimate, which
-    the decision then names (:func:`sparsecc.policy.choose`).
+    the decision then names (:func:`sparsecc.policy.choose`). An estimate standing in for an
+    inconclusive timing must clear the threshold by the timing's margin (the calibration behind it
+    is measured too, and a layer at the threshold flipped between compiles on it).
     """
     threshold = 1.0 + min_gain
+    for candidate in candidates:
+        candidate.geometry = layer_geometry(in_shape, out_shape)
     cost.time(candidates, op, in_shape, out_shape, dtype, threshold)
     base, options = candidates[0], candidates[1:]
     verdicts = {c.name: judge(c.evidence, threshold) if c.evidence is not None else None for c in options}
@@ -172,7 +176,7 @@ def choose_lowering(candidates: list[Candidate], min_gain: float, cost, op: str,
         cost.estimate(candidates)
         label = cost.fallback().label
         choices = [Option(c.name, verdicts[c.name], base.estimate_s / c.estimate_s) for c in options]
-    decision = choose(base.name, choices, threshold, label)
+    decision = choose(base.name, choices, threshold, label, estimate_margin=MARGIN)
     return next(c for c in candidates if c.name == decision.choice), decision
 
 

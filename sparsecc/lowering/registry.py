@@ -64,6 +64,8 @@ class Candidate:
         evidence: Its paired timing against the layer's baseline
             (:class:`~sparsecc.measure.RatioEvidence`), once measured.
         estimate_s: The analytic model's estimate, once asked for.
+        geometry: Where its layer sits (:func:`~sparsecc.lowering.calibration.layer_geometry`), set by
+            :func:`~sparsecc.lowering.cost.choose_lowering`: the calibration's factor depends on it.
     """
 
     name: str
@@ -76,6 +78,7 @@ class Candidate:
     source: str | None = None
     evidence: Any = None
     estimate_s: float | None = None
+    geometry: tuple[int, int, int] | None = None
 
 
 Propose = Callable[[LayerToLower], "Candidate | str"]

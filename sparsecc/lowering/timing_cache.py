@@ -32,7 +32,10 @@ FORMAT_KEY = "sparsecc_timing_cache"
 FORMAT = 1
 # what an entry holds: the paired evidence of a candidate against its baseline (a layer's, or a whole
 # model's: sparsecc.measure.cached), or this machine's calibration of the analytic model
-CALIBRATION_FORM = "analytic-calibration/1"
+# (/2: a factor per reference layer, looked up by geometry; /1 entries, one factor per lowering, are
+# still read as valid and listed, but not used: their key differs)
+CALIBRATION_FORM = "analytic-calibration/2"
+_CALIBRATION_FORMS = ("analytic-calibration/1", CALIBRATION_FORM)
 # entries of earlier versions (a timing without evidence): read, listed, never used as a decision
 _OLDER_FIELDS = ({"seconds", "spread"}, {"dense_ms", "rewritten_ms", "spread", "runs"})
 
@@ -44,7 +47,7 @@ def valid_entry(entry: Any) -> bool:
     if entry.get("form") == ENTRY_FORM:
         evidence = evidence_of(entry)
         return evidence is not None and all(np.isfinite(v) and v > 0 for v in (*evidence.cpu_ms, *evidence.wall_ms))
-    if entry.get("form") == CALIBRATION_FORM:
+    if entry.get("form") in _CALIBRATION_FORMS:
         factors = entry.get("factors")
         return isinstance(factors, dict) and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0

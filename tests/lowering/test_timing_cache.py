@@ -44,7 +44,7 @@ def test_two_compiles_with_one_timing_cache_give_byte_identical_models(tmp_path)
     entries = json.loads(cache.read_text())["entries"]
     # evidence, never a verdict: both ratios with intervals, load, when, threads, spinning
     forms = {e["form"] for e in entries.values()}
-    assert entries and forms <= {"paired-evidence/1", "analytic-calibration/1"} and "paired-evidence/1" in forms
+    assert entries and forms <= {"paired-evidence/1", "analytic-calibration/2"} and "paired-evidence/1" in forms
     for entry in entries.values():
         if entry["form"] == "paired-evidence/1":
             assert {"cpu", "wall", "load", "taken_at", "threads", "spinning", "pairs"} <= set(entry["evidence"])
@@ -262,3 +262,33 @@ def test_cli_timing_cache_and_cost_model_options(tmp_path, cli):
     assert cache.exists()
     bad = cli("compile", model, "--recipe", "groupwise-25", "-o", tmp_path / "c", "--cost-model", "magic")
     assert bad.returncode == 2 and "--cost-model" in bad.stderr
+
+
+def test_the_calibration_prices_a_layer_by_the_reference_layer_nearest_to_it():
+    from sparsecc.lowering.calibration import Calibration, layer_geometry
+    from sparsecc.measure import LoadReading
+
+    assert layer_geometry((1, 64, 56, 56), (1, 64, 56, 56)) == (4, 64, 3136)
+    assert layer_geometry((1, 64, 56, 56), (1, 128, 28, 28)) == (4, 64, 784)  # positions of the output
+    assert layer_geometry((8, 512), (8, 256)) == (2, 512, 8)
+    load = LoadReading((0.5,) * 3, (0.5,) * 3, 2)
+    samples = {"tap-gather": [((4, 64, 3136), 0.8), ((4, 128, 784), 1.2), ((4, 512, 49), 1.6), ((2, 512, 8), 3.0)]}
+    calibration = Calibration({"tap-gather": 1.4}, samples, 1, load, "2026-01-01T00:00:00+00:00")
+    assert calibration.factor("tap-gather", (4, 64, 3136)) == 0.8    # a stage-1 layer: the stage-1 reference
+    assert calibration.factor("tap-gather", (4, 96, 2000)) == 0.8    # nearer 64@56x56 than 128@28x28
+    assert calibration.factor("tap-gather", (4, 256, 196)) == 1.2    # ties go to the first measured
+    assert calibration.factor("tap-gather", (4, 1024, 49)) == 1.6
+    assert calibration.factor("tap-gather", (2, 64, 3136)) == 3.0    # another rank only as a last resort
+    assert calibration.factor("tap-gather") == 1.4                   # no geometry: the median
+    assert calibration.factor("channel-gather", (4, 64, 3136)) == 1.0  # never measured
+    again = Calibration.from_entry(calibration.to_entry())
+    assert again.samples == samples and again.factors == calibration.factors
+    # an estimate through the calibration reads the candidate's geometry, set where the layer is chosen
+    noop = lambda *a: None  # noqa: E731
+    near, far = (Candidate("tap-gather", noop, 10, 0, 1, geometry=g) for g in ((4, 64, 3136), (4, 512, 49)))
+    AnalyticCost(calibration).estimate([near, far])
+    assert far.estimate_s == pytest.approx(2.0 * near.estimate_s)
+    cost = FixedCost(FASTER)
+    candidates = _candidates()
+    choose_lowering(candidates, 0.1, cost, "Conv", (1, 64, 56, 56), (1, 64, 56, 56))
+    assert {c.geometry for c in candidates} == {(4, 64, 3136)}
