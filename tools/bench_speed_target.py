@@ -131,6 +131,11 @@ class Variants:
 
     def allocation_macs(self, speedup: float) -> int:
         """MACs of sparsecc's allocation for a tables' target (no correction rounds, nothing compiled)."""
+        return self.allocation(speedup)["macs"]
+
+    def allocation(self, speedup: float) -> dict:
+        """sparsecc's allocation for a tables' target: the plan's round (kept counts per group, MACs, the
+        tables' prediction), without correction rounds and with nothing compiled."""
         from sparsecc.lowering import open_timing_cache
         from sparsecc.passmanager import PassContext, PassManager, make_pass
 
@@ -139,8 +144,7 @@ class Variants:
         options = sparsecc_recipe({"target_speedup": speedup, "target_rounds": 0}).passes[0][1]
         ctx = PassContext(self._canonical.copy(), timing_cache=self._cache)
         PassManager([make_pass("plan-filters", **options)], verify=None).run(ctx)
-        rounds = ctx.details_of("plan-filters")["speed_target"]["rounds"]
-        return rounds[-1]["macs"]
+        return ctx.details_of("plan-filters")["speed_target"]["rounds"][-1]
 
     def add_sparsecc(self, label: str, options: dict, what: str) -> dict:
         result = compiled(self.dense_path, sparsecc_recipe(options), self.work / label, self.cache)
@@ -184,15 +188,10 @@ def bench_model(name: str, target: float, pairs: int, work: Path, cache: str) ->
                            f"Torch-Pruning {kind}, at sparsecc's MACs")
         say(f"{name}: Torch-Pruning {kind} at sparsecc's MACs: ratio {ratio:.4f}, "
             f"{variants.rows[f'tp-{kind}-same-macs']['macs']:,} MACs")
-    ratio, _ = bisect(lambda r: variants.dense_macs / variants.torch_macs(r, True), target, 0.0, 0.95, 14, 0.003)
-    tp_target = variants.add_torch("tp-global-target", ratio, True,
-                                   f"Torch-Pruning global, at its own {target:g}x (dense MACs / {target:g})")
+    tp_target = add_torch_at_target(variants, "tp-global-target", target)
     tp_macs = variants.rows["tp-global-target"]["macs"]
     say(f"{name}: Torch-Pruning global at MACs / {target:g}: {tp_macs:,} MACs; sparsecc at those MACs")
-    matched = bisect(lambda x: variants.dense_macs / variants.allocation_macs(x), variants.dense_macs / tp_macs,
-                     1.05, 2.0 * target, 12, 0.003)
-    variants.add_sparsecc("sparsecc-tp-macs", {"target_speedup": matched[0], "target_rounds": 0},
-                          f"sparsecc's allocation at Torch-Pruning global's MACs (tables' target {matched[0]:.3f}x)")
+    add_sparsecc_at_macs(variants, "sparsecc-tp-macs", tp_macs, target)
     speed = measured_speedup(variants, variants.folded["sparsecc"], pairs)
     say(f"{name}: sparsecc measured {speed:.3f}x; Torch-Pruning at that speed")
     for global_pruning, kind in ((True, "global"), (False, "per-layer")):
@@ -204,6 +203,24 @@ def bench_model(name: str, target: float, pairs: int, work: Path, cache: str) ->
     variants.folded.pop("probe", None)
     return {"model": name, "input": list(variants.example.shape), "target": target,
             "rows": variants.rows, "timings": final_timings(variants, pairs), "tp_target_path": str(tp_target)}
+
+
+def add_torch_at_target(variants: Variants, label: str, target: float) -> Path:
+    """Torch-Pruning global at its own notion of ``target``: dense MACs / target (ratio bisected on MACs)."""
+    ratio, _ = bisect(lambda r: variants.dense_macs / variants.torch_macs(r, True), target, 0.0, 0.95, 14, 0.003)
+    return variants.add_torch(label, ratio, True,
+                              f"Torch-Pruning global, at its own {target:g}x (dense MACs / {target:g})")
+
+
+def add_sparsecc_at_macs(variants: Variants, label: str, macs: int, target: float) -> dict:
+    """sparsecc's allocation at ``macs`` (the tables' target bisected on MACs, no correction rounds)."""
+    matched = bisect(lambda x: variants.dense_macs / variants.allocation_macs(x), variants.dense_macs / macs,
+                     1.05, 2.0 * target, 12, 0.003)
+    row = variants.add_sparsecc(label, {"target_speedup": matched[0], "target_rounds": 0},
+                                "sparsecc's allocation at Torch-Pruning global's MACs (tables' target "
+                                f"{matched[0]:.3f}x)")
+    row["tables_target"] = matched[0]
+    return row
 
 
 def final_timings(variants: Variants, pairs: int) -> dict:
