@@ -5,7 +5,9 @@ The protocol, end to end, on ONNX Runtime CPU:
 1. Models written in plain PyTorch in tools/ (EfficientNet-B0 and MobileNetV2 from ``bench_deprune.py``,
    ResNet-18 from ``bench_user_graphs.py``; trained-like BatchNorm statistics), batch 1, 224x224, exported with
    ``torch.onnx.export(..., dynamo=False)``. Recipes: ``deprune-bh`` on the first two,
-   ``groupwise-50`` on ResNet-18.
+   ``groupwise-50`` on ResNet-18; and a speed target, ``filter-l2 --target-speedup 2`` on the ResNet-50-style
+   model of ``speed_target_models.py`` (its latency tables and correction rounds are timed too; its
+   claim is the speedup the compile measured for the allocation it chose).
 2. Quiet: one compile per model with a fresh timing cache; the speedup its report claims (the
    whole-model check's paired CPU-time speedup) is measured again (60 paired runs, one thread);
    one compile with ``--cost-model analytic`` and no cache.
@@ -41,6 +43,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_deprune import build_own, trained_like_batchnorm  # noqa: E402  (model code written in tools/)
 from bench_user_graphs import build as build_user_graph  # noqa: E402
+from speed_target_models import MODELS as SPEED_TARGET_MODELS  # noqa: E402
+from speed_target_models import build as build_speed_target_model  # noqa: E402
+from speed_target_models import export as export_speed_target_model  # noqa: E402
 
 from sparsecc.compiler import compile_model  # noqa: E402
 from sparsecc.environment import environment  # noqa: E402
@@ -48,9 +53,10 @@ from sparsecc.measure import MeasureSettings, measure_models, read_load  # noqa:
 from sparsecc.measure.readout import readout  # noqa: E402
 from sparsecc.tables import markdown_table  # noqa: E402
 
+SPEED_TARGET = "filter-l2 --target-speedup 2"
 CASES = {"efficientnet-b0": ("own-efficientnet-b0", "deprune-bh"), "mobilenetv2": ("own-mobilenetv2", "deprune-bh"),
-         "resnet18": ("resnet18", "groupwise-50")}
-CHECK_PASSES = {"deprune-bh": "deprune-model-check", "groupwise-50": "groupwise-rewrite"}
+         "resnet18": ("resnet18", "groupwise-50"), "resnet50-target": ("resnet50", SPEED_TARGET)}
+CHECK_PASSES = {"deprune-bh": "deprune-model-check", "groupwise-50": "groupwise-rewrite", SPEED_TARGET: "plan-filters"}
 COMPILE_LABELS = [("quiet, cache filled under load", "reused"), ("analytic, no cache", "analytic_none"),
                   ("analytic, loaded cache", "analytic_loaded_cache"),
                   ("analytic, quiet cache", "analytic_quiet_cache")]
@@ -91,10 +97,14 @@ class BusyLoops:
 def export(name: str, folder: Path) -> Path:
     import torch
 
+    path = folder / f"{name}.onnx"
+    if name in SPEED_TARGET_MODELS:
+        net, example = build_speed_target_model(name)
+        export_speed_target_model(net, example, path)
+        return path
     torch.manual_seed(0)
     net = build_user_graph(name) if name == "resnet18" else build_own(name)
     trained_like_batchnorm(net)
-    path = folder / f"{name}.onnx"
     torch.onnx.export(net, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
                       input_names=["input"], output_names=["logits"])
     return path
@@ -112,16 +122,32 @@ def decisions(report: dict) -> dict:
         layers = {name: info["lowering"] for name, info in (details.get("layers") or {}).items() if "lowering" in info}
         if layers:
             found[record["name"]] = layers
+        target = details.get("speed_target") or {}
+        if record["name"] == "plan-filters" and target.get("rounds"):  # a speed target: the counts it chose
+            found["plan-filters:kept"] = target["rounds"][target["chosen_round"]]["kept"]
         check = details.get("model_check") or (details if record["name"] == "deprune-model-check" else None)
         if check and "kept" in check:
             found[record["name"] + ":kept"] = check["kept"]
     return found
 
 
+def compile_recipe(recipe: str):
+    """A recipe name as ``compile_model`` takes it (the speed target: filter-l2 with the target set)."""
+    from sparsecc.recipe import load_recipe, with_speed_target
+
+    return with_speed_target(load_recipe("filter-l2"), 2.0, None) if recipe == SPEED_TARGET else recipe
+
+
 def claimed_speedup(report: dict, recipe: str) -> dict | None:
     """The whole-model check's evidence, as the report gives it (None when nothing was timed)."""
     record = next(r for r in report["passes"] if r["name"] == CHECK_PASSES[recipe])
     details = record.get("details") or {}
+    if recipe == SPEED_TARGET:  # the measured speedup of the allocation the compile chose
+        result = (details.get("speed_target") or {}).get("result") or {}
+        if "achieved" not in result:
+            return None
+        return {"cpu": result["achieved"], "wall": result["wall"], "kept": True, "decided_by": "CPU time",
+                "reason": f"target {result['target']}, reached: {result['reached']}"}
     check = details.get("model_check") if recipe == "groupwise-50" else details
     if not check or "evidence" not in check:
         return None
@@ -133,7 +159,7 @@ def claimed_speedup(report: dict, recipe: str) -> dict | None:
 def compile_once(model: Path, recipe: str, out: Path, cache, cost_model: str | None = None) -> dict:
     before = read_load()
     start = time.perf_counter()
-    result = compile_model(model, recipe, out, timing_cache=cache, cost_model=cost_model, force=True)
+    result = compile_model(model, compile_recipe(recipe), out, timing_cache=cache, cost_model=cost_model, force=True)
     seconds = time.perf_counter() - start
     report = result.report
     return {"macs_before": report["summary"]["macs_before"], "macs_after": report["summary"]["macs_after"],

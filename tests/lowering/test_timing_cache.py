@@ -11,7 +11,8 @@ from onnx import helper
 from sparsecc.compiler import compile_model
 from evidence import FASTER, SLOWER, STRADDLES, evidence
 
-from sparsecc.lowering import AnalyticCost, Candidate, TimingCache, choose_lowering, open_timing_cache
+from sparsecc.lowering import (AnalyticCost, Candidate, TimingCache, analytic_seconds, choose_lowering,
+                               open_timing_cache)
 from sparsecc.lowering.timing_cache import ENV, default_timing_cache_path
 from sparsecc.measure import Measurement
 from sparsecc.measure.cached import compare_through_cache, describe_entry, entry_for, evidence_of, reuse_rule
@@ -110,8 +111,8 @@ class FixedCost:
 
 
 def _candidates():
-    noop = lambda *a: None  # noqa: E731
-    return [Candidate("dense", noop, 10, 0, 1), Candidate("tap-gather", noop, 5, 0, 3)]
+    noop = lambda *a: None  # noqa: E731  (the machine-independent model puts the tap gather at 3.1x)
+    return [Candidate("dense", noop, 100_000_000, 0, 1), Candidate("tap-gather", noop, 30_000_000, 0, 3)]
 
 
 def test_a_conclusive_timing_decides_and_no_estimate_is_made():
@@ -292,3 +293,23 @@ def test_the_calibration_prices_a_layer_by_the_reference_layer_nearest_to_it():
     candidates = _candidates()
     choose_lowering(candidates, 0.1, cost, "Conv", (1, 64, 56, 56), (1, 64, 56, 56))
     assert {c.geometry for c in candidates} == {(4, 64, 3136)}
+
+
+def test_a_calibration_may_veto_a_lowering_the_fixed_model_takes_but_never_take_one_it_does_not():
+    # calibrations measured minutes apart moved a layer's estimate by 10%: the fixed model bounds it
+    from sparsecc.lowering.cost import fallback_speedup
+
+    base, lowered = _candidates()
+    fixed = analytic_seconds(base) / analytic_seconds(lowered)
+    assert fixed == pytest.approx(3.124, rel=0.001)
+    for factor, expected in ((0.5, fixed), (1.0, fixed), (2.0, fixed / 2.0)):
+        base.estimate_s, lowered.estimate_s = analytic_seconds(base), analytic_seconds(lowered) * factor
+        assert fallback_speedup(base, lowered) == pytest.approx(expected)
+    # in a choice: a calibration that prices the lowering at 6.2x still reads 3.1x, one at 1.0x vetoes it
+    cost = FixedCost(STRADDLES, (analytic_seconds(base), analytic_seconds(lowered) / 2.0))
+    candidates = _candidates()
+    choice, decision = choose_lowering(candidates, 0.1, cost, "Conv", (1, 4, 8, 8), (1, 4, 8, 8))
+    assert choice.name == "tap-gather" and "3.124x" in decision.reason and "6.248x" not in decision.reason
+    cost = FixedCost(STRADDLES, (analytic_seconds(base), analytic_seconds(base)))
+    choice, decision = choose_lowering(_candidates(), 0.1, cost, "Conv", (1, 4, 8, 8), (1, 4, 8, 8))
+    assert choice.name == "dense" and decision.fallback
