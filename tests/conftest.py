@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,13 @@ def run_cli(*args: str, check: bool = False, timeout: int = 600) -> subprocess.C
     if check and result.returncode != 0:
         raise AssertionError(f"sparsecc {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}")
     return result
+
+
+def pytest_configure(config):
+    # A test run started in the background (`pytest &`, nohup, some CI runners) has SIGINT ignored; the
+    # interrupt tests send SIGINT in this process and expect what a terminal gives: KeyboardInterrupt.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

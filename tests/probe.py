@@ -71,19 +71,27 @@ def run_subprocess(*args, env: dict | None = None, timeout: int = 600,
                    as_background_job: bool = False) -> tuple[int, str, str]:
     """``python -m sparsecc.cli ARGS`` as a user runs it (the timing cache off unless ``env`` says).
 
-    ``as_background_job`` starts it with SIGINT ignored, as a shell starts ``COMMAND &``.
+    It gets SIGINT as at a terminal, whatever this process has (a test run started in the background
+    has it ignored, and a child would inherit that); ``as_background_job`` starts it with SIGINT
+    ignored, as a shell starts ``COMMAND &``.
     """
     full_env = {**os.environ, **TINY_ENV, **(env or {})}
-    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if as_background_job else None
     result = subprocess.run([sys.executable, "-m", "sparsecc.cli", *map(str, args)], capture_output=True, text=True,
-                            timeout=timeout, env=full_env, preexec_fn=ignore_sigint)
+                            timeout=timeout, env=full_env, preexec_fn=_sigint(as_background_job))
     return result.returncode, result.stdout, result.stderr
+
+
+def _sigint(ignored: bool):
+    """A child's SIGINT disposition, set between fork and exec: ignored, or the default (Python then raises
+    KeyboardInterrupt, as at a terminal)."""
+    disposition = signal.SIG_IGN if ignored else signal.SIG_DFL
+    return lambda: signal.signal(signal.SIGINT, disposition)
 
 
 def start_subprocess(*args, env: dict | None = None) -> subprocess.Popen:
     full_env = {**os.environ, **TINY_ENV, **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "sparsecc.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=full_env)
+                            stderr=subprocess.PIPE, text=True, env=full_env, preexec_fn=_sigint(False))
 
 
 def run_inprocess(capsys, *args) -> tuple[int, str, str]:
