@@ -158,7 +158,7 @@ def bench_models(paths: list[str | Path], backend: str = "ort", threads: int = 2
         finally:
             for session in sessions.values():
                 session.close()
-    measured = combine(measurements)  # one measurement as it is
+    measured = combine(measurements)  # a single replication comes back unchanged
     result: dict[str, Any] = {
         "backend": engine.describe(), "environment": environment(), "runs": each * replications,
         "replications": replications, "warmup": warmup,

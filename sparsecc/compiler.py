@@ -262,17 +262,21 @@ def _specialize_input_shapes(original: Model, model: Model, records: list[PassRe
     return fixed
 
 
+def _recipe_verify(recipe: Recipe) -> str:
+    return f"verify: of recipe '{recipe.name}' ({recipe.source})"
+
+
 def _tolerance_origin(recipe: Recipe, given: VerifyConfig | Mapping[str, Any] | None) -> str:
     """Where the tolerances came from, for messages: what was given (the command line) or the recipe."""
     options = asdict(given) if isinstance(given, VerifyConfig) else dict(given or {})
     if options.get("atol") is not None or options.get("rtol") is not None:
         return "verification options (--atol/--rtol)"
-    return f"verify: of recipe '{recipe.name}' ({recipe.source})"
+    return _recipe_verify(recipe)
 
 
 def _verify_config(recipe: Recipe, given: VerifyConfig | Mapping[str, Any] | None) -> VerifyConfig:
     """The recipe's verify block, overridden by what was given; every value checked (verify_options)."""
-    base = verify_config(recipe.verify, where=f"verify: of recipe '{recipe.name}' ({recipe.source})")
+    base = verify_config(recipe.verify, where=_recipe_verify(recipe))
     if given is None:
         return base
     options = asdict(given) if isinstance(given, VerifyConfig) else dict(given)

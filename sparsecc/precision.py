@@ -5,13 +5,19 @@ from __future__ import annotations
 import numpy as np
 
 _PRECISION_ORDER = ("bfloat16", "float16", "float32", "float64")  # lowest first
-# machine epsilon (one unit in the last place at 1.0) by float type; bfloat16 is no numpy dtype
-_EPSILON = {"bfloat16": 2.0**-7, "float16": 2.0**-10, "float32": 2.0**-23, "float64": 2.0**-52}
+BFLOAT16_EPSILON = 2.0**-7  # bfloat16 is no numpy dtype: 8 bits of significand
 
 
-def epsilon(name: str) -> float:
-    """Machine epsilon of a float type by numpy name (float32's for a name that is no float type)."""
-    return _EPSILON.get(name, _EPSILON["float32"])
+def epsilon(name) -> float:
+    """Machine epsilon (one unit in the last place at 1.0) of a float type by numpy name or dtype;
+    float32's for a name that is no float type."""
+    if str(name) == "bfloat16":
+        return BFLOAT16_EPSILON
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        dtype = np.dtype(np.float32)
+    return float(np.finfo(dtype if np.issubdtype(dtype, np.floating) else np.float32).eps)
 
 
 def lowest_precision(dtypes) -> str:

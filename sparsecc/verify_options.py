@@ -137,7 +137,7 @@ def precision_explanation(outcome: VerifyResult) -> tuple[str, str] | None:
         dtype = getattr(output, "dtype", None)
         if dtype is None or not np.issubdtype(np.dtype(dtype), np.floating) or output.max_abs_reference <= 0:
             return None
-        eps = float(np.finfo(np.dtype(dtype)).eps)
+        eps = epsilon(dtype)
         allowed = outcome.atol / output.max_abs_reference + outcome.rtol
         if not (allowed < PRECISION_ULPS * eps and output.relative_error <= min(ROUNDING_ULPS * eps, 1e-2)):
             return None

@@ -103,12 +103,12 @@ class SpeedTarget:
         if (self.speedup is None) == (self.latency_ms is None):
             raise OptionError("give one of target_speedup and target_latency", where=where,
                               fix="e.g. --target-speedup 2, or --target-latency 5 (ms)")
-        if self.speedup is not None and speedup_problem(self.speedup):
-            raise OptionError(f"target speedup {self.speedup!r} {speedup_problem(self.speedup)}",
-                              where=f"{where}: target_speedup", fix="e.g. 2 for twice as fast")
-        if self.latency_ms is not None and latency_problem(self.latency_ms):
-            raise OptionError(f"target latency {self.latency_ms!r} {latency_problem(self.latency_ms)}",
-                              where=f"{where}: target_latency", fix="give milliseconds, e.g. 5")
+        if self.speedup is not None and (problem := speedup_problem(self.speedup)):
+            raise OptionError(f"target speedup {self.speedup!r} {problem}", where=f"{where}: target_speedup",
+                              fix="e.g. 2 for twice as fast")
+        if self.latency_ms is not None and (problem := latency_problem(self.latency_ms)):
+            raise OptionError(f"target latency {self.latency_ms!r} {problem}", where=f"{where}: target_latency",
+                              fix="give milliseconds, e.g. 5")
         if not 0.0 < self.share <= 1.0:
             raise OptionError(f"target share {self.share!r} is not in (0, 1]", where=f"{where}: target_share")
         if self.timer not in TIMERS:
