@@ -313,3 +313,17 @@ def test_a_calibration_may_veto_a_lowering_the_fixed_model_takes_but_never_take_
     cost = FixedCost(STRADDLES, (analytic_seconds(base), analytic_seconds(base)))
     choice, decision = choose_lowering(_candidates(), 0.1, cost, "Conv", (1, 4, 8, 8), (1, 4, 8, 8))
     assert choice.name == "dense" and decision.fallback
+
+
+def test_a_calibration_of_the_earlier_form_is_kept_in_the_file_but_never_used():
+    # one factor per lowering (form /1) mispriced whole stages; it stays a valid entry (listed, cleared
+    # by `cache clear`, not reported as a damaged file) and is never read as this version's calibration
+    from sparsecc.lowering.calibration import Calibration
+    from sparsecc.lowering.timing_cache import CALIBRATION_FORM, valid_entry
+
+    earlier = {"form": "analytic-calibration/1", "factors": {"tap-gather": 1.3}, "samples": {"tap-gather": [1.3]},
+               "threads": 1, "load": {"before": [0.5] * 3, "after": [0.5] * 3, "cores": 2}, "taken_at": "2026-01-01"}
+    assert CALIBRATION_FORM != earlier["form"] and valid_entry(earlier)
+    assert Calibration.from_entry(earlier) is None
+    assert describe_entry(earlier)["form"] == "calibration"
+    assert not valid_entry({**earlier, "factors": {"tap-gather": float("nan")}})
